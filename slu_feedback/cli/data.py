@@ -1,0 +1,146 @@
+"""``slu-data``: inspect, validate, convert and fetch datasets.
+
+Data problems are shown as ``Error: path:line: message`` with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from slu_feedback.data import (DataError, bio_to_spans, detect_format, load_splits, read_split,
+                               resolve_data_path, to_dataset, write_examples)
+from slu_feedback.data.fetch import fetch as fetch_dataset
+
+FORMAT_CHOICE = click.Choice(["auto", "folder", "jsonl", "spans"])
+# where each split goes when writing a dataset directory
+OUT_NAMES = {"train": "train", "validation": "valid", "test": "test"}
+OUT_EXT = {"jsonl": ".jsonl", "spans": ".json"}
+
+
+def _data_errors_to_click(fn):
+    """Turn DataError into a one-line click error (exit code 1)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DataError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _load(path: str, fmt: str, repair_bio: bool = True) -> dict:
+    """All splits of a dataset directory, or a single split folder / file as one split.
+
+    BIO repairs are summarised in one line instead of one warning per utterance.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = resolve_data_path(path)
+        fmt = detect_format(p) if fmt == "auto" else fmt
+        if p.is_file() or (fmt == "folder" and (p / "seq.in").is_file()):
+            splits = {p.name: to_dataset(read_split(p, fmt, repair_bio))}
+        else:
+            splits = dict(load_splits(p, fmt, repair_bio))
+    repaired = [w for w in caught if "does not follow" in str(w.message)]
+    if repaired:
+        click.echo(f"warning: repaired {len(repaired)} I- tag(s) not preceded by B-/I- of the same type "
+                   f"(first: {repaired[0].message}); use --strict-bio to make this an error", err=True)
+    for w in caught:
+        if w not in repaired:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return splits
+
+
+def _bars(counter: Counter, top: int, width: int = 40) -> list[str]:
+    items = counter.most_common(top)
+    if not items:
+        return ["  (none)"]
+    peak = items[0][1]
+    name_w = max(len(k) for k, _ in items)
+    lines = [f"  {k:<{name_w}} {'#' * max(1, round(width * v / peak)):<{width}} {v}" for k, v in items]
+    if len(counter) > top:
+        lines.append(f"  ... {len(counter) - top} more")
+    return lines
+
+
+@click.group()
+def main():
+    """Inspect, validate, convert and fetch intent/slot datasets."""
+
+
+@main.command()
+@click.argument("path")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@click.option("--top", default=15, show_default=True, help="Rows in each histogram.")
+@_data_errors_to_click
+def inspect(path, fmt, top):
+    """Counts, label histograms and lengths of each split in PATH."""
+    splits = _load(path, fmt)
+    first = next(iter(splits))
+    train_intents = set(splits[first]["intent"])
+    for name, ds in splits.items():
+        intents, lengths = ds["intent"], [len(t) for t in ds["tokens"]]
+        slot_types = Counter(label for tags in ds["slots"] for label, _, _ in bio_to_spans(tags))
+        click.echo(f"{name}: {len(ds)} utterances, {len(set(intents))} intents, {len(slot_types)} slot types, "
+                   f"{sum('#' in i for i in intents)} multi-intent, length min/mean/max "
+                   f"{min(lengths)}/{sum(lengths) / len(lengths):.1f}/{max(lengths)}")
+        if name != first:
+            unseen = [i for i in intents if i not in train_intents]
+            if unseen:
+                click.echo(f"  {len(unseen)} utterance(s) with {len(set(unseen))} intent(s) unseen in {first}")
+    ds = splits[first]
+    click.echo(f"\nintents ({first}):")
+    click.echo("\n".join(_bars(Counter(ds["intent"]), top)))
+    click.echo(f"\nslot types ({first}, entity counts):")
+    click.echo("\n".join(_bars(Counter(l for tags in ds["slots"] for l, _, _ in bio_to_spans(tags)), top)))
+
+
+@main.command()
+@click.argument("path")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@click.option("--strict-bio", is_flag=True, help="Treat an I- tag without a preceding B- as an error.")
+@_data_errors_to_click
+def validate(path, fmt, strict_bio):
+    """Check every file in PATH; exit code 1 on the first problem."""
+    splits = _load(path, fmt, repair_bio=not strict_bio)
+    click.echo("OK: " + ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--to", "to_fmt", type=click.Choice(["folder", "jsonl", "spans"]), required=True)
+@click.option("--from", "from_fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@_data_errors_to_click
+def convert(src, dst, to_fmt, from_fmt):
+    """Convert all splits of SRC into directory DST (train/valid/test in the target format)."""
+    splits = _load(src, from_fmt)
+    for name, ds in splits.items():
+        out_name = OUT_NAMES.get(name, Path(name).stem)
+        out = Path(dst) / (out_name + OUT_EXT.get(to_fmt, ""))
+        write_examples(ds, out, to_fmt)
+        click.echo(f"{name}: {len(ds)} -> {out}")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["atis", "snips"]))
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Target folder [default: $SLU_DATA_DIR or ./data_cache].")
+@_data_errors_to_click
+def fetch(name, dest):
+    """Download ATIS or SNIPS (folder format) and verify checksums."""
+    dest = dest or os.environ.get("SLU_DATA_DIR") or "data_cache"
+    target = fetch_dataset(name, dest)
+    click.echo(f"{name} ready in {target}")
+    if Path(dest).resolve() != Path(os.environ.get("SLU_DATA_DIR", "/nonexistent")).resolve():
+        click.echo(f"use it by name with: export SLU_DATA_DIR={Path(dest).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

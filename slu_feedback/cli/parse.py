@@ -1,0 +1,107 @@
+"""`slu-parse RUN_DIR`: an interactive prompt, or `--text` / `--input FILE` for scripts."""
+
+import json
+import sys
+
+import click
+
+HELP = """Type an utterance and press Enter to parse it.
+  :help      this text
+  :explain   toggle showing the prediction at every feedback iteration
+  :json      toggle JSON output
+  :quit      leave (Ctrl-D works too)"""
+
+COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
+
+
+def render(result: dict, explain: bool = False) -> str:
+    """Readable, coloured rendering: the utterance with slots highlighted, then intent and slots."""
+    if result["intent"] is None:
+        return click.style("(nothing to parse)", dim=True)
+    text, pieces, last = result["text"], [], 0
+    colour = {}
+    for slot in result["slots"]:
+        colour.setdefault(slot["label"], COLOURS[len(colour) % len(COLOURS)])
+        pieces.append(text[last:slot["start"]])
+        pieces.append(click.style(f"[{slot['text']}]", fg=colour[slot["label"]], bold=True))
+        last = slot["end"]
+    pieces.append(text[last:])
+    lines = ["".join(pieces),
+             f"  intent  {click.style(result['intent'], bold=True)}  {result['intent_score']:.3f}"
+             + "".join(f"   {t['intent']} {t['score']:.3f}" for t in result["top_intents"][1:])]
+    for slot in result["slots"]:
+        lines.append(f"  {click.style(slot['label'], fg=colour[slot['label']])} = {slot['text']!r}"
+                     f"  [{slot['start']}:{slot['end']}]  {slot['score']:.3f}")
+    if result["iterations"]:
+        lines.append(click.style(f"  feedback iterations used: {result['iterations']}", dim=True))
+    for step in result.get("explain", []) if explain else []:
+        tags = " ".join(f"{w}/{t}" for w, t in zip(result["words"], step["tags"]) if t != "O")
+        lines.append(click.style(f"  k={step['iteration']}: {step['intent']} {step['intent_score']:.3f}  {tags}", dim=True))
+    return "\n".join(lines)
+
+
+def emit(results, as_json: bool, explain: bool) -> None:
+    for result in results:
+        click.echo(json.dumps(result, ensure_ascii=False) if as_json else render(result, explain))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--text", "texts", multiple=True, help="Parse this utterance and exit (repeatable).")
+@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"), help="One utterance a line ('-' = stdin).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance.")
+@click.option("--explain", is_flag=True, help="Show the prediction at every feedback iteration.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--top-k", default=3, show_default=True)
+def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k):
+    """Parse utterances with a trained run: intent, its probability, top-k intents and slot spans."""
+    from ..inference.parser import SLUParser
+    from ..models import RunError
+
+    try:
+        parser = SLUParser.from_pretrained(run_dir, top_k=top_k)
+    except RunError as error:
+        raise click.ClickException(str(error)) from None
+    if texts or input_file:
+        lines = list(texts) + ([line.rstrip("\n") for line in input_file] if input_file else [])
+        # sort by length so batches pad little; report in the input order
+        order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
+        parsed = parser([lines[i] for i in order], explain=explain, batch_size=batch_size)
+        results = [None] * len(lines)
+        for i, result in zip(order, parsed):
+            results[i] = result
+        emit(results, as_json, explain)
+        return
+    interactive(parser, as_json, explain)
+
+
+def interactive(parser, as_json: bool, explain: bool) -> None:
+    """A prompt with history (readline where available)."""
+    try:
+        import readline  # noqa: F401  (arrow-key history)
+    except ImportError:
+        pass
+    click.echo(f"slu-parse: {len(parser.intents)} intents, {len(parser.slot_labels)} slot tags. :help for help.")
+    while True:
+        try:
+            line = input("slu> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        command = line.strip()
+        if command in (":quit", ":q", ":exit"):
+            return
+        if command == ":help":
+            click.echo(HELP)
+        elif command == ":explain":
+            explain = not explain
+            click.echo(f"explain {'on' if explain else 'off'}")
+        elif command == ":json":
+            as_json = not as_json
+            click.echo(f"json {'on' if as_json else 'off'}")
+        else:
+            emit([parser(line, explain=explain)], as_json, explain)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""`slu-train RECIPE [key=value ...] [--resume]`"""
+
+import sys
+
+import click
+
+from ..data.errors import DataError
+from ..training.recipe import RecipeError, load_recipe
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--resume", is_flag=True, help="Continue the run in output_dir (default: the newest run of this recipe).")
+@click.option("--detect-anomaly", is_flag=True, help="torch.autograd anomaly detection (slow; for NaN hunting).")
+def main(recipe, overrides, resume, detect_anomaly):
+    """Train a joint intent/slot model from a YAML RECIPE.
+
+    Overrides use dotted keys, e.g. `slu-train recipes/atis.yaml optim.lr=1e-4 train.epochs=3`.
+    """
+    from ..training.trainer import TrainingError, train  # heavy imports after argument parsing
+
+    try:
+        recipe = load_recipe(recipe, overrides)
+        run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly)
+    except (RecipeError, DataError, TrainingError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"run directory: {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Loading a dataset's three splits as a ``datasets.DatasetDict``, label maps and subsampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from .errors import DataError
+from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json
+
+SPLITS = ("train", "validation", "test")
+# folder / file stems accepted for each split, in the order they are tried
+SPLIT_NAMES = {"train": ("train",), "validation": ("valid", "dev", "validation"), "test": ("test",)}
+UNKNOWN_ID = -100  # id of labels unseen in training; also the ignore index of torch's cross-entropy
+
+FEATURES = datasets.Features({
+    "tokens": datasets.List(datasets.Value("string")),
+    "slots": datasets.List(datasets.Value("string")),
+    "intent": datasets.Value("string"),
+    "text": datasets.Value("string"),
+    "offsets": datasets.List(datasets.List(datasets.Value("int32"))),
+})
+
+
+def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path:
+    """Find a dataset given as a path or a bare name such as ``atis``.
+
+    Tried in order: as given (relative to the working directory), relative to ``base_dir`` (the
+    folder of the recipe that names it), then ``$SLU_DATA_DIR/<name>``. Recipes can thus say
+    ``data: atis`` and work on any machine where SLU_DATA_DIR points at the benchmark folder.
+    """
+    given = Path(name_or_path).expanduser()
+    tried = [given]
+    if base_dir is not None and not given.is_absolute():
+        tried.append(Path(base_dir) / given)
+    env = os.environ.get("SLU_DATA_DIR")
+    if env and not given.is_absolute():
+        tried.append(Path(env).expanduser() / given)
+    for cand in tried:
+        if cand.exists():
+            return cand
+    looked = ", ".join(str(p) for p in tried)
+    hint = "" if env else " (SLU_DATA_DIR is not set)"
+    raise DataError(f"dataset {str(name_or_path)!r} not found; looked in: {looked}{hint}. "
+                    "Point to the folder holding it with `export SLU_DATA_DIR=/path/to/data`, "
+                    "or download a benchmark with `slu-data fetch atis`.")
+
+
+def _sniff_file(path: Path) -> str:
+    """'jsonl' (word-level) or 'spans' (character-level) from the first example in a file."""
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096)
+    body = head.lstrip()
+    if body.startswith("[") or '"rasa_nlu_data"' in head:
+        return "spans"
+    first = body.split("\n", 1)[0]
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict) and "tokens" in obj:
+        return "jsonl"
+    if isinstance(obj, dict) and "text" in obj:
+        return "spans"
+    raise DataError("cannot tell the format: expected word-level JSONL (with 'tokens') or character-span "
+                    "JSON (with 'text'); pass --format explicitly", path)
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    """The file holding a split in a directory of single-file splits, e.g. ``dev.jsonl``."""
+    for stem in SPLIT_NAMES[split]:
+        for ext in (".jsonl", ".json"):
+            if (folder / (stem + ext)).is_file():
+                return folder / (stem + ext)
+    return None
+
+
+def _split_folder(folder: Path, split: str) -> Path | None:
+    for stem in SPLIT_NAMES[split]:
+        if (folder / stem).is_dir():
+            return folder / stem
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess ``folder``, ``jsonl`` or ``spans`` for a dataset directory, a split folder or a file."""
+    path = Path(path)
+    if path.is_file():
+        return _sniff_file(path)
+    if not path.is_dir():
+        raise DataError("no such file or directory", path)
+    if (path / "seq.in").is_file() or any(
+            (sub / "seq.in").is_file() for s in SPLITS if (sub := _split_folder(path, s)) is not None):
+        return "folder"
+    for split in SPLITS:
+        if (f := _split_file(path, split)) is not None:
+            return _sniff_file(f)
+    raise DataError("cannot tell the format: expected train/valid/test folders with seq.in, seq.out and "
+                    "label, or train/valid/test .jsonl/.json files", path)
+
+
+def read_split(path: str | os.PathLike, format: str, repair_bio: bool = True) -> list[dict]:
+    """Read one split: a folder with seq.in/seq.out/label, or one JSONL / span-JSON file."""
+    path = Path(path)
+    if format == "folder":
+        return read_folder_split(path.parent, path.name, repair_bio)
+    if format == "jsonl":
+        return read_jsonl(path, repair_bio)
+    if format == "spans":
+        return read_span_json(path)  # char spans cannot hold a dangling I- tag
+    raise DataError(f"unknown format {format!r}; expected one of: auto, {', '.join(FORMATS)}")
+
+
+def to_dataset(examples: list[dict]) -> datasets.Dataset:
+    """A Dataset with the standard columns from reader dicts."""
+    cols = {name: [ex[name] for ex in examples] for name in FEATURES}
+    return datasets.Dataset.from_dict(cols, features=FEATURES)
+
+
+def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True) -> datasets.DatasetDict:
+    """Load train/validation/test from a dataset directory.
+
+    ``folder``: ``path/{train,valid|dev|validation,test}/{seq.in,seq.out,label}``;
+    ``jsonl``/``spans``: ``path/{train,valid|dev|validation,test}.jsonl`` (or ``.json``).
+    Columns: tokens, slots, intent, text, offsets. A missing split is an error, not an empty split,
+    so a typo in a folder name is not silently trained on.
+    """
+    path = resolve_data_path(path)
+    if format == "auto":
+        format = detect_format(path)
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}; expected one of: auto, {', '.join(FORMATS)}")
+    if not path.is_dir():
+        raise DataError(f"expected a directory holding train, valid and test {format} data, got a file", path)
+    out = {}
+    for split in SPLITS:
+        where = _split_folder(path, split) if format == "folder" else _split_file(path, split)
+        if where is None:
+            names = " or ".join(n + ("/" if format == "folder" else ".jsonl") for n in SPLIT_NAMES[split])
+            raise DataError(f"missing {split!r} split: expected {names}", path)
+        out[split] = to_dataset(read_split(where, format, repair_bio))
+    return datasets.DatasetDict(out)
+
+
+@dataclass
+class LabelMaps:
+    """Intent and slot-tag vocabularies; ids are list positions. Saved with a model as ``to_dict()``."""
+
+    intents: list[str]
+    slots: list[str]
+    _intent_ids: dict = field(init=False, repr=False, compare=False)
+    _slot_ids: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.intents, self.slots = list(self.intents), list(self.slots)
+        self._intent_ids = {lab: i for i, lab in enumerate(self.intents)}
+        self._slot_ids = {tag: i for i, tag in enumerate(self.slots)}
+
+    def intent_id(self, label: str) -> int:
+        """Id of an intent; UNKNOWN_ID for one unseen in training (ATIS test has such)."""
+        return self._intent_ids.get(label, UNKNOWN_ID)
+
+    def slot_id(self, tag: str) -> int:
+        """Id of a slot tag; UNKNOWN_ID for one unseen in training."""
+        return self._slot_ids.get(tag, UNKNOWN_ID)
+
+    def to_dict(self) -> dict:
+        return {"intents": list(self.intents), "slots": list(self.slots)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelMaps":
+        return cls(intents=list(d["intents"]), slots=list(d["slots"]))
+
+
+def build_label_maps(train_split) -> LabelMaps:
+    """Vocabularies from the training split only (intents sorted; slot tags sorted, "O" first).
+
+    Using train only keeps ids identical however valid/test change, and lets unseen test labels
+    be counted as errors rather than silently learned.
+    """
+    intents = sorted(set(train_split["intent"]))
+    tags = {t for seq in train_split["slots"] for t in seq}
+    tags.discard("O")
+    return LabelMaps(intents=intents, slots=["O"] + sorted(tags))
+
+
+def subsample(split: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
+    """A ``fraction`` of a split, stratified by intent, same result for the same seed.
+
+    Every intent keeps at least one example, so low-resource runs still see each label.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return split
+    by_intent = defaultdict(list)
+    for i, intent in enumerate(split["intent"]):
+        by_intent[intent].append(i)
+    rng = random.Random(seed)
+    keep = []
+    for intent in sorted(by_intent):
+        idx = by_intent[intent]
+        keep.extend(rng.sample(idx, max(1, round(fraction * len(idx)))))
+    return split.select(sorted(keep))

@@ -1,0 +1,70 @@
+"""Sub-word alignment and batching: words -> model inputs, and back.
+
+Each word is represented by its first sub-token (`word_index`), so the model's slot outputs are
+word-level and map straight back to the words (and, through their offsets, to characters).
+Words cut off by `max_length` are not seen by the model; their predictions default to "O".
+"""
+
+import torch
+from torch.utils.data import DataLoader
+
+FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", "slot_label"]
+
+
+def encode_words(tokenizer, batch_tokens: list, max_length: int) -> dict:
+    """Tokenise pre-split words; return input ids plus the first sub-token position of each word."""
+    encoding = tokenizer(batch_tokens, is_split_into_words=True, truncation=True, max_length=max_length)
+    word_index = []
+    for i in range(len(batch_tokens)):
+        first = {}
+        for position, word in enumerate(encoding.word_ids(i)):
+            if word is not None and word not in first:
+                first[word] = position
+        # a word with no sub-tokens (e.g. a lone control character) borrows [CLS]'s position 0
+        kept = max(first) + 1 if first else 0
+        word_index.append([first.get(w, 0) for w in range(kept)])
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "word_index": word_index}
+
+
+def make_features(examples: dict, tokenizer, label_maps, max_length: int) -> dict:
+    """`datasets.map` function (batched): add model inputs and label ids to a batch of examples."""
+    features = encode_words(tokenizer, examples["tokens"], max_length)
+    features["intent_label"] = [label_maps.intent_id(x) for x in examples["intent"]]
+    features["slot_label"] = [
+        [label_maps.slot_id(tag) for tag in tags[: len(index)]]
+        for tags, index in zip(examples["slots"], features["word_index"])
+    ]
+    return features
+
+
+def _pad(rows: list, value) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    width = max(width, 1)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def collate(rows: list, pad_token_id: int = 0) -> dict:
+    """Dynamic padding to the longest utterance in the batch."""
+    batch = {
+        "input_ids": _pad([r["input_ids"] for r in rows], pad_token_id),
+        "attention_mask": _pad([r["attention_mask"] for r in rows], 0),
+        "word_index": _pad([r["word_index"] for r in rows], 0),
+    }
+    batch["word_mask"] = _pad([[1] * len(r["word_index"]) for r in rows], 0).bool()
+    if "intent_label" in rows[0]:
+        batch["intent_labels"] = torch.tensor([r["intent_label"] for r in rows], dtype=torch.long)
+        batch["slot_labels"] = _pad([r["slot_label"] for r in rows], -100)
+    return batch
+
+
+def make_loader(features, batch_size: int, tokenizer, shuffle: bool, num_workers: int = 0) -> DataLoader:
+    pad_id = tokenizer.pad_token_id or 0
+    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=lambda rows: collate(rows, pad_id))
+
+
+def featurize(split, tokenizer, label_maps, max_length: int):
+    """Raw examples -> model inputs (kept in memory; `datasets` caches on disk only for file-backed data)."""
+    features = split.map(make_features, batched=True, fn_kwargs={
+        "tokenizer": tokenizer, "label_maps": label_maps, "max_length": max_length})
+    return features.select_columns(FEATURE_COLUMNS)

@@ -1,0 +1,316 @@
+"""Readers and writers for the three on-disk formats (see data/FORMATS.md).
+
+Every reader returns a list of plain dicts::
+
+    {"tokens": [...], "slots": [...], "intent": str, "text": str, "offsets": [[start, end], ...]}
+
+``slots`` are word-level IOB2 tags, ``offsets`` the character span of each token in ``text``.
+Problems are raised as DataError naming the file and the 1-based line, so a user can fix the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from .errors import DataError
+
+FOLDER_FILES = ("seq.in", "seq.out", "label")
+FORMATS = ("folder", "jsonl", "spans")
+
+# A word is a run of word characters, possibly joined by one of ' ’ . : - / & followed by more
+# word characters ("o'clock", "6:30", "u.s", "rock-n-roll", "24/7", "r&b"); anything else that is
+# not whitespace is a token on its own ("st." -> "st" "."; "paris," -> "paris" ",").
+_TOKEN_RE = re.compile(r"\w+(?:['’.:\-/&]\w+)*|[^\w\s]")
+_TAG_RE = re.compile(r"O|[BI]-\S+")
+
+
+def tokenize(text: str) -> list[tuple[str, int, int]]:
+    """Split raw text into ``(word, start, end)`` triples with character offsets.
+
+    This is the single tokenisation rule of the project: it turns character-span annotations
+    into words, and the parser applies it to raw user input, so training and inference agree.
+    Rule: a word is a run of ``\\w`` characters (any Unicode letter, digit or ``_``), optionally
+    joined by an internal ``'``, ``’``, ``.``, ``:``, ``-``, ``/`` or ``&`` that is followed by
+    more word characters; every other non-space character is a token by itself.
+    Examples: ``"wake me at 6:30, o'clock"`` -> wake | me | at | 6:30 | , | o'clock;
+    ``"st. louis"`` -> st | . | louis; ``""`` -> [].
+    Text is not lowercased or normalised here.
+    """
+    return [(m.group(), m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
+
+
+def join_tokens(tokens: list[str]) -> tuple[str, list[list[int]]]:
+    """Text and offsets for pre-tokenised data: tokens joined by single spaces."""
+    offsets, pos = [], 0
+    for tok in tokens:
+        offsets.append([pos, pos + len(tok)])
+        pos += len(tok) + 1
+    return " ".join(tokens), offsets
+
+
+def bio_to_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """Entity spans ``(label, start_word, end_word_exclusive)`` from IOB2 tags.
+
+    Lenient like seqeval: an ``I-x`` that does not continue an ``x`` span starts a new one.
+    """
+    spans: list[tuple[str, int, int]] = []
+    label, start = None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, name = tag.partition("-")
+        continues = prefix == "I" and name == label
+        if label is not None and not continues:
+            spans.append((label, start, i))
+            label = None
+        if prefix in ("B", "I") and not continues:
+            label, start = name, i
+    return spans
+
+
+def _check_example(tokens, slots, intent, path, line, repair_bio) -> dict:
+    """Validate one word-level example; shared by the folder and JSONL readers."""
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise DataError("'tokens' must be a list of strings", path, line)
+    if not isinstance(slots, list) or not all(isinstance(t, str) for t in slots):
+        raise DataError("'slots' must be a list of strings", path, line)
+    if not isinstance(intent, str) or not intent.strip() or any(c.isspace() for c in intent.strip()):
+        raise DataError(f"intent must be a non-empty string without spaces, got {intent!r}", path, line)
+    if not tokens:
+        raise DataError("empty utterance", path, line)
+    for tok in tokens:
+        if not tok or any(c.isspace() for c in tok):
+            raise DataError(f"token {tok!r} is empty or contains whitespace", path, line)
+    if len(tokens) != len(slots):
+        raise DataError(f"{len(tokens)} tokens but {len(slots)} slot tags", path, line)
+    slots = list(slots)
+    for i, tag in enumerate(slots):
+        if not _TAG_RE.fullmatch(tag):
+            raise DataError(f"invalid tag {tag!r} (word {i + 1}); expected O, B-<type> or I-<type>", path, line)
+        if tag.startswith("I-"):
+            prev = slots[i - 1] if i else "O"
+            if prev[2:] != tag[2:]:
+                if not repair_bio:
+                    raise DataError(f"{tag} at word {i + 1} does not follow B-{tag[2:]} or {tag}", path, line)
+                warnings.warn(f"{path}:{line}: {tag} at word {i + 1} does not follow B-{tag[2:]}; "
+                              f"read as B-{tag[2:]}", stacklevel=3)
+                slots[i] = "B-" + tag[2:]
+    text, offsets = join_tokens(tokens)
+    return {"tokens": list(tokens), "slots": slots, "intent": intent.strip(), "text": text, "offsets": offsets}
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file with trailing whitespace stripped (SNIPS lines end in a space)."""
+    if not path.is_file():
+        raise DataError("file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline does not start another utterance
+    if not lines:
+        raise DataError("file is empty", path)
+    return [ln.rstrip() for ln in lines]
+
+
+def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = True) -> list[dict]:
+    """Read ``folder/split/{seq.in,seq.out,label}`` (the ATIS/SNIPS layout): one utterance a line."""
+    base = Path(folder) / split
+    paths = [base / name for name in FOLDER_FILES]
+    words, tags, labels = (_read_lines(p) for p in paths)
+    n = len(words)
+    for p, lines in zip(paths[1:], (tags, labels)):
+        if len(lines) != n:
+            raise DataError(f"{len(lines)} lines but {paths[0].name} has {n}", p, min(len(lines), n) + 1)
+    examples = []
+    for i, (w, t, lab) in enumerate(zip(words, tags, labels), start=1):
+        if not w:
+            raise DataError("empty utterance", paths[0], i)
+        if len(w.split()) != len(t.split()):
+            raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words",
+                            paths[1], i)
+        if not lab:
+            raise DataError("empty intent label", paths[2], i)
+        examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio))
+    return examples
+
+
+def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
+    """Read word-level JSONL: one ``{"tokens", "slots" (or "tags"), "intent"}`` object a line."""
+    path = Path(path)
+    examples = []
+    for i, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
+        if not isinstance(obj, dict):
+            raise DataError("expected a JSON object", path, i)
+        slots = obj.get("slots", obj.get("tags"))
+        missing = [k for k, v in (("tokens", obj.get("tokens")), ("slots", slots), ("intent", obj.get("intent")))
+                   if v is None]
+        if missing:
+            raise DataError(f"missing key(s): {', '.join(missing)}", path, i)
+        examples.append(_check_example(obj["tokens"], slots, obj["intent"], path, i, repair_bio))
+    if not examples:
+        raise DataError("no examples in file", path)
+    return examples
+
+
+def _json_list_with_lines(text: str, start: int, path: Path) -> list[tuple[object, int]]:
+    """Decode a top-level JSON list item by item, remembering the line each item starts on."""
+    decoder = json.JSONDecoder()
+    items, pos = [], start + 1  # just after "["
+    ws = re.compile(r"\s*")
+    while True:
+        pos = ws.match(text, pos).end()
+        if text.startswith("]", pos):
+            return items
+        line = text.count("\n", 0, pos) + 1
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+        items.append((obj, line))
+        pos = ws.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos += 1
+        elif not text.startswith("]", pos):
+            raise DataError("invalid JSON: expected ',' or ']'", path, text.count("\n", 0, pos) + 1)
+
+
+def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
+    """Convert one ``{"text", "intent", "entities"}`` object to word-level BIO."""
+    def fail(msg):
+        raise DataError(f"{where}: {msg}", path, line)
+
+    if not isinstance(obj, dict):
+        fail("expected a JSON object")
+    missing = [k for k in ("text", "intent") if k not in obj]
+    if missing:
+        fail(f"missing key(s): {', '.join(missing)}")
+    text, intent, entities = obj["text"], obj["intent"], obj.get("entities") or []
+    if not isinstance(text, str) or not isinstance(intent, str) or not intent.strip() \
+            or any(c.isspace() for c in intent.strip()):
+        fail("'text' must be a string and 'intent' a non-empty string without spaces")
+    if not isinstance(entities, list):
+        fail("'entities' must be a list")
+    words = tokenize(text)
+    if not words:
+        fail("text has no words")
+    spans = []
+    for k, ent in enumerate(entities):
+        if not isinstance(ent, dict) or any(key not in ent for key in ("start", "end", "entity")):
+            fail(f"entity {k} needs 'start', 'end' and 'entity'")
+        s, e, label = ent["start"], ent["end"], ent["entity"]
+        if not isinstance(s, int) or not isinstance(e, int) or isinstance(s, bool) or isinstance(e, bool):
+            fail(f"entity {k}: start and end must be integers")
+        if not (0 <= s < e <= len(text)):
+            fail(f"entity {k} ({label}) has offsets [{s}, {e}) outside the text (length {len(text)}) "
+                 "or start >= end")
+        if not isinstance(label, str) or not label or any(c.isspace() for c in label):
+            fail(f"entity {k}: 'entity' must be a non-empty string without spaces")
+        spans.append((s, e, label, k))
+    spans.sort()
+    for (s1, e1, l1, k1), (s2, e2, l2, k2) in zip(spans, spans[1:]):
+        if s2 < e1:
+            fail(f"entities {k1} ({l1}) and {k2} ({l2}) overlap")
+    slots = ["O"] * len(words)
+    for s, e, label, k in spans:
+        hit = [i for i, (_, ws, we) in enumerate(words) if ws < e and we > s]
+        if not hit:
+            fail(f"entity {k} ({label}) covers no word")
+        for i in hit:
+            if slots[i] != "O":
+                fail(f"word {words[i][0]!r} is part of two entities; word-level tags cannot represent that")
+            slots[i] = ("B-" if i == hit[0] else "I-") + label
+    return {"tokens": [w for w, _, _ in words], "slots": slots, "intent": intent.strip(),
+            "text": text, "offsets": [[s, e] for _, s, e in words]}
+
+
+def read_span_json(path: str | os.PathLike) -> list[dict]:
+    """Read character-span data: a JSON list, JSONL, or a Rasa NLU ``{"rasa_nlu_data": ...}`` file.
+
+    Entity spans are mapped to words from :func:`tokenize`: every word overlapping a span gets
+    its tag (B- on the first such word, I- on the rest).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    text = path.read_text(encoding="utf-8")
+    body = text.lstrip()
+    if not body:
+        raise DataError("file is empty", path)
+    if body.startswith("["):
+        items = _json_list_with_lines(text, len(text) - len(body), path)
+        examples = [_span_example(obj, path, line, f"example {n}") for n, (obj, line) in enumerate(items)]
+    else:
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # not one JSON value: JSONL
+        if isinstance(whole, dict) and "rasa_nlu_data" in whole:
+            common = whole["rasa_nlu_data"].get("common_examples") if isinstance(whole["rasa_nlu_data"], dict) else None
+            if not isinstance(common, list):
+                raise DataError("rasa_nlu_data.common_examples must be a list", path)
+            examples = [_span_example(obj, path, None, f"common_examples[{n}]") for n, obj in enumerate(common)]
+        elif isinstance(whole, dict):
+            examples = [_span_example(whole, path, 1, "example 0")]
+        else:
+            examples = []
+            for i, line in enumerate(text.split("\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
+                examples.append(_span_example(obj, path, i, f"example {len(examples)}"))
+    if not examples:
+        raise DataError("no examples in file", path)
+    return examples
+
+
+def _spans_record(ex: dict) -> dict:
+    """A span-format object from a word-level example, using its offsets when it has them."""
+    if ex.get("offsets") and ex.get("text") is not None:
+        text, offsets = ex["text"], ex["offsets"]
+    else:
+        text, offsets = join_tokens(list(ex["tokens"]))
+    entities = []
+    for label, s, e in bio_to_spans(ex["slots"]):
+        start, end = offsets[s][0], offsets[e - 1][1]
+        entities.append({"start": start, "end": end, "entity": label, "value": text[start:end]})
+    return {"text": text, "intent": ex["intent"], "entities": entities}
+
+
+def write_examples(examples: Iterable[dict], path: str | os.PathLike, format: str) -> None:
+    """Write examples as ``folder`` (path = a split folder), ``jsonl`` or ``spans`` (a JSON list)."""
+    path = Path(path)
+    examples = list(examples)
+    if format == "folder":
+        path.mkdir(parents=True, exist_ok=True)
+        columns = {"seq.in": [" ".join(ex["tokens"]) for ex in examples],
+                   "seq.out": [" ".join(ex["slots"]) for ex in examples],
+                   "label": [ex["intent"] for ex in examples]}
+        for name, lines in columns.items():
+            (path / name).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "jsonl":
+        lines = [json.dumps({"tokens": list(ex["tokens"]), "slots": list(ex["slots"]), "intent": ex["intent"]},
+                            ensure_ascii=False) for ex in examples]
+        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    elif format == "spans":
+        # one example per line inside the list keeps files diffable and error lines meaningful
+        body = ",\n".join("  " + json.dumps(_spans_record(ex), ensure_ascii=False) for ex in examples)
+        path.write_text("[\n" + body + "\n]\n", encoding="utf-8")
+    else:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")

@@ -1,0 +1,47 @@
+"""SLU metrics: intent accuracy, slot span F1 (seqeval, lenient default and strict IOB2) and
+sentence (exact-frame) accuracy, plus per-label reports. Values are fractions in [0, 1]."""
+
+from collections import Counter
+
+from seqeval.metrics import classification_report, f1_score
+from seqeval.scheme import IOB2
+
+
+def sentence_correct(gold_intent, pred_intent, gold_slots, pred_slots) -> bool:
+    return gold_intent == pred_intent and list(gold_slots) == list(pred_slots)
+
+
+def compute_metrics(gold_intents: list, pred_intents: list, gold_slots: list, pred_slots: list) -> dict:
+    """Intent labels are strings (an unseen gold label can never match); slots are tag lists."""
+    n = len(gold_intents)
+    if n == 0:
+        return {"intent_acc": 0.0, "slot_f1": 0.0, "slot_f1_strict": 0.0, "sentence_acc": 0.0, "n": 0}
+    intent_hits = sum(g == p for g, p in zip(gold_intents, pred_intents))
+    sentence_hits = sum(map(sentence_correct, gold_intents, pred_intents, gold_slots, pred_slots))
+    return {
+        "intent_acc": intent_hits / n,
+        "slot_f1": f1_score(gold_slots, pred_slots, zero_division=0),
+        "slot_f1_strict": f1_score(gold_slots, pred_slots, mode="strict", scheme=IOB2, zero_division=0),
+        "sentence_acc": sentence_hits / n,
+        "n": n,
+    }
+
+
+def intent_report(gold_intents: list, pred_intents: list) -> dict:
+    """Per-intent precision, recall, F1 and support (gold count)."""
+    labels = sorted(set(gold_intents) | set(pred_intents))
+    tp = Counter(g for g, p in zip(gold_intents, pred_intents) if g == p)
+    gold, pred = Counter(gold_intents), Counter(pred_intents)
+    report = {}
+    for label in labels:
+        precision = tp[label] / pred[label] if pred[label] else 0.0
+        recall = tp[label] / gold[label] if gold[label] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[label] = {"precision": precision, "recall": recall, "f1": f1, "support": gold[label]}
+    return report
+
+
+def slot_report(gold_slots: list, pred_slots: list) -> dict:
+    """Per-slot-type span precision, recall, F1 and support (seqeval default mode)."""
+    report = classification_report(gold_slots, pred_slots, output_dict=True, zero_division=0)
+    return {k: {m: float(v) for m, v in d.items()} for k, d in report.items()}

@@ -1,0 +1,63 @@
+"""Run a model over a dataset and collect predictions (works under Accelerate, one or many processes)."""
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import compute_metrics
+
+
+@torch.no_grad()
+def predict(model, dataloader, accelerator=None, iterations=None, keep_iterations=False, desc="predict") -> dict:
+    """Return per example: intent id and probability vector, slot ids per word, iterations used.
+
+    With `keep_iterations`, also the intent/slot ids of iteration 0 (before feedback)."""
+    model.eval()
+    raw = accelerator.unwrap_model(model) if accelerator else model
+    out = {"intent": [], "intent_probs": [], "slots": [], "iterations": [], "intent_0": [], "slots_0": []}
+    step_sum, count = None, 0
+    disable = accelerator is not None and not accelerator.is_local_main_process
+    for batch in tqdm(dataloader, desc=desc, leave=False, disable=disable):
+        result = model(**{k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")},
+                       iterations=iterations, return_iterations=keep_iterations)
+        probs = result.intent_logits.softmax(-1)
+        slot_ids = raw.decode_slots(result.slot_logits, batch["word_mask"])
+        lengths = batch["word_mask"].sum(1)
+        pieces = [probs, slot_ids, lengths, result.iterations]
+        if keep_iterations:
+            pieces += [result.all_intent_logits[0].argmax(-1), raw.decode_slots(result.all_slot_logits[0], batch["word_mask"])]
+        if accelerator is not None:
+            pieces = accelerator.gather_for_metrics(
+                [accelerator.pad_across_processes(p, dim=1) if p.dim() > 1 else p for p in pieces])
+        probs, slot_ids, lengths, used = pieces[:4]
+        out["intent_probs"].extend(probs.cpu().tolist())
+        out["intent"].extend(probs.argmax(-1).cpu().tolist())
+        out["slots"].extend(row[:n].tolist() for row, n in zip(slot_ids.cpu(), lengths.cpu()))
+        out["iterations"].extend(used.cpu().tolist())
+        if result.steps is not None:  # (tasks, K, batch) JS step sizes; summed for the mean per iteration
+            step_sum = result.steps.sum(-1) if step_sum is None else step_sum + result.steps.sum(-1)
+            count += result.steps.shape[-1]
+        if keep_iterations:
+            out["intent_0"].extend(pieces[4].cpu().tolist())
+            out["slots_0"].extend(row[:n].tolist() for row, n in zip(pieces[5].cpu(), lengths.cpu()))
+    if step_sum is not None:
+        out["mean_step"] = dict(zip(("intent", "slot"), (step_sum / max(1, count)).tolist()))
+    return out
+
+
+def to_labels(ids: list, vocabulary: list, length: int | None = None, fill: str = "O") -> list:
+    """Ids -> label strings; words the model did not see (truncated) get `fill`."""
+    labels = [vocabulary[i] for i in ids]
+    if length is not None and len(labels) < length:
+        labels += [fill] * (length - len(labels))
+    return labels
+
+
+def evaluate_split(model, loader, raw_split, config, accelerator=None, keep_iterations=False, iterations=None):
+    """Predict a split and score it against its gold string labels. Returns (metrics, predictions)."""
+    result = predict(model, loader, accelerator, iterations=iterations, keep_iterations=keep_iterations)
+    gold_intents, gold_slots = list(raw_split["intent"]), list(raw_split["slots"])
+    pred_intents = [config.intent_labels[i] for i in result["intent"]]
+    pred_slots = [to_labels(ids, config.slot_labels, len(gold)) for ids, gold in zip(result["slots"], gold_slots)]
+    metrics = compute_metrics(gold_intents, pred_intents, gold_slots, pred_slots)
+    result.update(pred_intents=pred_intents, pred_slots=pred_slots)
+    return metrics, result

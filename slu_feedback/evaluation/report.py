@@ -1,0 +1,85 @@
+"""Evaluate a trained run on a split: metrics, per-label reports, predictions file and plots."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..data.dataset import load_splits
+from ..data.features import featurize, make_loader
+from ..data.dataset import LabelMaps
+from ..models import load_run
+from .metrics import intent_report, sentence_correct, slot_report
+from .plots import plot_confusion, plot_steps
+from .predict import evaluate_split
+
+
+def run_data_path(run_dir: Path):
+    """The data the run was trained on, from its resolved recipe."""
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.exists():
+        raise ValueError(f"{run_dir} has no recipe.yaml; pass the data with --data")
+    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    return recipe["data"]["path"], recipe.get("recipe_dir"), recipe["data"]["format"], recipe["data"]["max_length"]
+
+
+def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
+                 iterations=None, model=None, tokenizer=None) -> dict:
+    """Score `run_dir` on `split`; write metrics.json, predictions.jsonl and PNGs into `out_dir`."""
+    run_dir = Path(run_dir)
+    path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
+    if model is None:
+        model, tokenizer = load_run(run_dir)
+    from ..data.dataset import resolve_data_path
+
+    splits = load_splits(resolve_data_path(path, base_dir), format=fmt)
+    raw = splits[split]
+    config = model.config
+    labels = LabelMaps(config.intent_labels, config.slot_labels)
+    loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
+    feedback = config.feedback["iterations"] > 0
+    metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
+
+    out_dir = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
+    report = {"split": split, "n": len(raw), "metrics": metrics,
+              "intents": intent_report(gold_intents, pred["pred_intents"]),
+              "slots": slot_report(gold_slots, pred["pred_slots"])}
+    if feedback:
+        report["feedback"] = feedback_changes(pred, raw, config)
+        plot_steps(report["feedback"]["mean_step"], out_dir / "feedback_steps.png")
+    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for i, example in enumerate(raw):
+            row = {"id": i, "text": example["text"], "gold_intent": example["intent"],
+                   "pred_intent": pred["pred_intents"][i], "intent_score": round(max(pred["intent_probs"][i]), 4),
+                   "intent_error": example["intent"] != pred["pred_intents"][i],
+                   "slot_errors": [j for j, (g, p) in enumerate(zip(example["slots"], pred["pred_slots"][i])) if g != p],
+                   "gold_slots": example["slots"], "pred_slots": pred["pred_slots"][i], "iterations": pred["iterations"][i]}
+            row["error"] = row["intent_error"] or bool(row["slot_errors"])
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plot_confusion(gold_intents, pred["pred_intents"], config.intent_labels, out_dir / "confusion.png")
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def feedback_changes(pred: dict, raw, config) -> dict:
+    """How many utterances change their frame between iteration 0 and the final iteration:
+    `fixed` (wrong -> right), `broken` (right -> wrong), and the mean step size per iteration."""
+    fixed = broken = changed = 0
+    for i, example in enumerate(raw):
+        slots_0 = [config.slot_labels[s] for s in pred["slots_0"][i]]
+        slots_0 += ["O"] * (len(example["slots"]) - len(slots_0))
+        before = (config.intent_labels[pred["intent_0"][i]], slots_0)
+        after = (pred["pred_intents"][i], pred["pred_slots"][i])
+        if before != after:
+            changed += 1
+            ok_before = sentence_correct(example["intent"], before[0], example["slots"], before[1])
+            ok_after = sentence_correct(example["intent"], after[0], example["slots"], after[1])
+            fixed += ok_after and not ok_before
+            broken += ok_before and not ok_after
+    iterations = pred["iterations"]
+    return {"changed": changed, "fixed": fixed, "broken": broken,
+            "mean_iterations": sum(iterations) / max(1, len(iterations)),
+            "mean_step": pred.get("mean_step", {})}

@@ -1,0 +1,53 @@
+"""A linear-chain CRF over word-level emissions (batch first, boolean mask, left-aligned words)."""
+
+import torch
+from torch import nn
+
+
+class CRF(nn.Module):
+    def __init__(self, num_tags: int):
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(num_tags))
+        self.end = nn.Parameter(torch.zeros(num_tags))
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
+
+    def neg_log_likelihood(self, emissions, tags, mask):
+        """Mean over the batch of -log p(tags | emissions). Tags at masked positions are ignored."""
+        tags = tags.clamp(min=0)  # -100 (unknown tag / padding) -> any valid index; masked below
+        return (self._log_partition(emissions, mask) - self._score(emissions, tags, mask)).mean()
+
+    def _score(self, emissions, tags, mask):
+        batch = torch.arange(emissions.shape[0], device=emissions.device)
+        maskf = mask.float()
+        score = self.start[tags[:, 0]] + emissions[batch, 0, tags[:, 0]]
+        for i in range(1, emissions.shape[1]):
+            step = self.transitions[tags[:, i - 1], tags[:, i]] + emissions[batch, i, tags[:, i]]
+            score = score + step * maskf[:, i]
+        last = tags[batch, mask.long().sum(1) - 1]
+        return score + self.end[last]
+
+    def _log_partition(self, emissions, mask):
+        alpha = self.start + emissions[:, 0]
+        for i in range(1, emissions.shape[1]):
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + self.transitions + emissions[:, i].unsqueeze(1), dim=1)
+            alpha = torch.where(mask[:, i].unsqueeze(1), nxt, alpha)
+        return torch.logsumexp(alpha + self.end, dim=1)
+
+    @torch.no_grad()
+    def decode(self, emissions, mask) -> torch.Tensor:
+        """Viterbi best paths, shape (batch x words); positions beyond each length hold 0."""
+        score = self.start + emissions[:, 0]
+        history = []
+        for i in range(1, emissions.shape[1]):
+            best, index = (score.unsqueeze(2) + self.transitions).max(dim=1)
+            nxt = best + emissions[:, i]
+            score = torch.where(mask[:, i].unsqueeze(1), nxt, score)
+            history.append(torch.where(mask[:, i].unsqueeze(1), index, torch.arange(
+                score.shape[1], device=score.device).expand_as(index)))
+        best_last = (score + self.end).argmax(1)
+        path = [best_last]
+        for index in reversed(history):  # masked steps point to themselves, so they pass through
+            best_last = index.gather(1, best_last.unsqueeze(1)).squeeze(1)
+            path.append(best_last)
+        path = torch.stack(list(reversed(path)), dim=1)
+        return path * mask.long()

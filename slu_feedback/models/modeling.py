@@ -1,0 +1,203 @@
+"""`SLUModel`: encoder -> intent head + slot head, linked by the output-level feedback loop.
+
+Iteration 0 is the plain joint model. With `feedback.iterations = K > 0`, both heads run K more
+times on the same encoder features, each receiving the other task's previous output through a
+gated amplifier (see `run_heads`). The encoder runs once per batch.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .config import SLUConfig
+from .crf import CRF
+from .encoders import build_encoder
+from .feedback import FeedbackGate, Head, convergence_loss, step_sizes
+
+
+@dataclass
+class SLUOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    intent_logits: torch.Tensor | None = None  # (batch, intents), at each example's final iteration
+    slot_logits: torch.Tensor | None = None  # (batch, words, slots)
+    iterations: torch.Tensor | None = None  # (batch,) feedback iterations used per example
+    steps: torch.Tensor | None = None  # (2 tasks, K, batch) JS step sizes between iterations
+    all_intent_logits: tuple | None = None  # per iteration, when return_iterations=True
+    all_slot_logits: tuple | None = None
+    loss_parts: dict | None = None
+
+
+class SLUModel(PreTrainedModel):
+    config_class = SLUConfig
+    base_model_prefix = "slu"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: SLUConfig):
+        super().__init__(config)
+        self.encoder = build_encoder(config)
+        width = self.encoder.hidden_size
+        n_intents, n_slots = len(config.intent_labels), len(config.slot_labels)
+        self.intent_head = Head(width, config.head_hidden, n_intents, config.dropout)
+        self.slot_head = Head(width, config.head_hidden, n_slots, config.dropout)
+        self.crf = CRF(n_slots) if config.slot_decoder == "crf" else None
+        fb = config.feedback
+        if fb["iterations"] > 0:
+            summary_width = n_slots * (2 if fb["slot_summary"] == "mean+max" else 1)
+            self.slot_to_intent = FeedbackGate(summary_width, self.intent_head.widths, fb["gate"])
+            self.intent_to_slot = FeedbackGate(n_intents, self.slot_head.widths, fb["gate"])
+        self.register_buffer("gate_tau", torch.tensor(float(fb["tau"])), persistent=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CRF):
+            for p in (module.start, module.end, module.transitions):
+                nn.init.zeros_(p)
+        if isinstance(module, FeedbackGate):
+            nn.init.zeros_(module.beta)  # start undecided between infusion points
+
+    @classmethod
+    def from_encoder(cls, config: SLUConfig, encoder_path: str | None = None) -> "SLUModel":
+        """A new model for training, with pretrained encoder weights loaded from `encoder_path`."""
+        model = cls(config)
+        if config.encoder_type == "hf" and encoder_path is not None:
+            model.encoder.load_pretrained(encoder_path)
+        return model
+
+    # -- feature extraction -------------------------------------------------------------------
+    def encode(self, input_ids, attention_mask, word_index):
+        """Utterance feature u (batch x d) and word features H (batch x words x d, first sub-token)."""
+        tokens = self.encoder(input_ids, attention_mask)
+        if self.config.pooling == "cls" and self.config.encoder_type == "hf":
+            utterance = tokens[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            utterance = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
+        words = tokens.gather(1, word_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return utterance, words
+
+    # -- the feedback loop --------------------------------------------------------------------
+    def run_heads(self, utterance, words, word_mask, iterations: int):
+        """Iteration 0 without feedback, then `iterations` rounds in which each head receives the
+        other task's previous output. Returns per-iteration intent and slot logits."""
+        fb = self.config.feedback
+        tau = float(self.gate_tau)
+        intent_logits = self.intent_head(utterance)
+        slot_logits = self.slot_head(words)
+        all_intent, all_slot = [intent_logits], [slot_logits]
+        for _ in range(iterations):
+            intent_probs, slot_probs = intent_logits.softmax(-1), slot_logits.softmax(-1)
+            if fb["detach"]:
+                intent_probs, slot_probs = intent_probs.detach(), slot_probs.detach()
+            slot_summary = self.summarise_slots(slot_probs, word_mask)
+            to_intent = self.slot_to_intent(slot_summary, tau)  # slot -> intent
+            to_slot = [None if a is None else a.unsqueeze(1) for a in self.intent_to_slot(intent_probs, tau)]
+            intent_logits = self.intent_head(utterance, to_intent)  # intent -> slot, broadcast to words
+            slot_logits = self.slot_head(words, to_slot)
+            all_intent.append(intent_logits)
+            all_slot.append(slot_logits)
+        return all_intent, all_slot
+
+    def summarise_slots(self, slot_probs, word_mask):
+        """Masked mean over words of the slot distribution (optionally with the max-pool too)."""
+        maskf = word_mask.unsqueeze(-1).to(slot_probs.dtype)
+        mean = (slot_probs * maskf).sum(1) / maskf.sum(1).clamp(min=1)
+        if self.config.feedback["slot_summary"] == "mean+max":
+            return torch.cat([mean, (slot_probs * maskf).amax(1)], -1)
+        return mean
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        word_index,
+        word_mask,
+        intent_labels=None,
+        slot_labels=None,
+        iterations: int | None = None,
+        return_iterations: bool = False,
+        **unused,
+    ) -> SLUOutput:
+        fb = self.config.feedback
+        word_mask = word_mask.bool()
+        if iterations is None:
+            iterations = fb["iterations"] if self.training else (fb["max_iterations"] or fb["iterations"])
+        utterance, words = self.encode(input_ids, attention_mask, word_index)
+        all_intent, all_slot = self.run_heads(utterance, words, word_mask, iterations)
+
+        steps = None
+        used = torch.full((input_ids.shape[0],), iterations, device=input_ids.device)
+        if iterations > 0:
+            steps = step_sizes([x.softmax(-1) for x in all_intent], [x.softmax(-1) for x in all_slot], word_mask)
+        intent_logits, slot_logits = all_intent[-1], all_slot[-1]
+        if iterations > 0 and not self.training and fb["eps"] > 0:
+            # adaptive inference: each example stops at the first iteration whose steps are all < eps
+            converged = (steps < fb["eps"]).all(0)  # (K, batch)
+            first = torch.where(converged.any(0), converged.float().argmax(0) + 1, iterations)
+            used = first
+            stacked_intent, stacked_slot = torch.stack(all_intent), torch.stack(all_slot)
+            batch = torch.arange(input_ids.shape[0], device=input_ids.device)
+            intent_logits, slot_logits = stacked_intent[first, batch], stacked_slot[first, batch]
+
+        loss = loss_parts = None
+        if intent_labels is not None and slot_labels is not None:
+            loss, loss_parts = self.compute_loss(all_intent, all_slot, steps, intent_labels, slot_labels, word_mask)
+        return SLUOutput(
+            loss=loss, intent_logits=intent_logits, slot_logits=slot_logits, iterations=used, steps=steps,
+            all_intent_logits=tuple(all_intent) if return_iterations else None,
+            all_slot_logits=tuple(all_slot) if return_iterations else None, loss_parts=loss_parts,
+        )
+
+    # -- losses and decoding ------------------------------------------------------------------
+    def iteration_weights(self, iterations: int) -> list:
+        w = self.config.feedback["iter_weights"]
+        if isinstance(w, (list, tuple)):
+            if len(w) != iterations + 1:
+                raise ValueError(f"feedback.iter_weights has {len(w)} values; need iterations+1 = {iterations + 1}")
+            return list(w)
+        return [float(w)] * iterations + [1.0]
+
+    def slot_loss(self, slot_logits, slot_labels, word_mask):
+        if self.crf is not None:
+            return self.crf.neg_log_likelihood(slot_logits, slot_labels, word_mask)
+        return F.cross_entropy(slot_logits.flatten(0, 1), slot_labels.flatten(), ignore_index=-100)
+
+    def compute_loss(self, all_intent, all_slot, steps, intent_labels, slot_labels, word_mask):
+        """sum_k w_k (CE_intent^k + CE_slot^k) + lambda_conv * L_conv."""
+        c = self.config
+        weights = self.iteration_weights(len(all_intent) - 1)
+        task_loss = 0.0
+        for w, intent_logits, slot_logits in zip(weights, all_intent, all_slot):
+            intent_ce = F.cross_entropy(intent_logits, intent_labels, ignore_index=-100)
+            slot_ce = self.slot_loss(slot_logits, slot_labels, word_mask)
+            task_loss = task_loss + w * (c.intent_loss_weight * intent_ce + c.slot_loss_weight * slot_ce)
+        parts = {"intent": intent_ce.item(), "slot": slot_ce.item()}
+        loss = task_loss
+        if steps is not None:
+            conv = convergence_loss(steps)
+            loss = loss + c.feedback["conv_weight"] * conv
+            parts["conv"] = conv.item()
+        return loss, parts
+
+    def decode_slots(self, slot_logits, word_mask) -> torch.Tensor:
+        """Best slot id per word: Viterbi under a CRF, argmax otherwise."""
+        if self.crf is not None:
+            return self.crf.decode(slot_logits, word_mask.bool())
+        return slot_logits.argmax(-1)
+
+    def gate_probabilities(self) -> dict:
+        """Current gate distribution over infusion points per direction (empty without feedback)."""
+        if self.config.feedback["iterations"] == 0:
+            return {}
+        return {
+            "slot_to_intent": self.slot_to_intent.probabilities().tolist(),
+            "intent_to_slot": self.intent_to_slot.probabilities().tolist(),
+        }
+
+
+AutoConfig.register("slu_feedback", SLUConfig)
+AutoModel.register(SLUConfig, SLUModel)

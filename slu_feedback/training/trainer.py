@@ -1,0 +1,248 @@
+"""The training loop: one Accelerate loop for CPU, one GPU, or many (torchrun / accelerate launch).
+
+    slu-train recipes/atis.yaml optim.lr=1e-4           # CPU or one GPU
+    accelerate launch -m slu_feedback.cli.train recipes/atis.yaml   # many GPUs / FSDP / DeepSpeed
+
+Checkpoints are chosen on the validation split only; the run directory holds the best model
+(`save_pretrained`), its tokenizer, the resolved recipe, per-epoch metrics and the last
+`save_state` checkpoint for `--resume`.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+from ..data.dataset import build_label_maps, load_splits, resolve_data_path, subsample
+from ..data.features import featurize, make_loader
+from ..evaluation.plots import plot_training_curves, read_jsonl
+from ..evaluation.predict import evaluate_split
+from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
+from .recipe import save_recipe
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def default_output_dir(recipe: dict) -> Path:
+    return Path("runs") / f"{recipe['recipe_name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run(recipe: dict) -> Path | None:
+    """The newest run of this recipe under runs/ that has a checkpoint (for --resume)."""
+    runs = sorted(Path("runs").glob(f"{recipe['recipe_name']}-*/checkpoint"))
+    return runs[-1].parent if runs else None
+
+
+def load_data(recipe: dict):
+    """Load, subsample and label the recipe's data; returns (DatasetDict, LabelMaps)."""
+    data_cfg = recipe["data"]
+    path = resolve_data_path(data_cfg["path"], recipe.get("recipe_dir"))
+    data = load_splits(path, format=data_cfg["format"], repair_bio=data_cfg["repair_bio"])
+    if data_cfg["train_fraction"] < 1.0:
+        data["train"] = subsample(data["train"], data_cfg["train_fraction"], recipe["seed"])
+    return data, build_label_maps(data["train"])
+
+
+def load_tokenizer(model_cfg: dict):
+    name = model_cfg["tokenizer"] or (model_cfg["encoder"] if model_cfg["encoder_type"] == "hf" else "minilm-l6")
+    return AutoTokenizer.from_pretrained(resolve_encoder(name))
+
+
+def build_model_config(model_cfg: dict, label_maps, tokenizer) -> SLUConfig:
+    keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "intent_loss_weight",
+            "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback"]
+    kwargs = {k: model_cfg[k] for k in keys}
+    if model_cfg["encoder_type"] == "hf":
+        kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
+    return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
+                     vocab_size=len(tokenizer), **kwargs)
+
+
+def tau_at(progress: float, feedback: dict) -> float:
+    """Gumbel temperature: exponential anneal from tau to tau_min over training."""
+    tau0, tau_min = feedback["tau"], feedback["tau_min"]
+    return tau0 * (tau_min / tau0) ** min(1.0, progress)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Swap a finished directory into place so an interrupted save never leaves a half-written one."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model, tokenizer, label_maps, run_dir: Path) -> None:
+    """Write the model files into the run directory, each file replaced atomically."""
+    tmp = run_dir / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "label_maps.json").write_text(json.dumps(label_maps.to_dict(), indent=1), encoding="utf-8")
+    for item in tmp.iterdir():
+        os.replace(item, run_dir / item.name)
+    tmp.rmdir()
+
+
+def param_groups(model, recipe: dict) -> list:
+    """Encoder at `lr`, everything task-specific at `head_lr`; no weight decay on biases and norms."""
+    optim = recipe["optim"]
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        encoder = name.startswith("encoder.")
+        decay = param.dim() > 1 and "embedding" not in name.lower()
+        key = (encoder, decay)
+        groups.setdefault(key, {"params": [], "lr": optim["lr"] if encoder else optim["head_lr"],
+                                "weight_decay": optim["weight_decay"] if decay else 0.0})["params"].append(param)
+    return list(groups.values())
+
+
+def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop_after_epoch: int | None = None) -> Path:
+    """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
+    interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended."""
+    train_cfg = recipe["train"]
+    accelerator = Accelerator(gradient_accumulation_steps=train_cfg["grad_accum"])
+    if recipe["output_dir"]:
+        run_dir = Path(recipe["output_dir"])
+    elif resume:
+        run_dir = latest_run(recipe)
+        if run_dir is None:
+            raise TrainingError(f"--resume: no run of {recipe['recipe_name']!r} with a checkpoint under runs/")
+    else:
+        run_dir = default_output_dir(recipe)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    recipe = {**recipe, "output_dir": str(run_dir)}
+    torch.autograd.set_detect_anomaly(detect_anomaly)
+
+    set_seed(recipe["seed"])
+    data, label_maps = load_data(recipe)
+    tokenizer = load_tokenizer(recipe["model"])
+    config = build_model_config(recipe["model"], label_maps, tokenizer)
+    encoder_path = resolve_encoder(recipe["model"]["encoder"]) if config.encoder_type == "hf" else None
+    model = SLUModel.from_encoder(config, encoder_path)
+
+    max_length = recipe["data"]["max_length"]
+    train_features = featurize(data["train"], tokenizer, label_maps, max_length)
+    val_features = featurize(data["validation"], tokenizer, label_maps, max_length)
+    train_loader = make_loader(train_features, train_cfg["batch_size"], tokenizer, True, train_cfg["num_workers"])
+    val_loader = make_loader(val_features, train_cfg["eval_batch_size"], tokenizer, False)
+
+    optimizer = torch.optim.AdamW(param_groups(model, recipe))
+    updates_per_epoch = math.ceil(len(train_loader) / (train_cfg["grad_accum"] * accelerator.num_processes))
+    total_updates = updates_per_epoch * train_cfg["epochs"]
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates), total_updates)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
+    checkpoint = run_dir / "checkpoint"
+    if resume:
+        if not (checkpoint / "trainer_state.json").exists():
+            raise TrainingError(f"--resume: {checkpoint} holds no complete checkpoint")
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
+    elif accelerator.is_main_process:
+        save_recipe(recipe, run_dir / "recipe.yaml")
+        (run_dir / "metrics.jsonl").write_text("")
+    metrics_file = run_dir / "metrics.jsonl"
+
+    def log(row: dict) -> None:
+        if accelerator.is_main_process:
+            with metrics_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    select = train_cfg["select_metric"]
+    feedback = config.feedback
+    for epoch in range(state["epoch"], train_cfg["epochs"]):
+        if state["bad_epochs"] >= train_cfg["patience"]:
+            break
+        set_seed(recipe["seed"] + epoch)  # shuffling, dropout and Gumbel noise are a function of the epoch
+        model.train()
+        started, running, count = time.time(), 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}",
+                   disable=not accelerator.is_local_main_process)
+        for batch in bar:
+            raw_model.gate_tau.fill_(tau_at(state["step"] / max(1, total_updates), feedback))
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                if not torch.isfinite(out.loss):
+                    raise TrainingError(
+                        f"loss is {out.loss.item()} at epoch {epoch + 1}, step {state['step']}; the last good "
+                        f"checkpoint is kept in {checkpoint} (try a lower optim.lr, or --detect-anomaly)")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe["optim"]["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                state["step"] += 1
+            running, count = running + out.loss.item(), count + 1
+            bar.set_postfix(loss=f"{running / count:.4f}")
+            if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
+                log({"type": "step", "epoch": epoch + 1, "step": state["step"], "loss": out.loss.item(),
+                     "lr": scheduler.get_last_lr()[0], "tau": float(raw_model.gate_tau),
+                     "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()}})
+        epoch_seconds = time.time() - started
+        metrics, _ = evaluate_split(model, val_loader, data["validation"], config, accelerator)
+        state["epoch"] = epoch + 1
+        state["epoch_seconds"].append(epoch_seconds)
+        improved = metrics[select] > state["best"]
+        if improved:
+            state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0)
+            if accelerator.is_main_process:
+                save_model(raw_model, tokenizer, label_maps, run_dir)
+        else:
+            state["bad_epochs"] += 1
+        log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
+             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": raw_model.gate_probabilities()})
+        accelerator.print(
+            f"epoch {epoch + 1}: loss {running / max(1, count):.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
+            f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
+            f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
+        save_checkpoint(accelerator, checkpoint, state)
+        if stop_after_epoch is not None and state["epoch"] >= stop_after_epoch:
+            break
+
+    if accelerator.is_main_process:
+        epochs = [row for row in read_jsonl(metrics_file) if row["type"] == "epoch"]
+        best = next((row for row in epochs if row["epoch"] == state["best_epoch"]), None)
+        results = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+                   "validation": best["validation"] if best else None,
+                   "train_seconds_per_epoch": state["epoch_seconds"], "train_examples": len(data["train"]),
+                   "gate_probabilities": raw_model.gate_probabilities()}
+        (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        plot_training_curves(metrics_file, run_dir / "training_curves.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+def save_checkpoint(accelerator, checkpoint: Path, state: dict) -> None:
+    """`save_state` into a temporary folder, then swap it in (a kill mid-save keeps the old one)."""
+    tmp = checkpoint.with_name("checkpoint.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+        _replace_dir(tmp, checkpoint)
+    accelerator.wait_for_everyone()

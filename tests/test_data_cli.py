@@ -1,0 +1,106 @@
+"""Tests of the ``slu-data`` command line (inspect, validate, convert, fetch)."""
+
+import json
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import slu_feedback.data.fetch as fetch_module
+from slu_feedback.cli.data import main
+from slu_feedback.data import load_splits
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def sample_copy(tmp_path):
+    dst = tmp_path / "sample"
+    for split in ("train", "valid", "test"):
+        shutil.copytree(SAMPLE / split, dst / split)
+    return dst
+
+
+def test_inspect_sample():
+    res = run("inspect", SAMPLE)
+    assert res.exit_code == 0, res.output
+    assert "train: 200 utterances, 5 intents, 10 slot types, 0 multi-intent" in res.output
+    assert "validation: 50 utterances" in res.output and "test: 50 utterances" in res.output
+    assert "get_weather" in res.output and "#####" in res.output and "party_size" in res.output
+
+
+def test_inspect_single_span_file():
+    res = run("inspect", SAMPLE / "spans_example.json")
+    assert res.exit_code == 0, res.output
+    assert "spans_example.json: 5 utterances" in res.output
+
+
+def test_validate_good():
+    res = run("validate", SAMPLE, "--strict-bio")
+    assert res.exit_code == 0, res.output
+    assert "OK: train 200, validation 50, test 50" in res.output
+
+
+def test_validate_bad_file_reports_file_and_line(sample_copy):
+    seq_out = sample_copy / "valid" / "seq.out"
+    lines = seq_out.read_text().splitlines()
+    lines[2] = lines[2] + " O"  # one tag too many on line 3
+    seq_out.write_text("\n".join(lines) + "\n")
+    res = run("validate", sample_copy)
+    assert res.exit_code == 1
+    assert f"Error: {seq_out}:3: " in res.output
+    assert "Traceback" not in res.output
+
+
+def test_validate_bio_repair_vs_strict(sample_copy):
+    seq_out = sample_copy / "test" / "seq.out"
+    lines = seq_out.read_text().splitlines()
+    lines[0] = lines[0].replace("B-", "I-", 1)
+    assert lines[0] != seq_out.read_text().splitlines()[0]
+    seq_out.write_text("\n".join(lines) + "\n")
+    lenient = run("validate", sample_copy)
+    assert lenient.exit_code == 0 and "repaired 1 I- tag" in lenient.output and f"{seq_out}:1" in lenient.output
+    strict = run("validate", sample_copy, "--strict-bio")
+    assert strict.exit_code == 1 and f"{seq_out}:1: " in strict.output
+
+
+def test_validate_missing_dataset_hints_at_env(tmp_path):
+    res = run("validate", tmp_path / "nowhere")
+    assert res.exit_code == 1 and "SLU_DATA_DIR" in res.output
+
+
+def test_convert_round_trip(tmp_path):
+    for fmt, src in (("jsonl", SAMPLE), ("spans", tmp_path / "jsonl"), ("folder", tmp_path / "spans")):
+        res = run("convert", src, tmp_path / fmt, "--to", fmt)
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "jsonl" / "valid.jsonl").is_file() and (tmp_path / "spans" / "test.json").is_file()
+    assert json.loads((tmp_path / "spans" / "train.json").read_text())[0]["entities"]
+    a, b = load_splits(SAMPLE), load_splits(tmp_path / "folder")
+    for split in a:
+        for col in ("tokens", "slots", "intent"):
+            assert a[split][col] == b[split][col]
+    for name in ("seq.in", "seq.out", "label"):
+        assert (tmp_path / "folder" / "train" / name).read_bytes() == (SAMPLE / "train" / name).read_bytes()
+
+
+def test_convert_bad_source_exits_1(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.jsonl").write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n{"tokens": ["a"]}\n')
+    res = run("convert", src, tmp_path / "out", "--to", "folder")
+    assert res.exit_code == 1 and f"{src / 'train.jsonl'}:2: missing key(s): slots, intent" in res.output
+
+
+def test_fetch_offline_exits_1(tmp_path, monkeypatch):
+    def no_network(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(fetch_module.urllib.request, "urlopen", no_network)
+    res = run("fetch", "snips", "--dest", tmp_path)
+    assert res.exit_code == 1 and "SLU_DATA_DIR" in res.output and "Traceback" not in res.output

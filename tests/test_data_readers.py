@@ -1,0 +1,397 @@
+"""Tests of the data layer: readers, errors, splits, label maps, subsampling, fetch."""
+
+import json
+import os
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from slu_feedback.data import (UNKNOWN_ID, DataError, LabelMaps, bio_to_spans, build_label_maps,
+                               detect_format, load_splits, read_folder_split, read_jsonl, read_span_json,
+                               resolve_data_path, subsample, tokenize, write_examples)
+import slu_feedback.data.fetch as fetch_module
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED = Path(os.environ["SLU_DATA_DIR"]) if os.environ.get("SLU_DATA_DIR") \
+    else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_split(root, split, seq_in, seq_out, label):
+    d = Path(root) / split
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in (("seq.in", seq_in), ("seq.out", seq_out), ("label", label)):
+        (d / name).write_text(text, encoding="utf-8")
+    return d
+
+
+GOOD = ("wake me at 6:30\nplay jazz\n", "O O O B-time\nO B-genre\n", "set_alarm\nplay_music\n")
+
+
+# --- tokenize / bio_to_spans / DataError ------------------------------------------------------
+
+def words(text):
+    return [w for w, _, _ in tokenize(text)]
+
+
+def test_tokenize_rule():
+    assert words("wake me at 6:30, o'clock") == ["wake", "me", "at", "6:30", ",", "o'clock"]
+    assert words("st. louis r&b 24/7 rock-n-roll it’s") == [
+        "st", ".", "louis", "r&b", "24/7", "rock-n-roll", "it’s"]
+    assert words("a--b 'quoted'") == ["a", "-", "-", "b", "'", "quoted", "'"]
+    assert tokenize("") == [] and tokenize("   ") == []
+
+
+def test_tokenize_unicode_and_offsets():
+    text = "Play “Für Elise” in Zürich 東京!"
+    toks = tokenize(text)
+    assert [w for w, _, _ in toks] == ["Play", "“", "Für", "Elise", "”", "in", "Zürich", "東京", "!"]
+    assert all(text[s:e] == w for w, s, e in toks)
+
+
+def test_bio_to_spans_is_lenient():
+    assert bio_to_spans(["B-a", "I-a", "O", "I-b", "I-b", "B-b", "I-c"]) == [
+        ("a", 0, 2), ("b", 3, 5), ("b", 5, 6), ("c", 6, 7)]
+    assert bio_to_spans(["O", "O"]) == []
+
+
+def test_data_error_format():
+    e = DataError("bad tag", path="x/seq.out", line=3)
+    assert str(e) == "x/seq.out:3: bad tag" and e.path == "x/seq.out" and e.line == 3
+    assert str(DataError("bad", path="f")) == "f: bad"
+    assert str(DataError("bad")) == "bad"
+    assert isinstance(e, ValueError)
+
+
+# --- folder format ------------------------------------------------------------------------
+
+def test_read_folder_split(tmp_path):
+    write_split(tmp_path, "train", "play jazz \n", "O B-genre \n", "play_music \n")  # SNIPS trailing spaces
+    [ex] = read_folder_split(tmp_path, "train")
+    assert ex == {"tokens": ["play", "jazz"], "slots": ["O", "B-genre"], "intent": "play_music",
+                  "text": "play jazz", "offsets": [[0, 4], [5, 9]]}
+
+
+def test_folder_missing_file(tmp_path):
+    d = write_split(tmp_path, "train", *GOOD)
+    (d / "label").unlink()
+    with pytest.raises(DataError) as err:
+        read_folder_split(tmp_path, "train")
+    assert err.value.path == str(d / "label") and "not found" in str(err.value)
+
+
+def test_folder_empty_file(tmp_path):
+    d = write_split(tmp_path, "train", "", "", "")
+    with pytest.raises(DataError, match="empty") as err:
+        read_folder_split(tmp_path, "train")
+    assert err.value.path == str(d / "seq.in")
+
+
+def test_folder_line_count_mismatch(tmp_path):
+    d = write_split(tmp_path, "train", GOOD[0], GOOD[1], "set_alarm\n")
+    with pytest.raises(DataError) as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "label"), 2)
+
+
+def test_folder_token_tag_mismatch(tmp_path):
+    d = write_split(tmp_path, "train", GOOD[0], "O O O B-time\nO\n", GOOD[2])
+    with pytest.raises(DataError, match="1 tags") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "seq.out"), 2)
+    assert str(err.value).startswith(f"{d / 'seq.out'}:2: ")
+
+
+def test_folder_invalid_tag(tmp_path):
+    d = write_split(tmp_path, "train", GOOD[0], "O O O B-time\nO X-genre\n", GOOD[2])
+    with pytest.raises(DataError, match="X-genre") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "seq.out"), 2)
+
+
+def test_bio_repair_warns_and_strict_raises(tmp_path):
+    d = write_split(tmp_path, "train", "a b c\n", "O I-x I-x\n", "i\n")
+    with pytest.warns(UserWarning, match=f"{d / 'seq.out'}:1: I-x"):
+        [ex] = read_folder_split(tmp_path, "train")
+    assert ex["slots"] == ["O", "B-x", "I-x"]
+    with pytest.raises(DataError) as err:
+        read_folder_split(tmp_path, "train", repair_bio=False)
+    assert (err.value.path, err.value.line) == (str(d / "seq.out"), 1)
+
+
+def test_bio_type_change_is_repaired(tmp_path):
+    write_split(tmp_path, "train", "a b\n", "B-x I-y\n", "i\n")
+    with pytest.warns(UserWarning):
+        [ex] = read_folder_split(tmp_path, "train")
+    assert ex["slots"] == ["B-x", "B-y"]
+
+
+# --- JSONL --------------------------------------------------------------------------------
+
+def test_read_jsonl(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"tokens": ["play", "jazz"], "slots": ["O", "B-genre"], "intent": "play_music"}\n\n'
+                 '{"tokens": ["hi"], "tags": ["O"], "intent": "greet"}\n', encoding="utf-8")
+    exs = read_jsonl(p)
+    assert [e["intent"] for e in exs] == ["play_music", "greet"]
+    assert exs[1]["slots"] == ["O"] and exs[0]["text"] == "play jazz"
+
+
+@pytest.mark.parametrize("bad_line, match", [
+    ('{"tokens": ["a"], "slots": ["O"], "intent": "x"', "invalid JSON"),
+    ('{"tokens": ["a"], "intent": "x"}', "slots"),
+    ('{"tokens": ["a", "b"], "slots": ["O"], "intent": "x"}', "2 tokens but 1"),
+    ('{"tokens": ["a b"], "slots": ["O"], "intent": "x"}', "whitespace"),
+])
+def test_jsonl_errors_name_line(tmp_path, bad_line, match):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n\n' + bad_line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=match) as err:
+        read_jsonl(p)
+    assert (err.value.path, err.value.line) == (str(p), 3)
+
+
+# --- character spans ----------------------------------------------------------------------
+
+SPAN_EX = {"text": "Book a table in Zürich, São Paulo at 8pm!", "intent": "book",
+           "entities": [{"start": 16, "end": 22, "entity": "city"},
+                        {"start": 24, "end": 33, "entity": "city", "value": "São Paulo"},
+                        {"start": 37, "end": 40, "entity": "time"}]}
+
+
+def test_span_json_list_punctuation_and_unicode(tmp_path):
+    p = tmp_path / "train.json"
+    p.write_text(json.dumps([SPAN_EX], ensure_ascii=False), encoding="utf-8")
+    [ex] = read_span_json(p)
+    assert ex["tokens"] == ["Book", "a", "table", "in", "Zürich", ",", "São", "Paulo", "at", "8pm", "!"]
+    assert ex["slots"] == ["O", "O", "O", "O", "B-city", "O", "B-city", "I-city", "O", "B-time", "O"]
+    assert ex["text"] == SPAN_EX["text"] and ex["offsets"][4] == [16, 22]
+
+
+def test_span_partial_overlap_tags_whole_word(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text(json.dumps({"text": "fly to new york.", "intent": "f",
+                             "entities": [{"start": 8, "end": 14, "entity": "to"}]}) + "\n")
+    [ex] = read_span_json(p)
+    assert ex["slots"] == ["O", "O", "B-to", "I-to", "O"]
+
+
+def test_span_rasa_and_jsonl_agree(tmp_path):
+    rasa = tmp_path / "rasa.json"
+    rasa.write_text(json.dumps({"rasa_nlu_data": {"common_examples": [SPAN_EX]}}), encoding="utf-8")
+    jl = tmp_path / "ex.jsonl"
+    jl.write_text(json.dumps(SPAN_EX) + "\n", encoding="utf-8")
+    assert read_span_json(rasa) == read_span_json(jl)
+
+
+def test_sample_span_files_load():
+    assert len(read_span_json(SAMPLE / "spans_example.json")) >= 3
+    assert len(read_span_json(SAMPLE / "rasa_example.json")) >= 3
+
+
+@pytest.mark.parametrize("entities, match", [
+    ([{"start": 0, "end": 99, "entity": "a"}], "outside the text"),
+    ([{"start": 3, "end": 3, "entity": "a"}], "start >= end"),
+    ([{"start": 0, "end": 5, "entity": "a"}, {"start": 4, "end": 9, "entity": "b"}], "overlap"),
+    ([{"start": 0, "entity": "a"}], "needs 'start', 'end' and 'entity'"),
+])
+def test_span_errors_in_json_list(tmp_path, entities, match):
+    good = {"text": "hello world there", "intent": "x", "entities": []}
+    bad = dict(good, entities=entities)
+    p = tmp_path / "train.json"
+    p.write_text("[\n  " + json.dumps(good) + ",\n  " + json.dumps(bad) + "\n]\n", encoding="utf-8")
+    with pytest.raises(DataError, match=match) as err:
+        read_span_json(p)
+    assert err.value.path == str(p) and err.value.line == 3 and "example 1" in str(err.value)
+
+
+def test_span_errors_in_jsonl_and_rasa(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"text": "hi", "intent": "x"}\n{"intent": "x"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="text") as err:
+        read_span_json(p)
+    assert err.value.line == 2
+    r = tmp_path / "rasa.json"
+    r.write_text(json.dumps({"rasa_nlu_data": {"common_examples": [
+        {"text": "hi", "intent": "x"},
+        {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}))
+    with pytest.raises(DataError, match=r"common_examples\[1\].*outside"):
+        read_span_json(r)
+
+
+# --- writing and round trip ---------------------------------------------------------------
+
+def key(exs):
+    return [(e["tokens"], e["slots"], e["intent"]) for e in exs]
+
+
+def test_round_trip_folder_jsonl_spans_folder(tmp_path):
+    original = read_folder_split(SAMPLE, "valid")
+    write_examples(original, tmp_path / "a.jsonl", "jsonl")
+    via_jsonl = read_jsonl(tmp_path / "a.jsonl")
+    write_examples(via_jsonl, tmp_path / "b.json", "spans")
+    via_spans = read_span_json(tmp_path / "b.json")
+    write_examples(via_spans, tmp_path / "out" / "valid", "folder")
+    back = read_folder_split(tmp_path / "out", "valid")
+    assert key(original) == key(via_jsonl) == key(via_spans) == key(back)
+    for name in ("seq.in", "seq.out", "label"):
+        assert (tmp_path / "out" / "valid" / name).read_bytes() == (SAMPLE / "valid" / name).read_bytes()
+
+
+def test_write_spans_keeps_original_text(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(SPAN_EX, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_examples(read_span_json(src), tmp_path / "out.json", "spans")
+    [rec] = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    assert rec["text"] == SPAN_EX["text"]
+    assert [(e["start"], e["end"], e["entity"]) for e in rec["entities"]] == \
+        [(e["start"], e["end"], e["entity"]) for e in SPAN_EX["entities"]]
+    assert rec["entities"][1]["value"] == "São Paulo"
+
+
+# --- splits, paths, formats ---------------------------------------------------------------
+
+def test_load_splits_sample():
+    ds = load_splits(SAMPLE)
+    assert {k: len(v) for k, v in ds.items()} == {"train": 200, "validation": 50, "test": 50}
+    assert set(ds["train"].column_names) == {"tokens", "slots", "intent", "text", "offsets"}
+    row = ds["train"][0]
+    assert row["text"] == " ".join(row["tokens"]) and len(row["offsets"]) == len(row["tokens"])
+    assert all(isinstance(v, int) for pair in row["offsets"] for v in pair)
+    assert len(set(ds["train"]["intent"])) == 5
+
+
+def test_load_splits_dev_alias_and_missing_split(tmp_path):
+    for split in ("train", "dev", "test"):
+        write_split(tmp_path, split, *GOOD)
+    assert len(load_splits(tmp_path)["validation"]) == 2
+    shutil.rmtree(tmp_path / "test")
+    with pytest.raises(DataError, match="'test'") as err:
+        load_splits(tmp_path, format="folder")
+    assert err.value.path == str(tmp_path)
+
+
+def test_load_splits_jsonl_and_spans_dirs(tmp_path):
+    exs = read_folder_split(SAMPLE, "test")
+    for fmt, ext in (("jsonl", ".jsonl"), ("spans", ".json")):
+        d = tmp_path / fmt
+        for stem in ("train", "validation", "test"):
+            write_examples(exs, d / (stem + ext), fmt)
+        assert detect_format(d) == fmt
+        ds = load_splits(d)
+        assert key(ds["validation"].to_list()) == key(exs)
+
+
+def test_detect_format(tmp_path):
+    assert detect_format(SAMPLE) == "folder"
+    assert detect_format(SAMPLE / "spans_example.json") == "spans"
+    assert detect_format(SAMPLE / "rasa_example.json") == "spans"
+    (tmp_path / "x.jsonl").write_text('{"tokens": ["a"], "slots": ["O"], "intent": "i"}\n')
+    assert detect_format(tmp_path / "x.jsonl") == "jsonl"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot tell"):
+        detect_format(tmp_path / "empty")
+
+
+def test_resolve_data_path(tmp_path, monkeypatch):
+    (tmp_path / "recipes" / "mydata").mkdir(parents=True)
+    (tmp_path / "store" / "atis").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLU_DATA_DIR", str(tmp_path / "store"))
+    assert resolve_data_path("recipes") == Path("recipes")
+    assert resolve_data_path("mydata", base_dir=tmp_path / "recipes") == tmp_path / "recipes" / "mydata"
+    assert resolve_data_path("atis") == tmp_path / "store" / "atis"
+    with pytest.raises(DataError) as err:
+        resolve_data_path("snips", base_dir=tmp_path / "recipes")
+    msg = str(err.value)
+    assert "SLU_DATA_DIR" in msg and "slu-data fetch atis" in msg and str(tmp_path / "store" / "snips") in msg
+
+
+# --- label maps and subsampling -----------------------------------------------------------
+
+def test_label_maps():
+    train = {"intent": ["b", "a", "b"], "slots": [["O", "B-y"], ["B-x", "I-x"], ["O"]]}
+    lm = build_label_maps(train)
+    assert lm.intents == ["a", "b"] and lm.slots == ["O", "B-x", "B-y", "I-x"]
+    assert lm.intent_id("b") == 1 and lm.intent_id("never_seen") == UNKNOWN_ID == -100
+    assert lm.slot_id("I-x") == 3 and lm.slot_id("B-z") == -100
+    again = LabelMaps.from_dict(json.loads(json.dumps(lm.to_dict())))
+    assert again == lm and again.intent_id("a") == 0
+
+
+def test_subsample_stratified_and_deterministic():
+    train = load_splits(SAMPLE)["train"]
+    a, b, c = subsample(train, 0.1, seed=1), subsample(train, 0.1, seed=1), subsample(train, 0.1, seed=2)
+    assert a["text"] == b["text"] and a["text"] != c["text"]
+    assert len(a) == 20
+    counts = {i: a["intent"].count(i) for i in set(train["intent"])}
+    assert counts == {i: 4 for i in counts}
+    tiny = subsample(train, 0.001, seed=0)
+    assert sorted(tiny["intent"]) == sorted(set(train["intent"]))  # one per intent
+    assert len(subsample(train, 1.0, seed=0)) == len(train)
+    with pytest.raises(ValueError):
+        subsample(train, 0, seed=0)
+
+
+# --- benchmarks and fetch -----------------------------------------------------------------
+
+@pytest.mark.skipif(not (SHARED / "atis").is_dir(), reason=f"ATIS not found at {SHARED / 'atis'}")
+def test_atis_counts_and_unseen_intent():
+    ds = load_splits(SHARED / "atis")
+    assert [len(ds[s]) for s in ("train", "validation", "test")] == [4478, 500, 893]
+    lm = build_label_maps(ds["train"])
+    assert len(lm.intents) == 21 and len(lm.slots) == 120 and lm.slots[0] == "O"
+    assert "atis_day_name" in ds["test"]["intent"] and lm.intent_id("atis_day_name") == UNKNOWN_ID
+    assert ds["test"]["intent"].count("atis_flight#atis_airfare") == 12
+    assert sum("#" in i for i in ds["test"]["intent"]) == 15  # multi-intent labels of all kinds
+
+
+def test_fetch_fails_fast_offline(tmp_path, monkeypatch):
+    seen = {}
+
+    def no_network(url, timeout):
+        seen["timeout"] = timeout
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(fetch_module.urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError) as err:
+        fetch_module.fetch("atis", tmp_path)
+    msg = str(err.value)
+    assert "SLU_DATA_DIR" in msg and str(tmp_path / "atis") in msg and seen["timeout"] <= 10
+    with pytest.raises(DataError, match="unknown dataset"):
+        fetch_module.fetch("nope", tmp_path)
+
+
+def test_fetch_writes_and_checks_md5(tmp_path, monkeypatch):
+    class Resp:
+        def __init__(self, data):
+            self.data = data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return self.data
+
+    def fake(url, timeout):
+        return Resp({"seq.in": b"a b\n", "seq.out": b"O O\n", "label": b"x\n"}[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(fetch_module.urllib.request, "urlopen", fake)
+    with pytest.raises(DataError, match="md5") as err:
+        fetch_module.fetch("snips", tmp_path)
+    assert err.value.path == str(tmp_path / "snips" / "train" / "seq.in")
+    assert (tmp_path / "snips" / "train" / "label").read_text() == "x\n"
+
+
+@pytest.mark.skipif(not (SHARED / "atis").is_dir(), reason=f"ATIS not found at {SHARED / 'atis'}")
+def test_fetch_keeps_complete_copy_without_network(monkeypatch):
+    def no_network(url, timeout):
+        raise AssertionError("should not download")
+
+    monkeypatch.setattr(fetch_module.urllib.request, "urlopen", no_network)
+    assert fetch_module.fetch("atis", SHARED) == SHARED / "atis"

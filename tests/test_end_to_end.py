@@ -1,0 +1,135 @@
+"""Train tiny models on the sample set through the real loop, then evaluate and parse them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from slu_feedback.cli.evaluate import main as eval_main
+from slu_feedback.cli.parse import main as parse_main
+from slu_feedback.evaluation.report import evaluate_run
+from slu_feedback.inference.parser import SLUParser
+from slu_feedback.training.trainer import train
+
+pytestmark = pytest.mark.e2e
+
+
+def weights(run_dir):
+    return load_file(str(Path(run_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained_feedback_run(tiny_encoder, tmp_path_factory):
+    from conftest import REPO, SAMPLE
+    from slu_feedback.training.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("fb") / "run"
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=3", "model.head_hidden=32",
+        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=2",
+        "train.log_every=3"])
+    return train(recipe)
+
+
+def test_run_directory_has_everything(trained_feedback_run):
+    run = Path(trained_feedback_run)
+    for name in ["config.json", "model.safetensors", "tokenizer_config.json", "label_maps.json", "recipe.yaml",
+                 "metrics.jsonl", "all_results.json", "training_curves.png", "checkpoint/trainer_state.json"]:
+        assert (run / name).exists(), name
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["epochs_run"] == 3 and results["best_epoch"] in (1, 2, 3)
+    assert set(results["gate_probabilities"]) == {"slot_to_intent", "intent_to_slot"}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["type"] == "epoch"] == [1, 2, 3]
+    taus = [r["tau"] for r in rows if r["type"] == "step"]
+    assert taus == sorted(taus, reverse=True) and taus[0] > taus[-1], "the Gumbel temperature anneals"
+
+
+def test_the_loop_learns_the_sample_set(tiny_recipe):
+    run = train(tiny_recipe("train.epochs=6"))
+    first, *_, last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x and '"validation"' in x]
+    assert last["train_loss"] < 0.5 * first["train_loss"]
+    best = json.loads((run / "all_results.json").read_text())["validation"]
+    assert best["intent_acc"] > 0.5  # 5 balanced intents: chance is 0.2
+
+
+def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
+    report = evaluate_run(trained_feedback_run, "test")
+    out = Path(report["out_dir"])
+    assert {"intent_acc", "slot_f1", "slot_f1_strict", "sentence_acc"} <= set(report["metrics"])
+    assert (out / "confusion.png").stat().st_size > 0 and (out / "feedback_steps.png").exists()
+    fb = report["feedback"]
+    assert fb["fixed"] + fb["broken"] <= fb["changed"] <= report["n"]
+    assert len(fb["mean_step"]["intent"]) == 2
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == report["n"] == 50
+    assert sum(r["error"] for r in rows) == round(report["n"] * (1 - report["metrics"]["sentence_acc"]))
+    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation"])
+    assert result.exit_code == 0, result.output
+    assert "sentence accuracy" in result.output and "fixed" in result.output
+
+
+def test_parser_handles_awkward_input(trained_feedback_run):
+    parser = SLUParser.from_pretrained(trained_feedback_run)
+    texts = ["Play some JAZZ by Miles Davis, please!", "", "   ", "wetter in Zürich morgen?", "\x00\x07 ok",
+             "🙂 alarm at 6:30", "book " * 300]
+    with pytest.warns(UserWarning, match="truncated"):
+        results = parser(texts, explain=True)
+    assert len(results) == len(texts)
+    assert results[1]["intent"] is None and results[2]["slots"] == []
+    for text, r in zip(texts, results):
+        for slot in r["slots"]:
+            assert text[slot["start"]:slot["end"]] == slot["text"]
+        if r["intent"] is not None:
+            assert r["intent"] in parser.intents and 0 <= r["intent_score"] <= 1
+            assert len(r["explain"]) == 3 and r["iterations"] in (1, 2)
+            assert len(r["tags"]) == len(r["words"])
+    assert parser("set an alarm")["top_intents"][0]["intent"] == parser("set an alarm")["intent"]
+
+
+def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--text", "play music", "--json"])
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.output.strip().splitlines()[-1])
+    assert parsed["text"] == "play music" and parsed["intent"]
+    lines = ["a much longer utterance about the weather in paris tomorrow", "hi", ""]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt"), "--json"])
+    out = [json.loads(x) for x in result.output.strip().splitlines()]
+    assert [o["text"] for o in out] == lines, "results come back in input order"
+    result = runner.invoke(parse_main, [str(trained_feedback_run)], input=":help\nplay jazz\n:explain\nplay jazz\n:quit\n")
+    assert result.exit_code == 0 and ":quit" in result.output and "intent" in result.output and "k=0" in result.output
+
+
+def test_parse_cli_names_a_broken_run(tmp_path):
+    result = CliRunner().invoke(parse_main, [str(tmp_path)])
+    assert result.exit_code == 1 and "not a trained run" in result.output
+
+
+def test_same_seed_same_weights_and_resume_matches(tiny_recipe, tmp_path):
+    a = train(tiny_recipe(f"output_dir={tmp_path / 'a'}", "model.slot_decoder=crf", "model.feedback.iterations=1"))
+    b = train(tiny_recipe(f"output_dir={tmp_path / 'b'}", "model.slot_decoder=crf", "model.feedback.iterations=1"))
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "same recipe and seed give identical weights"
+    # interrupted after epoch 1, then resumed: the same weights and metrics as the uninterrupted run
+    c = tmp_path / "c"
+    recipe_c = tiny_recipe(f"output_dir={c}", "model.slot_decoder=crf", "model.feedback.iterations=1")
+    train(recipe_c, stop_after_epoch=1)
+    assert len((c / "metrics.jsonl").read_text().splitlines()) < len((a / "metrics.jsonl").read_text().splitlines())
+    train(recipe_c, resume=True)
+    wc = weights(c)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa), "resume reproduces the uninterrupted run"
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                         for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert strip(a) == strip(c)
+
+
+def test_bilstm_trains(tiny_recipe):
+    run = train(tiny_recipe("model.encoder_type=bilstm", "model.embedding_dim=16", "model.lstm_hidden=16",
+                            "model.lstm_layers=1", "train.epochs=1"))
+    assert (run / "model.safetensors").exists()
+    assert SLUParser.from_pretrained(run)("play a song")["intent"]

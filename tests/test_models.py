@@ -1,0 +1,169 @@
+"""Model invariants, including those METHODS.md lists for the feedback loop."""
+
+import itertools
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig
+
+from slu_feedback.models import SLUConfig, SLUModel
+from slu_feedback.models.crf import CRF
+from slu_feedback.models.feedback import FeedbackGate, convergence_loss, js_divergence, step_sizes
+
+INTENTS = ["a", "b", "c"]
+SLOTS = ["O", "B-x", "I-x", "B-y"]
+ENCODER = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32).to_dict()
+
+
+def make_model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    config = SLUConfig(encoder="tiny", encoder_config=ENCODER, intent_labels=INTENTS, slot_labels=SLOTS,
+                       head_hidden=8, **kwargs)
+    return SLUModel(config)
+
+
+def make_batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, 50, (3, 8), generator=g)
+    attention_mask = torch.ones(3, 8, dtype=torch.long)
+    attention_mask[0, 5:] = 0
+    word_index = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 4, 5, 6], [1, 3, 4, 5, 0]])
+    word_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]).bool()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index, "word_mask": word_mask}
+
+
+def labels():
+    return {"intent_labels": torch.tensor([0, 2, -100]),
+            "slot_labels": torch.tensor([[0, 1, 2, -100, -100], [3, 0, 0, 1, 0], [0, 0, 1, 2, -100]])}
+
+
+@pytest.mark.parametrize("decoder", ["softmax", "crf"])
+def test_zero_iterations_is_exactly_the_base_model(decoder):
+    base = make_model(slot_decoder=decoder).eval()
+    looped = make_model(seed=7, slot_decoder=decoder, feedback={"iterations": 3}).eval()
+    missing, unexpected = looped.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("slot_to_intent", "intent_to_slot")) for k in missing)
+    batch = make_batch()
+    a = base(**batch, **labels())
+    b = looped(**batch, **labels(), iterations=0)
+    assert torch.equal(a.intent_logits, b.intent_logits)
+    assert torch.equal(a.slot_logits, b.slot_logits)
+    assert torch.equal(a.loss, b.loss)
+    c = looped(**batch, iterations=3)  # and feedback really changes the outputs
+    assert not torch.allclose(a.intent_logits, c.intent_logits)
+
+
+def test_convergence_loss_zero_for_constant_outputs_and_positive_for_growing_steps():
+    p = torch.softmax(torch.randn(4, 5), -1)
+    s = torch.softmax(torch.randn(4, 6, 3), -1)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    constant = step_sizes([p, p, p, p], [s, s, s, s], mask)
+    assert constant.shape == (2, 3, 4)
+    assert convergence_loss(constant).item() == pytest.approx(0.0, abs=1e-7)
+    # outputs that drift further at every iteration: steps grow, so the loss is positive
+    q = [torch.softmax(torch.randn(4, 5) * 0 + torch.arange(5.0) * k, -1) for k in (0.0, 0.1, 0.5, 2.0)]
+    growing = step_sizes(q, [s] * 4, mask)
+    assert (growing[0, 1:] > growing[0, :-1]).all()
+    assert convergence_loss(growing).item() > growing[0, -1].mean().item()  # the growth term adds to the last step
+    # a shrinking sequence is only charged its last step
+    shrinking = growing.flip(1)
+    assert convergence_loss(shrinking).item() == pytest.approx(shrinking[:, -1].mean(-1).sum().item(), rel=1e-5)
+
+
+def test_js_divergence_properties():
+    p, q = torch.softmax(torch.randn(10, 4), -1), torch.softmax(torch.randn(10, 4), -1)
+    assert torch.allclose(js_divergence(p, q), js_divergence(q, p))
+    assert (js_divergence(p, q) >= 0).all() and (js_divergence(p, q) <= torch.log(torch.tensor(2.0)) + 1e-6).all()
+    assert torch.allclose(js_divergence(p, p), torch.zeros(10), atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["gumbel", "soft"])
+def test_gate_weights_sum_to_one_and_get_gradient(mode):
+    gate = FeedbackGate(4, (16, 8, 3), mode).train()
+    pi = gate.weights(tau=0.5)
+    assert pi.sum().item() == pytest.approx(1.0, abs=1e-6) and (pi >= 0).all()
+    additions = gate(torch.softmax(torch.randn(2, 4), -1), tau=0.5)
+    sum(a.pow(2).sum() for a in additions).backward()
+    assert gate.beta.grad is not None and gate.beta.grad.abs().sum() > 0
+
+
+def test_gate_is_hard_and_deterministic_at_evaluation():
+    gate = FeedbackGate(4, (16, 8, 3), "gumbel")
+    with torch.no_grad():
+        gate.beta.copy_(torch.tensor([0.1, 0.9, 0.3]))
+    gate.eval()
+    assert gate.weights(1.0).tolist() == [0.0, 1.0, 0.0]
+    additions = gate(torch.rand(2, 4), 1.0)
+    assert additions[0] is None and additions[2] is None and additions[1].shape == (2, 8)
+    fixed = FeedbackGate(4, (16, 8, 3), "fixed:2").train()
+    assert fixed.weights(1.0).tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        FeedbackGate(4, (16, 8, 3), "fixed:3")
+
+
+def test_feedback_model_gates_receive_gradient_from_the_loss():
+    model = make_model(feedback={"iterations": 2}).train()
+    out = model(**make_batch(), **labels())
+    out.loss.backward()
+    for gate in (model.slot_to_intent, model.intent_to_slot):
+        assert gate.beta.grad is not None and gate.beta.grad.abs().sum() > 0
+    assert "conv" in out.loss_parts and out.steps.shape == (2, 2, 3)
+
+
+def test_evaluation_is_deterministic_and_counts_iterations():
+    model = make_model(feedback={"iterations": 3, "eps": 0.0}).eval()
+    a, b = model(**make_batch()), model(**make_batch())
+    assert torch.equal(a.intent_logits, b.intent_logits) and torch.equal(a.slot_logits, b.slot_logits)
+    assert a.iterations.tolist() == [3, 3, 3]
+    adaptive = make_model(feedback={"iterations": 3, "eps": 10.0}).eval()  # everything "converges" at k=1
+    assert adaptive(**make_batch()).iterations.tolist() == [1, 1, 1]
+    out = adaptive(**make_batch(), return_iterations=True)
+    assert torch.equal(out.intent_logits, out.all_intent_logits[1])
+
+
+def test_crf_matches_brute_force():
+    torch.manual_seed(0)
+    crf = CRF(3)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+
+    def score(b, path):
+        s = crf.start[path[0]] + emissions[b, 0, path[0]]
+        for i in range(1, len(path)):
+            s = s + crf.transitions[path[i - 1], path[i]] + emissions[b, i, path[i]]
+        return s + crf.end[path[-1]]
+
+    tags = torch.tensor([[0, 2, 1, 0], [1, 1, 0, 2]])
+    expected = []
+    best = []
+    for b, n in enumerate(mask.sum(1).tolist()):
+        paths = list(itertools.product(range(3), repeat=n))
+        scores = torch.stack([score(b, p) for p in paths])
+        expected.append(torch.logsumexp(scores, 0) - score(b, tags[b, :n].tolist()))
+        best.append(list(paths[int(scores.argmax())]))
+    assert crf.neg_log_likelihood(emissions, tags, mask).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    decoded = crf.decode(emissions, mask)
+    assert decoded[0, :3].tolist() == best[0] and decoded[1].tolist() == best[1]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"slot_decoder": "crf", "feedback": {"iterations": 2}},
+                                    {"encoder_type": "bilstm", "vocab_size": 50, "embedding_dim": 8, "lstm_hidden": 8,
+                                     "feedback": {"iterations": 1, "gate": "fixed:1"}}])
+def test_save_and_reload_give_identical_outputs(tmp_path, kwargs):
+    model = make_model(**kwargs).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is SLUModel and reloaded.config.feedback == model.config.feedback
+    a, b = model(**make_batch()), reloaded(**make_batch())
+    assert torch.equal(a.intent_logits, b.intent_logits) and torch.equal(a.slot_logits, b.slot_logits)
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="slot_decoder"):
+        SLUConfig(slot_decoder="hmm")
+    with pytest.raises(ValueError, match="gate"):
+        make_model(feedback={"iterations": 1, "gate": "sometimes"})

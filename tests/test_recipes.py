@@ -1,0 +1,60 @@
+"""Every shipped recipe loads, validates and builds a model config; bad recipes fail clearly."""
+
+from pathlib import Path
+
+import pytest
+
+from slu_feedback.models import SLUConfig
+from slu_feedback.training.recipe import DEFAULTS, RecipeError, load_recipe, parse_override
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    names = {p.stem for p in RECIPES}
+    assert {"atis", "snips", "atis_crf", "snips_crf", "atis_bilstm", "snips_bilstm", "quickstart"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipe_is_valid(path):
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# slu-train recipes/") and path.name in first, "a recipe starts with its command"
+    recipe = load_recipe(path)
+    model = recipe["model"]
+    # the model section must be accepted by SLUConfig (catches bad decoder/gate values early)
+    config = SLUConfig(encoder=model["encoder"], encoder_type=model["encoder_type"], pooling=model["pooling"],
+                       slot_decoder=model["slot_decoder"], feedback=model["feedback"],
+                       intent_labels=["x"], slot_labels=["O"])
+    if config.feedback["iterations"]:
+        from slu_feedback.models.feedback import FeedbackGate
+
+        FeedbackGate(2, (4, 4, 4), config.feedback["gate"])
+    assert recipe["recipe_name"] == path.stem
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  path: x\noptim:\n  lerning_rate: 1\n")
+    with pytest.raises(RecipeError, match="unknown recipe key .optim.lerning_rate.; valid keys: lr"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="did you mean 'train.epochs'"):
+        load_recipe(None, ["data.path=x", "train.epoch=3"])
+
+
+def test_overrides_are_typed_and_nested():
+    assert parse_override("optim.lr=3e-5") == {"optim": {"lr": 3e-5}}
+    assert parse_override("model.feedback.gate=fixed:1") == {"model": {"feedback": {"gate": "fixed:1"}}}
+    recipe = load_recipe(None, ["data.path=x", "train.epochs=3", "model.feedback.iterations=2"])
+    assert recipe["train"]["epochs"] == 3 and recipe["model"]["feedback"]["iterations"] == 2
+    assert recipe["model"]["feedback"]["tau"] == DEFAULTS["model"]["feedback"]["tau"]
+
+
+def test_missing_data_path_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="data.path"):
+        load_recipe(None, [])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(broken)
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        load_recipe(None, ["data=3"])
