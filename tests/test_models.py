@@ -167,3 +167,18 @@ def test_bad_config_values_are_rejected():
         SLUConfig(slot_decoder="hmm")
     with pytest.raises(ValueError, match="gate"):
         make_model(feedback={"iterations": 1, "gate": "sometimes"})
+
+
+def test_length_grouped_batches_cover_every_example_once_and_group_lengths():
+    from slu_feedback.data.features import LengthGroupedBatches
+
+    lengths = [int(x) for x in torch.randint(1, 40, (523,))]
+    sampler = LengthGroupedBatches(lengths, batch_size=16, window=4)
+    torch.manual_seed(0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(523))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10  # random batches of 16 from 1..39 would spread ~30
+    torch.manual_seed(0)
+    assert list(sampler) == batches, "deterministic under a seed"

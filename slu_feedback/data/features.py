@@ -5,8 +5,10 @@ word-level and map straight back to the words (and, through their offsets, to ch
 Words cut off by `max_length` are not seen by the model; their predictions default to "O".
 """
 
+import math
+
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", "slot_label"]
 
@@ -57,10 +59,40 @@ def collate(rows: list, pad_token_id: int = 0) -> dict:
     return batch
 
 
-def make_loader(features, batch_size: int, tokenizer, shuffle: bool, num_workers: int = 0) -> DataLoader:
+class LengthGroupedBatches(Sampler):
+    """Shuffled batches of similar-length utterances, so little compute goes to padding.
+
+    Each epoch: shuffle all indices, cut them into windows of `window` batches, sort each window
+    by length, batch it, then shuffle the batches. Randomness comes from torch's global generator,
+    which the trainer seeds per epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list, batch_size: int, window: int = 50):
+        self.lengths, self.batch_size, self.window = lengths, batch_size, window
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths)).tolist()
+        span = self.window * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches)).tolist():
+            yield batches[b]
+
+    def __len__(self):
+        return sum(math.ceil(min(self.window * self.batch_size, len(self.lengths) - s) / self.batch_size)
+                   for s in range(0, len(self.lengths), self.window * self.batch_size))
+
+
+def make_loader(features, batch_size: int, tokenizer, shuffle: bool, num_workers: int = 0,
+                group_by_length: bool = False) -> DataLoader:
     pad_id = tokenizer.pad_token_id or 0
-    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=lambda rows: collate(rows, pad_id))
+    collate_fn = lambda rows: collate(rows, pad_id)  # noqa: E731
+    if shuffle and group_by_length:
+        batches = LengthGroupedBatches([len(x) for x in features["input_ids"]], batch_size)
+        return DataLoader(features, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn)
+    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_fn)
 
 
 def featurize(split, tokenizer, label_maps, max_length: int):

@@ -138,14 +138,16 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     max_length = recipe["data"]["max_length"]
     train_features = featurize(data["train"], tokenizer, label_maps, max_length)
     val_features = featurize(data["validation"], tokenizer, label_maps, max_length)
-    train_loader = make_loader(train_features, train_cfg["batch_size"], tokenizer, True, train_cfg["num_workers"])
+    train_loader = make_loader(train_features, train_cfg["batch_size"], tokenizer, True, train_cfg["num_workers"],
+                               train_cfg["group_by_length"])
     val_loader = make_loader(val_features, train_cfg["eval_batch_size"], tokenizer, False)
 
     optimizer = torch.optim.AdamW(param_groups(model, recipe))
     updates_per_epoch = math.ceil(len(train_loader) / (train_cfg["grad_accum"] * accelerator.num_processes))
     total_updates = updates_per_epoch * train_cfg["epochs"]
+    n_proc = accelerator.num_processes  # the prepared scheduler advances n_proc times per update (split_batches=False)
     scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates), total_updates)
+        optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates) * n_proc, total_updates * n_proc)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
     raw_model = accelerator.unwrap_model(model)
@@ -206,7 +208,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         state["epoch_seconds"].append(epoch_seconds)
         improved = metrics[select] > state["best"]
         if improved:
-            state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0)
+            state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0,
+                         gate_at_best=raw_model.gate_probabilities())
             if accelerator.is_main_process:
                 save_model(raw_model, tokenizer, label_maps, run_dir)
         else:
@@ -227,7 +230,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         results = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                    "validation": best["validation"] if best else None,
                    "train_seconds_per_epoch": state["epoch_seconds"], "train_examples": len(data["train"]),
-                   "gate_probabilities": raw_model.gate_probabilities()}
+                   "gate_probabilities": state.get("gate_at_best", {}),
+                   "infusion_points": {d: max(range(len(p)), key=p.__getitem__)
+                                       for d, p in state.get("gate_at_best", {}).items()}}
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         plot_training_curves(metrics_file, run_dir / "training_curves.png")
     accelerator.wait_for_everyone()

@@ -1,0 +1,106 @@
+"""Train and evaluate a recipe over several seeds; write benchmarks/results/<name>.json.
+
+    python benchmarks/run.py recipes/atis.yaml --seeds 1 2 3
+    python benchmarks/run.py recipes/atis.yaml --name atis_feedback --compare-to atis model.feedback.iterations=3
+
+Checkpoints are selected on validation; the test split is scored once per seed at the end. The
+results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo),
+so an interrupted benchmark continues where it stopped.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, mean_std, provenance  # noqa: E402
+
+from slu_feedback.evaluation.report import evaluate_run  # noqa: E402
+from slu_feedback.inference.parser import SLUParser  # noqa: E402
+from slu_feedback.training.recipe import load_recipe  # noqa: E402
+from slu_feedback.training.trainer import train  # noqa: E402
+
+METRICS = ("intent_acc", "slot_f1", "slot_f1_strict", "sentence_acc")
+
+
+def throughput(parser, texts: list, batch_size: int, limit: int) -> float:
+    """Utterances per second of `SLUParser` at a batch size (after one warm-up batch)."""
+    texts = texts[:limit]
+    parser(texts[:batch_size], batch_size=batch_size)
+    start = time.perf_counter()
+    parser(texts, batch_size=batch_size)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def run_seed(recipe_path, overrides, seed: int, run_dir: Path) -> dict:
+    recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
+    resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
+    run_dir = train(recipe, resume=resume)
+    results = json.loads((run_dir / "all_results.json").read_text())
+    test = evaluate_run(run_dir, "test")
+    parser = SLUParser.from_pretrained(run_dir)
+    texts = [json.loads(x)["text"] for x in (Path(test["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
+    row = {
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "best_epoch": results["best_epoch"],
+        "epochs_run": results["epochs_run"],
+        "validation": {k: 100 * results["validation"][k] for k in METRICS},
+        "test": {k: 100 * test["metrics"][k] for k in METRICS},
+        "train_seconds_per_epoch": sum(results["train_seconds_per_epoch"]) / len(results["train_seconds_per_epoch"]),
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "inference_utt_per_s": {"batch_1": throughput(parser, texts, 1, 200),
+                                "batch_32": throughput(parser, texts, 32, len(texts))},
+        "gate_probabilities": results.get("gate_probabilities"),
+    }
+    if "feedback" in test:
+        row["feedback"] = {k: test["feedback"][k] for k in ("changed", "fixed", "broken", "mean_iterations")}
+    return row
+
+
+def summarise(rows: list) -> dict:
+    return {
+        "test": {k: mean_std([r["test"][k] for r in rows]) for k in METRICS},
+        "validation": {k: mean_std([r["validation"][k] for r in rows]) for k in METRICS},
+        "train_seconds_per_epoch": mean_std([r["train_seconds_per_epoch"] for r in rows]),
+        "inference_utt_per_s": {b: mean_std([r["inference_utt_per_s"][b] for r in rows]) for b in ("batch_1", "batch_32")},
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--name", help="results name (default: the recipe's file name)")
+    parser.add_argument("--compare-to", help="results name of the base model this row is compared with")
+    parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
+    parser.add_argument("--fresh", action="store_true", help="ignore seeds already in the results file")
+    args = parser.parse_args(argv)
+
+    name = args.name or Path(args.recipe).stem
+    out = RESULTS / f"{name}.json"
+    previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
+    rows = [r for r in previous.get("per_seed", []) if r["seed"] in args.seeds]
+    for seed in args.seeds:
+        if any(r["seed"] == seed for r in rows):
+            print(f"[{name}] seed {seed}: already in {out.name}, skipped")
+            continue
+        rows.append(run_seed(args.recipe, args.overrides, seed, ROOT / "runs" / "bench" / name / f"seed{seed}"))
+        rows.sort(key=lambda r: r["seed"])
+        result = {"recipe": name, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
+                  "compare_to": args.compare_to, "note": args.note, **provenance(),
+                  "seeds": [r["seed"] for r in rows], **summarise(rows), "per_seed": rows}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        t = result["test"]
+        print(f"[{name}] seeds {result['seeds']}: test intent {t['intent_acc']['mean']:.2f}  slot F1 "
+              f"{t['slot_f1']['mean']:.2f}  sentence {t['sentence_acc']['mean']:.2f} -> {out}")
+
+
+if __name__ == "__main__":
+    main()

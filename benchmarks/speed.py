@@ -1,0 +1,98 @@
+"""Feedback overhead, measured side by side in one process: training step time and inference
+throughput (batch 32) of the base model vs the same model with K feedback iterations.
+
+    python benchmarks/speed.py --data atis --iterations 3
+
+The two models share the encoder weights and see the same batches; steps alternate between them
+so that machine noise hits both alike. Reports medians and their ratio.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, provenance  # noqa: E402
+
+from slu_feedback.data.features import featurize, make_loader  # noqa: E402
+from slu_feedback.models import SLUModel, resolve_encoder  # noqa: E402
+from slu_feedback.training.recipe import load_recipe  # noqa: E402
+from slu_feedback.training.trainer import build_model_config, load_data, load_tokenizer  # noqa: E402
+
+
+def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str):
+    model_cfg = {**recipe["model"], "encoder_type": encoder_type,
+                 "feedback": {**recipe["model"]["feedback"], "iterations": iterations}}
+    config = build_model_config(model_cfg, label_maps, tokenizer)
+    torch.manual_seed(0)
+    return SLUModel.from_encoder(config, resolve_encoder(model_cfg["encoder"]) if encoder_type == "hf" else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="atis")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--encoder-type", default="hf", choices=["hf", "bilstm"])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    recipe = load_recipe(None, [f"data.path={args.data}", f"seed={args.seed}"])
+    data, label_maps = load_data(recipe)
+    tokenizer = load_tokenizer(recipe["model"])
+    features = featurize(data["train"], tokenizer, label_maps, recipe["data"]["max_length"])
+    torch.manual_seed(args.seed)
+    batches = [b for _, b in zip(range(args.steps + 3), make_loader(features, 32, tokenizer, shuffle=True))]
+    models = {"base": build(recipe, label_maps, tokenizer, 0, args.encoder_type),
+              "feedback": build(recipe, label_maps, tokenizer, args.iterations, args.encoder_type)}
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
+
+    train_times = {k: [] for k in models}
+    for i, batch in enumerate(batches):
+        for name in (("base", "feedback") if i % 2 == 0 else ("feedback", "base")):
+            model, optimizer = models[name].train(), optimizers[name]
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if i >= 3:  # warm-up steps are not timed
+                train_times[name].append(time.perf_counter() - start)
+
+    infer_times = {k: [] for k in models}
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            inputs = {k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")}
+            for name in (("base", "feedback") if i % 2 == 0 else ("feedback", "base")):
+                model = models[name].eval()
+                start = time.perf_counter()
+                out = model(**inputs)
+                model.decode_slots(out.slot_logits, inputs["word_mask"])
+                if i >= 3:
+                    infer_times[name].append(time.perf_counter() - start)
+
+    step = {k: statistics.median(v) for k, v in train_times.items()}
+    infer = {k: 32 / statistics.median(v) for k, v in infer_times.items()}
+    result = {
+        "benchmark": "speed_feedback", **provenance(), "seeds": [args.seed], "data": args.data,
+        "encoder_type": args.encoder_type, "iterations": args.iterations, "timed_steps": args.steps,
+        "train_step_seconds_median": step, "train_step_ratio": step["feedback"] / step["base"],
+        "inference_batch32_utt_per_s_median": infer,
+        "inference_throughput_ratio": infer["feedback"] / infer["base"],
+    }
+    result["summary_markdown"] = (
+        f"{args.data}, {args.encoder_type} encoder, K = {args.iterations}, {args.steps} alternating steps per model: "
+        f"training step {step['base']:.3f} s (base) vs {step['feedback']:.3f} s (feedback), ratio "
+        f"**{result['train_step_ratio']:.3f}** (target <= 1.15); inference at batch 32 {infer['base']:.0f} vs "
+        f"{infer['feedback']:.0f} utterances/s, ratio **{result['inference_throughput_ratio']:.3f}** (target >= 0.85).")
+    name = f"speed_feedback_{args.data}_{args.encoder_type}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(result["summary_markdown"])
+
+
+if __name__ == "__main__":
+    main()

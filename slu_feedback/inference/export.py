@@ -1,0 +1,221 @@
+"""ONNX export of a trained run: encoder + heads with the feedback loop unrolled, and a check that
+ONNX Runtime gives the same predictions as PyTorch.
+
+    from slu_feedback.inference.export import export_onnx, check_onnx
+    path = export_onnx("runs/atis-...", "runs/atis-.../model.onnx")
+    report = check_onnx("runs/atis-...", path, split="validation")
+
+The exported graph takes `input_ids`, `attention_mask`, `word_index`, `word_mask` (int64; batch
+and sequence/word axes dynamic, exactly what `slu_feedback.data.features.collate` produces) and
+returns `intent_probs` (batch x intents) and `slot_probs` (batch x words x slot tags).
+
+What is frozen at export time:
+- the feedback loop runs exactly the trained number of iterations K (no data-dependent early
+  exit: the copy that is exported has `feedback.eps = 0`), which is what `SLUParser` does too
+  unless the run sets a positive `eps`;
+- each feedback gate's evaluation-time choice (a hard argmax over infusion points for the
+  Gumbel gate) is baked in as a constant, so the graph has no Python branches on weights.
+For a CRF slot decoder the graph returns the per-word slot distribution (softmax of the
+emissions); the Viterbi decode over the CRF transitions is not part of the graph.
+"""
+
+import copy
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.features import collate, encode_words
+from ..data.readers import tokenize
+from ..models import load_run
+from ..models.feedback import FeedbackGate
+
+INPUT_NAMES = ["input_ids", "attention_mask", "word_index", "word_mask"]
+OUTPUT_NAMES = ["intent_probs", "slot_probs"]
+
+
+class FrozenGate(nn.Module):
+    """A `FeedbackGate` with its evaluation-time weights over infusion points fixed as constants
+    (same arithmetic as the gate in eval mode, without the data-dependent `pi[m] == 0` branch)."""
+
+    def __init__(self, gate: FeedbackGate, tau: float):
+        super().__init__()
+        was_training = gate.training
+        gate.eval()
+        with torch.no_grad():
+            pi = gate.weights(tau).detach().clone()
+        gate.train(was_training)
+        self.register_buffer("pi", pi, persistent=False)
+        self.points = [m for m, amp in enumerate(gate.amplifiers)
+                       if not isinstance(amp, nn.Identity) and float(pi[m]) != 0.0]
+        self.n_points = len(gate.amplifiers)
+        self.amplifiers = gate.amplifiers
+
+    def forward(self, signal: torch.Tensor, tau=None) -> list:
+        additions = [None] * self.n_points
+        for m in self.points:
+            additions[m] = self.pi[m] * self.amplifiers[m](signal)
+        return additions
+
+
+class SLUExportModule(nn.Module):
+    """(input_ids, attention_mask, word_index, word_mask) -> (intent_probs, slot_probs), with the
+    feedback loop unrolled to the trained number of iterations."""
+
+    def __init__(self, model):
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        model.config.feedback = {**model.config.feedback, "eps": 0.0}
+        self.iterations = int(model.config.feedback["iterations"])
+        tau = float(model.gate_tau)
+        for name in ("slot_to_intent", "intent_to_slot"):
+            if isinstance(getattr(model, name, None), FeedbackGate):
+                setattr(model, name, FrozenGate(getattr(model, name), tau))
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, word_index, word_mask):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, word_index=word_index,
+                         word_mask=word_mask, iterations=self.iterations)
+        return out.intent_logits.softmax(-1), out.slot_logits.softmax(-1)
+
+
+def example_inputs(tokenizer, texts=("show me flights from boston to denver tomorrow", "play jazz"), max_length=64):
+    """A padded batch in the model's input format (used for tracing and as a smoke input)."""
+    words = [[w for w, _, _ in tokenize(t)] for t in texts]
+    encoded = encode_words(tokenizer, words, max_length)
+    rows = [{k: encoded[k][j] for k in encoded} for j in range(len(words))]
+    batch = collate(rows, tokenizer.pad_token_id or 0)
+    return {name: batch[name].long() for name in INPUT_NAMES}
+
+
+def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | None = None, model=None, tokenizer=None) -> Path:
+    """Export `run_dir` to ONNX (default: RUN_DIR/model.onnx). `exporter`: 'dynamo' (torch.export),
+    'legacy' (TorchScript tracer) or 'auto' (dynamo, falling back to legacy if it fails)."""
+    if model is None:
+        model, tokenizer = load_run(run_dir)
+    out_file = Path(out_file) if out_file else Path(run_dir) / "model.onnx"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    module = SLUExportModule(model).eval()
+    inputs = example_inputs(tokenizer)
+    args = tuple(inputs[name] for name in INPUT_NAMES)
+    errors = []
+    for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    _export_dynamo(module, args, out_file, opset)
+                elif kind == "legacy":
+                    _export_legacy(module, args, out_file, opset)
+                else:
+                    raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
+            return out_file
+        except ValueError:
+            raise
+        except Exception as error:  # try the next exporter, keep the reason
+            errors.append(f"{kind}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+    raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
+
+
+def _export_dynamo(module, args, out_file: Path, opset):
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("sequence", min=2, max=4096)
+    words = torch.export.Dim("words", min=1, max=4096)
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
+              "word_index": {0: batch, 1: words}, "word_mask": {0: batch, 1: words}}
+    program = torch.onnx.export(module, args, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                                dynamic_shapes=shapes, opset_version=opset or 18, external_data=False,
+                                verbose=False)
+    program.save(str(out_file), external_data=False)
+
+
+def _export_legacy(module, args, out_file: Path, opset):
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "word_index": {0: "batch", 1: "words"}, "word_mask": {0: "batch", 1: "words"},
+            "intent_probs": {0: "batch"}, "slot_probs": {0: "batch", 1: "words"}}
+    torch.onnx.export(module, args, str(out_file), dynamo=False, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                      dynamic_axes=axes, opset_version=opset or 17, do_constant_folding=True)
+
+
+class OnnxSLU:
+    """Run an exported graph with ONNX Runtime on raw text: `probabilities(texts)` returns
+    (intent_probs, slot_probs, word_mask) as numpy arrays; `predict(texts)` the argmax labels."""
+
+    def __init__(self, onnx_file, tokenizer, config, max_length: int = 128, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
+
+    def run_batch(self, batch: dict):
+        feeds = {name: batch[name].long().numpy() for name in INPUT_NAMES if name in self.input_names}
+        return self.session.run(OUTPUT_NAMES, feeds)
+
+    def probabilities(self, texts: list):
+        words = [[w for w, _, _ in tokenize(t)] or ["."] for t in texts]
+        encoded = encode_words(self.tokenizer, words, self.max_length)
+        rows = [{k: encoded[k][j] for k in encoded} for j in range(len(words))]
+        batch = collate(rows, self.tokenizer.pad_token_id or 0)
+        intent_probs, slot_probs = self.run_batch(batch)
+        return intent_probs, slot_probs, batch["word_mask"].numpy()
+
+    def predict(self, texts: list) -> list:
+        intent_probs, slot_probs, word_mask = self.probabilities(texts)
+        results = []
+        for i in range(len(texts)):
+            n = int(word_mask[i].sum())
+            results.append({"intent": self.config.intent_labels[int(intent_probs[i].argmax())],
+                            "tags": [self.config.slot_labels[int(s)] for s in slot_probs[i, :n].argmax(-1)]})
+        return results
+
+
+def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 32, atol: float = 1e-4,
+               data=None, model=None, tokenizer=None, limit: int | None = None) -> dict:
+    """Compare ONNX Runtime with PyTorch (the same unrolled module) on a data split of the run.
+
+    Returns max absolute differences of the probabilities, argmax agreement of intents and slot
+    tags (real words only), and `ok` (same argmax everywhere and max diff <= atol)."""
+    import numpy as np
+
+    from ..data.dataset import LabelMaps, load_splits, resolve_data_path
+    from ..data.features import featurize, make_loader
+    from ..evaluation.report import run_data_path
+
+    if model is None:
+        model, tokenizer = load_run(run_dir)
+    path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(Path(run_dir))
+    raw = load_splits(resolve_data_path(path, base_dir), format=fmt)[split]
+    if limit:
+        raw = raw.select(range(min(limit, len(raw))))
+    config = model.config
+    labels = LabelMaps(config.intent_labels, config.slot_labels)
+    loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
+    module = SLUExportModule(model).eval()
+    runner = OnnxSLU(onnx_file, tokenizer, config)
+    intent_diff = slot_diff = 0.0
+    intent_agree = slot_agree = n_utts = n_words = 0
+    for batch in loader:
+        with torch.no_grad():
+            torch_intent, torch_slot = (t.numpy() for t in module(*(batch[name].long() for name in INPUT_NAMES)))
+        ort_intent, ort_slot = runner.run_batch(batch)
+        mask = batch["word_mask"].bool().numpy()
+        intent_diff = max(intent_diff, float(np.abs(torch_intent - ort_intent).max()))
+        slot_diff = max(slot_diff, float(np.abs(torch_slot - ort_slot)[mask].max()) if mask.any() else 0.0)
+        intent_agree += int((torch_intent.argmax(-1) == ort_intent.argmax(-1)).sum())
+        slot_agree += int((torch_slot.argmax(-1) == ort_slot.argmax(-1))[mask].sum())
+        n_utts += len(torch_intent)
+        n_words += int(mask.sum())
+    report = {"split": split, "n": n_utts, "words": n_words, "max_abs_diff_intent": intent_diff,
+              "max_abs_diff_slot": slot_diff, "max_abs_diff": max(intent_diff, slot_diff),
+              "intent_agreement": intent_agree / max(1, n_utts), "slot_agreement": slot_agree / max(1, n_words),
+              "atol": atol, "onnx_file": str(onnx_file)}
+    report["ok"] = (intent_agree == n_utts and slot_agree == n_words and report["max_abs_diff"] <= atol
+                    and not math.isnan(report["max_abs_diff"]))
+    return report
