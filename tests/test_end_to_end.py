@@ -49,11 +49,11 @@ def test_run_directory_has_everything(trained_feedback_run):
 
 
 def test_the_loop_learns_the_sample_set(tiny_recipe):
-    run = train(tiny_recipe("train.epochs=6"))
-    first, *_, last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x and '"validation"' in x]
+    run = train(tiny_recipe("train.epochs=8"))
+    first, *_, last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"validation"' in x]
     assert last["train_loss"] < 0.5 * first["train_loss"]
-    best = json.loads((run / "all_results.json").read_text())["validation"]
-    assert best["intent_acc"] > 0.5  # 5 balanced intents: chance is 0.2
+    assert last["validation"]["intent_acc"] >= 0.4  # 5 balanced intents: chance is 0.2
+    assert last["validation"]["slot_f1"] > 0.1
 
 
 def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):

@@ -160,6 +160,8 @@ def test_save_and_reload_give_identical_outputs(tmp_path, kwargs):
     assert type(reloaded) is SLUModel and reloaded.config.feedback == model.config.feedback
     a, b = model(**make_batch()), reloaded(**make_batch())
     assert torch.equal(a.intent_logits, b.intent_logits) and torch.equal(a.slot_logits, b.slot_logits)
+    mask = make_batch()["word_mask"]
+    assert torch.equal(model.decode_slots(a.slot_logits, mask), reloaded.decode_slots(b.slot_logits, mask))
 
 
 def test_bad_config_values_are_rejected():
@@ -182,3 +184,20 @@ def test_length_grouped_batches_cover_every_example_once_and_group_lengths():
     assert spread < 10  # random batches of 16 from 1..39 would spread ~30
     torch.manual_seed(0)
     assert list(sampler) == batches, "deterministic under a seed"
+
+
+def test_bio_constrained_decoding_never_starts_a_span_with_I():
+    from slu_feedback.models.crf import bio_transitions
+
+    allowed, first = bio_transitions(SLOTS)  # O B-x I-x B-y
+    assert not allowed[0, 2] and allowed[1, 2] and allowed[2, 2] and not allowed[3, 2] and not first[2]
+    for decoder in ("softmax", "crf"):
+        model = make_model(slot_decoder=decoder).eval()
+        logits = torch.full((1, 4, 4), -5.0)
+        logits[0, :, 2] = 5.0  # every word prefers I-x
+        logits[0, 0, 1] = 4.0  # the first word's next best is B-x
+        mask = torch.ones(1, 4, dtype=torch.bool)
+        assert model.decode_slots(logits, mask)[0].tolist() == [1, 2, 2, 2]
+        model.config.bio_constraints = False
+        if decoder == "softmax":
+            assert model.decode_slots(logits, mask)[0].tolist() == [2, 2, 2, 2]

@@ -19,7 +19,10 @@ For a CRF slot decoder the graph returns the per-word slot distribution (softmax
 emissions); the Viterbi decode over the CRF transitions is not part of the graph.
 """
 
+import contextlib
 import copy
+import logging
+import re
 import math
 import warnings
 from pathlib import Path
@@ -69,10 +72,9 @@ class SLUExportModule(nn.Module):
         model = copy.deepcopy(model).eval()
         model.config.feedback = {**model.config.feedback, "eps": 0.0}
         self.iterations = int(model.config.feedback["iterations"])
-        tau = float(model.gate_tau)
         for name in ("slot_to_intent", "intent_to_slot"):
             if isinstance(getattr(model, name, None), FeedbackGate):
-                setattr(model, name, FrozenGate(getattr(model, name), tau))
+                setattr(model, name, FrozenGate(getattr(model, name), model.gate_tau))
         self.model = model
 
     def forward(self, input_ids, attention_mask, word_index, word_mask):
@@ -103,7 +105,7 @@ def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | Non
     errors = []
     for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch", "onnxscript"):
                 warnings.simplefilter("ignore")
                 if kind == "dynamo":
                     _export_dynamo(module, args, out_file, opset)
@@ -111,12 +113,28 @@ def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | Non
                     _export_legacy(module, args, out_file, opset)
                 else:
                     raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
+            if errors:
+                warnings.warn(f"the torch.export-based exporter failed ({errors[0]}); used the TorchScript exporter")
             return out_file
         except ValueError:
             raise
         except Exception as error:  # try the next exporter, keep the reason
-            errors.append(f"{kind}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+            errors.append(f"{kind}: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
     raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _export_dynamo(module, args, out_file: Path, opset):
@@ -197,13 +215,17 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
     config = model.config
     labels = LabelMaps(config.intent_labels, config.slot_labels)
     loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
-    module = SLUExportModule(model).eval()
+    # the reference is the original PyTorch model run for the trained K iterations, without early exit
+    reference = copy.deepcopy(model).eval()
+    reference.config.feedback = {**reference.config.feedback, "eps": 0.0}
+    iterations = int(config.feedback["iterations"])
     runner = OnnxSLU(onnx_file, tokenizer, config)
     intent_diff = slot_diff = 0.0
     intent_agree = slot_agree = n_utts = n_words = 0
     for batch in loader:
         with torch.no_grad():
-            torch_intent, torch_slot = (t.numpy() for t in module(*(batch[name].long() for name in INPUT_NAMES)))
+            out = reference(**{name: batch[name] for name in INPUT_NAMES}, iterations=iterations)
+            torch_intent, torch_slot = out.intent_logits.softmax(-1).numpy(), out.slot_logits.softmax(-1).numpy()
         ort_intent, ort_slot = runner.run_batch(batch)
         mask = batch["word_mask"].bool().numpy()
         intent_diff = max(intent_diff, float(np.abs(torch_intent - ort_intent).max()))

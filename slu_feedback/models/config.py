@@ -32,6 +32,7 @@ class SLUConfig(PreTrainedConfig):
         head_hidden: int = 256,
         dropout: float = 0.1,
         slot_decoder: str = "softmax",  # softmax | crf
+        bio_constraints: bool = True,  # decode only valid IOB2 tag sequences
         intent_labels: list | None = None,
         slot_labels: list | None = None,
         intent_loss_weight: float = 1.0,
@@ -51,6 +52,7 @@ class SLUConfig(PreTrainedConfig):
         self.head_hidden = head_hidden
         self.dropout = dropout
         self.slot_decoder = slot_decoder
+        self.bio_constraints = bio_constraints
         self.intent_labels = list(intent_labels or [])
         self.slot_labels = list(slot_labels or ["O"])
         self.intent_loss_weight = intent_loss_weight

@@ -34,20 +34,43 @@ class CRF(nn.Module):
         return torch.logsumexp(alpha + self.end, dim=1)
 
     @torch.no_grad()
-    def decode(self, emissions, mask) -> torch.Tensor:
-        """Viterbi best paths, shape (batch x words); positions beyond each length hold 0."""
-        score = self.start + emissions[:, 0]
-        history = []
-        for i in range(1, emissions.shape[1]):
-            best, index = (score.unsqueeze(2) + self.transitions).max(dim=1)
-            nxt = best + emissions[:, i]
-            score = torch.where(mask[:, i].unsqueeze(1), nxt, score)
-            history.append(torch.where(mask[:, i].unsqueeze(1), index, torch.arange(
-                score.shape[1], device=score.device).expand_as(index)))
-        best_last = (score + self.end).argmax(1)
-        path = [best_last]
-        for index in reversed(history):  # masked steps point to themselves, so they pass through
-            best_last = index.gather(1, best_last.unsqueeze(1)).squeeze(1)
-            path.append(best_last)
-        path = torch.stack(list(reversed(path)), dim=1)
-        return path * mask.long()
+    def decode(self, emissions, mask, allowed=None, allowed_first=None) -> torch.Tensor:
+        """Viterbi best paths; `allowed` (tags x tags) and `allowed_first` (tags) optionally forbid
+        transitions and first tags (see `bio_transitions`)."""
+        transitions, start = self.transitions, self.start
+        if allowed is not None:
+            transitions = transitions.masked_fill(~allowed, -1e4)
+            start = start.masked_fill(~allowed_first, -1e4)
+        return viterbi_decode(emissions, mask, transitions, start, self.end)
+
+
+def bio_transitions(tags: list) -> tuple:
+    """IOB2 constraints: allowed[i, j] says tag j may follow tag i (I-x only after B-x or I-x);
+    allowed_first[j] says a sequence may start with tag j (not with an I- tag)."""
+    allowed = torch.ones(len(tags), len(tags), dtype=torch.bool)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            for i, prev in enumerate(tags):
+                allowed[i, j] = prev in ("B-" + tag[2:], tag)
+    allowed_first = torch.tensor([not tag.startswith("I-") for tag in tags])
+    return allowed, allowed_first
+
+
+@torch.no_grad()
+def viterbi_decode(emissions, mask, transitions, start, end) -> torch.Tensor:
+    """Best tag paths (batch x words) under scores start + emissions + transitions + end;
+    positions beyond each length hold 0."""
+    score = start + emissions[:, 0]
+    history = []
+    identity = torch.arange(emissions.shape[2], device=emissions.device)
+    for i in range(1, emissions.shape[1]):
+        best, index = (score.unsqueeze(2) + transitions).max(dim=1)
+        step = mask[:, i].unsqueeze(1)
+        score = torch.where(step, best + emissions[:, i], score)
+        history.append(torch.where(step, index, identity.expand_as(index)))
+    best_last = (score + end).argmax(1)
+    path = [best_last]
+    for index in reversed(history):  # masked steps point to themselves, so they pass through
+        best_last = index.gather(1, best_last.unsqueeze(1)).squeeze(1)
+        path.append(best_last)
+    return torch.stack(list(reversed(path)), dim=1) * mask.long()

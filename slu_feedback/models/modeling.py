@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .config import SLUConfig
-from .crf import CRF
+from .crf import CRF, bio_transitions, viterbi_decode
 from .encoders import build_encoder
 from .feedback import FeedbackGate, Head, convergence_loss, step_sizes
 
@@ -49,7 +49,8 @@ class SLUModel(PreTrainedModel):
             summary_width = n_slots * (2 if fb["slot_summary"] == "mean+max" else 1)
             self.slot_to_intent = FeedbackGate(summary_width, self.intent_head.widths, fb["gate"])
             self.intent_to_slot = FeedbackGate(n_intents, self.slot_head.widths, fb["gate"])
-        self.register_buffer("gate_tau", torch.tensor(float(fb["tau"])), persistent=False)
+        self.gate_tau = float(fb["tau"])  # Gumbel temperature, annealed by the trainer
+        self._bio = None  # IOB2 decoding constraints, built on first use (see decode_slots)
         self.post_init()
 
     def _init_weights(self, module):
@@ -85,7 +86,7 @@ class SLUModel(PreTrainedModel):
         """Iteration 0 without feedback, then `iterations` rounds in which each head receives the
         other task's previous output. Returns per-iteration intent and slot logits."""
         fb = self.config.feedback
-        tau = float(self.gate_tau)
+        tau = self.gate_tau
         intent_logits = self.intent_head(utterance)
         slot_logits = self.slot_head(words)
         all_intent, all_slot = [intent_logits], [slot_logits]
@@ -184,10 +185,19 @@ class SLUModel(PreTrainedModel):
         return loss, parts
 
     def decode_slots(self, slot_logits, word_mask) -> torch.Tensor:
-        """Best slot id per word: Viterbi under a CRF, argmax otherwise."""
+        """Best slot id per word: Viterbi under a CRF, per-word argmax otherwise. With
+        `bio_constraints`, the best path that is valid IOB2 (no I-x without its B-x), found by
+        Viterbi over the per-word log-probabilities (or the CRF scores) with invalid moves forbidden."""
+        word_mask = word_mask.bool()
+        if not self.config.bio_constraints:
+            return self.crf.decode(slot_logits, word_mask) if self.crf is not None else slot_logits.argmax(-1)
+        if self._bio is None or self._bio[0].device != slot_logits.device:
+            self._bio = tuple(x.to(slot_logits.device) for x in bio_transitions(self.config.slot_labels))
+        allowed, allowed_first = self._bio
         if self.crf is not None:
-            return self.crf.decode(slot_logits, word_mask.bool())
-        return slot_logits.argmax(-1)
+            return self.crf.decode(slot_logits, word_mask, allowed, allowed_first)
+        forbid = lambda ok: torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, -1e4)  # noqa: E731
+        return viterbi_decode(slot_logits.log_softmax(-1), word_mask, forbid(allowed), forbid(allowed_first), 0.0)
 
     def gate_probabilities(self) -> dict:
         """Current gate distribution over infusion points per direction (empty without feedback)."""

@@ -30,6 +30,7 @@ DEFAULTS = {
         "head_hidden": 256,
         "dropout": 0.1,
         "slot_decoder": "softmax",  # softmax | crf
+        "bio_constraints": True,  # decode only valid IOB2 sequences (no I-x without its B-x)
         "intent_loss_weight": 1.0,
         "slot_loss_weight": 1.0,
         "embedding_dim": 300,

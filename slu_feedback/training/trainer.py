@@ -58,7 +58,7 @@ def load_tokenizer(model_cfg: dict):
 
 
 def build_model_config(model_cfg: dict, label_maps, tokenizer) -> SLUConfig:
-    keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "intent_loss_weight",
+    keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints", "intent_loss_weight",
             "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback"]
     kwargs = {k: model_cfg[k] for k in keys}
     if model_cfg["encoder_type"] == "hf":
@@ -181,7 +181,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}",
                    disable=not accelerator.is_local_main_process)
         for batch in bar:
-            raw_model.gate_tau.fill_(tau_at(state["step"] / max(1, total_updates), feedback))
+            raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
             with accelerator.accumulate(model):
                 out = model(**batch)
                 if not torch.isfinite(out.loss):
@@ -200,7 +200,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             bar.set_postfix(loss=f"{running / count:.4f}")
             if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
                 log({"type": "step", "epoch": epoch + 1, "step": state["step"], "loss": out.loss.item(),
-                     "lr": scheduler.get_last_lr()[0], "tau": float(raw_model.gate_tau),
+                     "lr": scheduler.get_last_lr()[0], "tau": raw_model.gate_tau,
                      "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()}})
         epoch_seconds = time.time() - started
         metrics, _ = evaluate_split(model, val_loader, data["validation"], config, accelerator)
