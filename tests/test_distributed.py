@@ -18,8 +18,8 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -44,12 +44,21 @@ def distributed_run(tiny_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "0", "-m", "slu_feedback.cli.train",
+    # --standalone: a local rendezvous on a free port (a fixed port would clash with parallel runs)
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "slu_feedback.cli.train",
            str(REPO / "recipes" / "quickstart.yaml"), f"model.encoder={tiny_encoder}", f"output_dir={out}",
            f"train.epochs={EPOCHS}", "model.head_hidden=32", f"data.path={SAMPLE}", "optim.lr=3e-3",
            "optim.head_lr=1e-2", "train.batch_size=8", "train.log_every=1"]
-    proc = subprocess.run(cmd, env=env, cwd=out.parent, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    # its own session, so a hang can be ended with the workers (not just the torchrun parent)
+    proc = subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 180 s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}"
     return out
 
 

@@ -10,7 +10,8 @@ import click
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/eval_<split>).")
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True)
-def main(run_dir, split, data, out_dir, iterations, batch_size):
+@click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
+def main(run_dir, split, data, out_dir, iterations, batch_size, quantize):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, per-label
     reports, a predictions file with every error marked, and an intent confusion-matrix PNG."""
     from ..data.errors import DataError
@@ -18,7 +19,7 @@ def main(run_dir, split, data, out_dir, iterations, batch_size):
     from ..models import RunError
 
     try:
-        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations)
+        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, quantize=quantize)
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     m = report["metrics"]
@@ -30,6 +31,12 @@ def main(run_dir, split, data, out_dir, iterations, batch_size):
         fb = report["feedback"]
         click.echo(f"  feedback: {fb['changed']} utterances change between iteration 0 and the last "
                    f"({fb['fixed']} fixed, {fb['broken']} broken); mean iterations {fb['mean_iterations']:.2f}")
+    if "int8" in report:
+        q, change = report["int8"]["metrics"], report["int8"]["change"]
+        click.echo("  int8 (dynamic quantisation)      fp32     int8   change")
+        for key, name in [("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
+                          ("sentence_acc", "sentence accuracy")]:
+            click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}")
     click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png")
 
 

@@ -1,5 +1,6 @@
 """`slu-train RECIPE [key=value ...] [--resume]`"""
 
+import os
 import sys
 
 import click
@@ -25,7 +26,8 @@ def main(recipe, overrides, resume, detect_anomaly):
         run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly)
     except (RecipeError, DataError, TrainingError) as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # once, also under torchrun
+        click.echo(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from .errors import DataError
-from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json
+from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json, read_text
 
 SPLITS = ("train", "validation", "test")
 # folder / file stems accepted for each split, in the order they are tried
@@ -54,15 +54,14 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
 
 def _sniff_file(path: Path) -> str:
     """'jsonl' (word-level) or 'spans' (character-level) from the first example in a file."""
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096)
+    head = read_text(path)[:4096]  # a DataError with the line for bytes that are not UTF-8
     body = head.lstrip()
     if body.startswith("[") or '"rasa_nlu_data"' in head:
         return "spans"
     first = body.split("\n", 1)[0]
     try:
         obj = json.loads(first)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (or hostile JSON): the format is unknown
         obj = None
     if isinstance(obj, dict) and "tokens" in obj:
         return "jsonl"

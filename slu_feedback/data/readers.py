@@ -10,6 +10,7 @@ Problems are raised as DataError naming the file and the 1-based line, so a user
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -81,6 +82,7 @@ def _check_example(tokens, slots, intent, path, line, repair_bio) -> dict:
         raise DataError(f"intent must be a non-empty string without spaces, got {intent!r}", path, line)
     if not tokens:
         raise DataError("empty utterance", path, line)
+    _check_unicode([*tokens, *slots, intent], path, line)
     for tok in tokens:
         if not tok or any(c.isspace() for c in tok):
             raise DataError(f"token {tok!r} is empty or contains whitespace", path, line)
@@ -102,14 +104,58 @@ def _check_example(tokens, slots, intent, path, line, repair_bio) -> dict:
     return {"tokens": list(tokens), "slots": slots, "intent": intent.strip(), "text": text, "offsets": offsets}
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file with trailing whitespace stripped (SNIPS lines end in a space)."""
+def _check_unicode(strings, path, line, where: str = "") -> None:
+    """JSON can spell lone surrogates (``"\\ud800"``), which are not text: nothing can encode them."""
+    for s in strings:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"{where}invalid Unicode: {s[e.start]!r} (a lone surrogate escape) in {s[:60]!r}",
+                            path, line) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, as ``open()`` reads it (universal newlines), minus a leading byte-order mark.
+
+    Undecodable bytes are a DataError naming the file and the line they are on.
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+        before = data[bom:bom + e.start].decode("utf-8")
+        line = before.replace("\r\n", "\n").replace("\r", "\n").count("\n") + 1
+        raise DataError(f"not valid UTF-8: byte 0x{data[bom + e.start]:02x} ({e.reason}) at byte {bom + e.start} "
+                        "of the file; re-save it as UTF-8", path, line) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _json_error(error: Exception, path: Path, line: int | None) -> DataError:
+    """DataError for whatever the json module raises on hostile input."""
+    if isinstance(error, json.JSONDecodeError):
+        return DataError(f"invalid JSON: {error.msg} (column {error.colno})", path, line)
+    if isinstance(error, RecursionError):
+        return DataError("invalid JSON: nested too deeply", path, line)
+    return DataError(f"invalid JSON: {error}", path, line)  # e.g. an integer of more than 4300 digits
+
+
+def _loads(text: str, path: Path, line: int | None):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise _json_error(e, path, line) from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file with trailing whitespace stripped (SNIPS lines end in a space)."""
+    text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline does not start another utterance
@@ -147,10 +193,7 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
     for i, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
+        obj = _loads(line, path, i)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", path, i)
         slots = obj.get("slots", obj.get("tags"))
@@ -176,8 +219,8 @@ def _json_list_with_lines(text: str, start: int, path: Path) -> list[tuple[objec
         line = text.count("\n", 0, pos) + 1
         try:
             obj, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+        except (ValueError, RecursionError) as e:
+            raise _json_error(e, path, e.lineno if isinstance(e, json.JSONDecodeError) else line) from None
         items.append((obj, line))
         pos = ws.match(text, pos).end()
         if text.startswith(",", pos):
@@ -202,6 +245,7 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
         fail("'text' must be a string and 'intent' a non-empty string without spaces")
     if not isinstance(entities, list):
         fail("'entities' must be a list")
+    _check_unicode([text, intent], path, line, f"{where}: ")
     words = tokenize(text)
     if not words:
         fail("text has no words")
@@ -217,6 +261,7 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
                  "or start >= end")
         if not isinstance(label, str) or not label or any(c.isspace() for c in label):
             fail(f"entity {k}: 'entity' must be a non-empty string without spaces")
+        _check_unicode([label], path, line, f"{where}: entity {k}: ")
         spans.append((s, e, label, k))
     spans.sort()
     for (s1, e1, l1, k1), (s2, e2, l2, k2) in zip(spans, spans[1:]):
@@ -242,9 +287,7 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
     its tag (B- on the first such word, I- on the rest).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     body = text.lstrip()
     if not body:
         raise DataError("file is empty", path)
@@ -254,8 +297,8 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
     else:
         try:
             whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None  # not one JSON value: JSONL
+        except (ValueError, RecursionError):
+            whole = None  # not one JSON value: JSONL (which reports the bad line)
         if isinstance(whole, dict) and "rasa_nlu_data" in whole:
             common = whole["rasa_nlu_data"].get("common_examples") if isinstance(whole["rasa_nlu_data"], dict) else None
             if not isinstance(common, list):
@@ -268,10 +311,7 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
             for i, line in enumerate(text.split("\n"), start=1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
+                obj = _loads(line, path, i)
                 examples.append(_span_example(obj, path, i, f"example {len(examples)}"))
     if not examples:
         raise DataError("no examples in file", path)

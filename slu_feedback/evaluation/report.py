@@ -24,7 +24,7 @@ def run_data_path(run_dir: Path):
 
 
 def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
-                 iterations=None, model=None, tokenizer=None) -> dict:
+                 iterations=None, model=None, tokenizer=None, quantize: bool = False) -> dict:
     """Score `run_dir` on `split`; write metrics.json, predictions.jsonl and PNGs into `out_dir`."""
     run_dir = Path(run_dir)
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
@@ -46,6 +46,13 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     report = {"split": split, "n": len(raw), "metrics": metrics,
               "intents": intent_report(gold_intents, pred["pred_intents"]),
               "slots": slot_report(gold_slots, pred["pred_slots"])}
+    if quantize:  # the same split with a dynamically int8-quantised copy: metrics and the change
+        from ..inference.quantize import quantize_model
+
+        int8_metrics, _ = evaluate_split(quantize_model(model), loader, raw, config, iterations=iterations)
+        report["int8"] = {"metrics": int8_metrics,
+                          "change": {k: int8_metrics[k] - metrics[k] for k in metrics
+                                     if k != "n" and isinstance(metrics[k], (int, float))}}
     if feedback:
         report["feedback"] = feedback_changes(pred, raw, config)
         plot_steps(report["feedback"]["mean_step"], out_dir / "feedback_steps.png")

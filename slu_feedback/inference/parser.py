@@ -26,8 +26,13 @@ class SLUParser:
         self.slot_labels = model.config.slot_labels
 
     @classmethod
-    def from_pretrained(cls, run_dir, device: str = "cpu", **kwargs) -> "SLUParser":
+    def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, **kwargs) -> "SLUParser":
+        """Load a run; `quantize=True` applies dynamic int8 quantisation to its Linear layers (CPU)."""
         model, tokenizer = load_run(run_dir, device)
+        if quantize:
+            from .quantize import quantize_model
+
+            model = quantize_model(model, inplace=True)
         return cls(model, tokenizer, **kwargs)
 
     @property
@@ -59,7 +64,9 @@ class SLUParser:
         slot_ids = self.model.decode_slots(out.slot_logits, batch["word_mask"])
         for j, i in enumerate(live):
             seen = len(encoded["word_index"][j])
-            if seen < len(words[i]):
+            # trailing words with no sub-tokens (zero-width or combining characters alone) are not
+            # "seen" either, but only a full-length encoding means the tokenizer cut the utterance
+            if seen < len(words[i]) and len(encoded["input_ids"][j]) >= self.max_length:
                 warnings.warn(f"utterance of {len(words[i])} words truncated to the first {seen} "
                               f"(max_length={self.max_length} sub-tokens); later words are tagged O")
             tags = [self.slot_labels[s] for s in slot_ids[j, :seen].tolist()] + ["O"] * (len(words[i]) - seen)

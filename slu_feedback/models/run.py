@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from .modeling import SLUModel
@@ -23,6 +24,12 @@ def load_run(run_dir, device: str = "cpu"):
         hint = " (training may still be running, or stopped before its first validation)" \
             if (run_dir / "recipe.yaml").exists() else ""
         raise RunError(f"{run_dir}: not a trained run, missing {', '.join(missing)}{hint}")
+    try:
+        with safe_open(run_dir / "model.safetensors", framework="pt") as f:
+            f.keys()
+    except Exception as error:  # truncated copy, interrupted write, not a safetensors file
+        raise RunError(f"{run_dir}: cannot load the model: model.safetensors is damaged or incomplete "
+                       f"({type(error).__name__}: {error}); copy it again or retrain") from error
     try:
         model = SLUModel.from_pretrained(run_dir)
         tokenizer = AutoTokenizer.from_pretrained(run_dir)

@@ -157,8 +157,12 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     if resume:
         if not (checkpoint / "trainer_state.json").exists():
             raise TrainingError(f"--resume: {checkpoint} holds no complete checkpoint")
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        try:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:  # a damaged file: name the checkpoint, keep the cause
+            raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
+                                f"{error}); run without --resume to start over") from error
         accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
     elif accelerator.is_main_process:
         save_recipe(recipe, run_dir / "recipe.yaml")

@@ -1,0 +1,63 @@
+"""A `transformers.pipeline` task, `"slu"`, returning exactly what `SLUParser` returns.
+
+    import slu_feedback.inference.pipeline  # registers the task (importing slu_feedback.models
+                                            # registers the model type with AutoConfig/AutoModel)
+    from transformers import pipeline
+
+    slu = pipeline("slu", model="runs/atis-...", device="cpu")
+    slu("show me flights from boston to denver")            # one dict
+    slu(["play jazz", "wake me up at 7"], batch_size=32)   # a list of dicts, batched
+    slu("play jazz", explain=True)                         # with the per-iteration predictions
+
+Equivalent, without the registry: `SLUPipeline(model=model, tokenizer=tokenizer)` with the
+(model, tokenizer) pair from `slu_feedback.models.load_run`.
+"""
+
+from transformers import AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+
+from ..models import SLUModel  # noqa: F401  (registers the slu_feedback model type with the Auto classes)
+from .parser import SLUParser
+
+TASK = "slu"
+
+
+class SLUPipeline(Pipeline):
+    """Joint intent detection and slot filling. Input: a string or a list of strings. Output: per
+    string, the `SLUParser` dict (`intent`, `intent_score`, `top_intents`, `slots` with character
+    offsets, `words`, `tags`, `iterations`, and `explain` when asked)."""
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, top_k: int = 3, max_length: int = 128, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parser = SLUParser(self.model, self.tokenizer, max_length=max_length, top_k=top_k)
+
+    def _sanitize_parameters(self, explain=None, **kwargs):
+        forward_params = {} if explain is None else {"explain": bool(explain)}
+        return {}, forward_params, {}
+
+    def __call__(self, inputs, *args, batch_size=None, explain=False, **kwargs):
+        """A list is parsed in batches by `SLUParser` (same results as `SLUParser(list)`); a single
+        string goes through the usual preprocess -> _forward -> postprocess steps."""
+        if isinstance(inputs, (list, tuple)):
+            return self.parser(list(inputs), explain=explain, batch_size=batch_size or self._batch_size or 32)
+        return super().__call__(inputs, *args, explain=explain, **kwargs)
+
+    def preprocess(self, inputs):
+        if not isinstance(inputs, str):
+            raise TypeError(f"the slu pipeline takes a string or a list of strings, not {type(inputs).__name__}")
+        return {"text": inputs}
+
+    def _forward(self, model_inputs, explain: bool = False):
+        return {"result": self.parser.parse_batch([model_inputs["text"]], explain=explain)[0]}
+
+    def postprocess(self, model_outputs):
+        return model_outputs["result"]
+
+
+if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=SLUPipeline, pt_model=AutoModel, type="text")

@@ -1,0 +1,290 @@
+"""JSON HTTP API for a trained run (FastAPI + uvicorn: `pip install 'slu_feedback[serve]'`).
+
+    slu-serve runs/atis-...                  # http://127.0.0.1:8000  (/docs: OpenAPI page)
+
+    POST /parse   {"text": "..."}            -> the SLUParser dict
+                  {"texts": ["...", ...]}    -> a list of SLUParser dicts, in order
+                  optional "explain": true   -> adds the prediction at every feedback iteration
+    GET  /health  liveness and queue state
+    GET  /model   labels, encoder, feedback settings, the run's all_results.json
+    GET  /        a small web page to try utterances
+
+Concurrent requests are micro-batched: a single worker takes the first waiting request, gathers
+others for up to `wait_ms` milliseconds or until `max_batch` utterances, and parses them together
+in one forward pass on a dedicated thread (the event loop never blocks on the model).
+
+Bad input gets a 4xx with a message in `error` (400 malformed JSON, 413 body too large, 422
+wrong types, empty or too long text, too many texts); the server binds to loopback by default.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from starlette.exceptions import HTTPException
+
+from .parser import SLUParser
+
+STATIC = Path(__file__).resolve().parent / "static"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+logger = logging.getLogger("slu_feedback.server")
+
+
+@dataclass
+class ServerSettings:
+    max_batch: int = 32  # utterances per forward pass
+    wait_ms: float = 5.0  # how long the worker waits for more requests to join a batch
+    max_texts: int = 64  # utterances per request
+    max_chars: int = 1000  # characters per utterance
+    max_body_bytes: int = 1 << 20  # request body limit (1 MiB)
+
+
+class ParseRequest(BaseModel):
+    """Give `text` (one utterance) or `texts` (a list), not both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "play some jazz by miles davis"},
+                                                                            {"texts": ["wake me up at 7", "weather in paris"]}]})
+    text: StrictStr | None = None
+    texts: list[StrictStr] | None = None
+    explain: StrictBool = False
+
+
+# -- micro-batching -------------------------------------------------------------------------------
+class MicroBatcher:
+    """One asyncio queue and one worker; the model runs on a single background thread."""
+
+    def __init__(self, parse, max_batch: int = 32, wait_ms: float = 5.0):
+        self.parse = parse  # (texts, explain) -> list of dicts
+        self.max_batch, self.wait = max_batch, wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        self.task = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slu-parse")
+        self.batches = self.utterances = 0
+
+    async def start(self):
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._worker())
+
+    async def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, texts: list, explain: bool = False) -> list:
+        if self.task is None or self.task.done():
+            raise RuntimeError("the parsing worker is not running")
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, explain, future))
+        return await future
+
+    async def _worker(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            count = len(items[0][0])
+            deadline = loop.time() + self.wait
+            while count < self.max_batch:
+                try:
+                    item = self.queue.get_nowait() if self.queue.qsize() else \
+                        await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                items.append(item)
+                count += len(item[0])
+            items = [item for item in items if not item[2].done()]  # clients that went away
+            if not items:
+                continue
+            texts = [t for item in items for t in item[0]]
+            explain = any(item[1] for item in items)
+            try:
+                results = await loop.run_in_executor(self.executor, self.parse, texts, explain)
+            except Exception as error:  # a model failure answers every waiting request, the worker lives on
+                logger.exception("parsing a batch of %d utterances failed", len(texts))
+                for _, _, future in items:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.batches += 1
+            self.utterances += len(texts)
+            start = 0
+            for item_texts, item_explain, future in items:
+                part = results[start:start + len(item_texts)]
+                start += len(item_texts)
+                if explain and not item_explain:
+                    part = [{k: v for k, v in r.items() if k != "explain"} for r in part]
+                if not future.done():
+                    future.set_result(part)
+
+
+# -- request body limit ---------------------------------------------------------------------------
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`: from Content-Length up front, or while a chunked body streams."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                return await _send_json(send, 400, {"error": "invalid Content-Length header"})
+            if too_big:
+                return await _send_json(send, 413, {"error": f"request body too large: {int(length)} bytes "
+                                                             f"(limit {self.max_bytes})"})
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"request body too large (limit {self.max_bytes} bytes)")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send, status: int, payload: dict):
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_message(errors) -> str:
+    """One readable line from pydantic/FastAPI validation errors."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
+        if error.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {where!r} (expected 'text' or 'texts', and optionally 'explain')")
+        elif error.get("type") == "missing" and not where:
+            parts.append("missing JSON body: send {\"text\": \"...\"} or {\"texts\": [...]}")
+        else:
+            parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+# -- the app ----------------------------------------------------------------------------------------
+def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None = None, quantized: bool = False) -> FastAPI:
+    settings = settings or ServerSettings()
+    batcher = MicroBatcher(lambda texts, explain: parser(texts, explain=explain, batch_size=settings.max_batch),
+                           settings.max_batch, settings.wait_ms)
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="slu_feedback", lifespan=lifespan,
+                  description="Joint intent detection and slot filling with an output-level feedback loop. "
+                              "POST /parse with {\"text\": ...} or {\"texts\": [...]}.")
+    app.state.batcher, app.state.parser, app.state.settings = batcher, parser, settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            detail = next(e for e in errors if e.get("type") == "json_invalid")
+            reason = (detail.get("ctx") or {}).get("error", "")
+            return JSONResponse({"error": f"malformed JSON{': ' + str(reason) if reason else ''}"}, status_code=400)
+        return JSONResponse({"error": _validation_message(errors),
+                             "detail": json.loads(json.dumps(errors, default=str))}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    def error(status: int, message: str):
+        raise HTTPException(status, message)
+
+    @app.post("/parse", summary="Parse one utterance or a list of them")
+    async def parse(request: ParseRequest):
+        if (request.text is None) == (request.texts is None):
+            error(422, "give either 'text' (a string) or 'texts' (a list of strings), not both" if request.text is not None
+                  else "missing 'text' (a string) or 'texts' (a list of strings)")
+        texts = [request.text] if request.text is not None else request.texts
+        if not texts:
+            error(422, "'texts' is empty: give at least one utterance")
+        if len(texts) > settings.max_texts:
+            error(422, f"too many texts: {len(texts)} (limit {settings.max_texts} a request)")
+        for i, text in enumerate(texts):
+            where = "'text'" if request.text is not None else f"texts[{i}]"
+            if not text.strip():
+                error(422, f"{where} is empty or whitespace only: nothing to parse")
+            if len(text) > settings.max_chars:
+                error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
+        results = await batcher.submit(texts, request.explain)
+        return results[0] if request.text is not None else results
+
+    @app.get("/health", summary="Liveness")
+    async def health():
+        alive = batcher.task is not None and not batcher.task.done()
+        return JSONResponse({"status": "ok" if alive else "error", "queue": batcher.queue.qsize() if batcher.queue else 0,
+                             "batches": batcher.batches, "utterances": batcher.utterances,
+                             "uptime_s": round(time.time() - started, 1)}, status_code=200 if alive else 503)
+
+    info = model_info(parser, run_dir, settings, quantized)
+
+    @app.get("/model", summary="Labels, encoder, feedback settings and the run's metrics")
+    async def model():
+        return info
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: bool) -> dict:
+    config = parser.model.config
+    slot_types = sorted({tag[2:] for tag in config.slot_labels if tag[:2] in ("B-", "I-")})
+    info = {
+        "run_dir": str(run_dir) if run_dir else None,
+        "encoder": config.encoder, "encoder_type": config.encoder_type, "slot_decoder": config.slot_decoder,
+        "pooling": config.pooling, "head_hidden": config.head_hidden,
+        "intents": list(config.intent_labels), "slot_types": slot_types, "slot_tags": list(config.slot_labels),
+        "feedback": dict(config.feedback), "gate_probabilities": parser.model.gate_probabilities(),
+        "quantized": quantized, "max_length": parser.max_length,
+        "limits": asdict(settings),
+        "metrics": None,
+    }
+    results = Path(run_dir) / "all_results.json" if run_dir else None
+    if results is not None and results.exists():
+        try:
+            info["metrics"] = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning("cannot read %s: %s", results, err)
+    return info
+
+
+def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, quantize: bool = False,
+          settings: ServerSettings | None = None, log_level: str = "info"):
+    """Load `run_dir` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    parser = SLUParser.from_pretrained(run_dir, quantize=quantize)
+    app = create_app(parser, run_dir, settings, quantized=quantize)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

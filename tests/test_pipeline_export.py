@@ -1,0 +1,179 @@
+"""The `transformers.pipeline("slu")` task, int8 dynamic quantisation (parser, slu-parse, slu-eval)
+and ONNX export with its ONNX Runtime check, on tiny trained runs."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from slu_feedback.inference.parser import SLUParser
+
+pytestmark = pytest.mark.e2e
+TEXTS = ["play some jazz by miles davis", "what is the weather in paris tomorrow", "", "wake me up at 6:30",
+         "Zürich wetter 🙂", "set an alarm"]
+
+
+def train_tiny(tiny_encoder, out, *overrides):
+    from conftest import REPO, SAMPLE
+    from slu_feedback.training.recipe import load_recipe
+    from slu_feedback.training.trainer import train
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=32",
+        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "train.log_every=5", *overrides])
+    return train(recipe)
+
+
+@pytest.fixture(scope="module")
+def feedback_run(tiny_encoder, tmp_path_factory):
+    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "fb", "model.feedback.iterations=2")
+
+
+@pytest.fixture(scope="module")
+def crf_run(tiny_encoder, tmp_path_factory):
+    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "crf", "model.slot_decoder=crf",
+                      "model.feedback.iterations=1", "model.feedback.gate=soft")
+
+
+@pytest.fixture(scope="module")
+def bilstm_run(tiny_encoder, tmp_path_factory):
+    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "bilstm", "model.encoder_type=bilstm",
+                      "model.embedding_dim=16", "model.lstm_hidden=16", "model.lstm_layers=1",
+                      "model.feedback.iterations=1")
+
+
+# -- transformers.pipeline ------------------------------------------------------------------------
+def test_pipeline_task_returns_what_the_parser_returns(feedback_run):
+    from transformers import pipeline
+
+    from slu_feedback.inference.pipeline import SLUPipeline  # registers the "slu" task
+
+    slu = pipeline("slu", model=str(feedback_run), device="cpu")
+    assert isinstance(slu, SLUPipeline)
+    parser = SLUParser.from_pretrained(feedback_run)
+    assert slu(TEXTS[0]) == parser(TEXTS[0])
+    assert slu(TEXTS) == parser(TEXTS)
+    assert slu(TEXTS, batch_size=2) == parser(TEXTS, batch_size=2)
+    assert slu(TEXTS[1], explain=True) == parser(TEXTS[1], explain=True)
+    assert slu("")["intent"] is None
+    with pytest.raises(TypeError, match="string"):
+        slu(42)
+
+
+def test_pipeline_class_from_a_loaded_model(feedback_run):
+    from slu_feedback.inference.pipeline import SLUPipeline
+    from slu_feedback.models import load_run
+
+    model, tokenizer = load_run(feedback_run)
+    slu = SLUPipeline(model=model, tokenizer=tokenizer, device="cpu", top_k=2)
+    result = slu(TEXTS[3])
+    assert len(result["top_intents"]) == 2
+    assert result == SLUParser(model, tokenizer, top_k=2)(TEXTS[3])
+
+
+# -- int8 dynamic quantisation --------------------------------------------------------------------
+def test_quantized_parser_gives_valid_output(feedback_run):
+    from slu_feedback.inference.quantize import count_quantized
+
+    parser = SLUParser.from_pretrained(feedback_run, quantize=True)
+    fp32 = SLUParser.from_pretrained(feedback_run)
+    assert count_quantized(parser.model) > 0 and count_quantized(fp32.model) == 0
+    results = parser(TEXTS)
+    for text, r, ref in zip(TEXTS, results, fp32(TEXTS)):
+        if not text:
+            assert r["intent"] is None
+            continue
+        assert r["intent"] in parser.intents and 0 <= r["intent_score"] <= 1
+        assert len(r["tags"]) == len(r["words"]) == len(ref["words"])
+        assert all(tag in parser.slot_labels for tag in r["tags"])
+        assert abs(sum(t["score"] for t in r["top_intents"]) - sum(t["score"] for t in ref["top_intents"])) < 0.2
+
+
+def test_parse_and_eval_cli_quantize(feedback_run, tmp_path):
+    from slu_feedback.cli.evaluate import main as eval_main
+    from slu_feedback.cli.parse import main as parse_main
+
+    result = CliRunner().invoke(parse_main, [str(feedback_run), "--quantize", "--text", "play jazz", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["intent"]
+    result = CliRunner().invoke(eval_main, [str(feedback_run), "--split", "validation", "--quantize",
+                                            "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "int8" in result.output and "change" in result.output
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("intent_acc", "slot_f1", "sentence_acc"):
+        assert report["int8"]["change"][key] == pytest.approx(report["int8"]["metrics"][key] - report["metrics"][key])
+
+
+# -- ONNX export ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_deps():
+    pytest.importorskip("onnx", reason="needs the export extra: pip install 'slu_feedback[export]'")
+    pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'slu_feedback[export]'")
+    pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs onnxscript")
+
+
+@pytest.mark.parametrize("run_name", ["feedback_run", "crf_run", "bilstm_run"])
+def test_onnx_export_matches_pytorch(onnx_deps, run_name, request, tmp_path):
+    from slu_feedback.cli.export import main as export_main
+
+    run = request.getfixturevalue(run_name)
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(export_main, [str(run), "--format", "onnx", "--out", str(out), "--check",
+                                              "--split", "validation", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])  # progress bars go to stderr
+    assert report["ok"] and report["n"] == 50 and report["max_abs_diff"] <= 1e-4
+    assert report["intent_agreement"] == 1.0 and report["slot_agreement"] == 1.0
+    assert out.exists()
+    if run_name == "bilstm_run":  # packed sequences: torch.export fails, the TorchScript exporter takes over
+        assert "TorchScript exporter" in result.stderr
+
+
+def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_run, tmp_path):
+    import onnx
+
+    from slu_feedback.inference.export import OnnxSLU, export_onnx
+    from slu_feedback.models import load_run
+
+    model, tokenizer = load_run(feedback_run)
+    path = export_onnx(feedback_run, tmp_path / "m.onnx", model=model, tokenizer=tokenizer)
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "word_index", "word_mask"]
+    assert [o.name for o in graph.output] == ["intent_probs", "slot_probs"]
+    for tensor in graph.input:
+        dims = tensor.type.tensor_type.shape.dim
+        assert all(d.dim_param and not d.dim_value for d in dims), f"{tensor.name} has fixed axes"
+    # batches of other sizes and lengths than the traced example, and the same predictions as the model
+    runner = OnnxSLU(path, tokenizer, model.config)
+    texts = [t for t in TEXTS if t] + ["book a table for two at an italian place near the station tonight at eight"] * 3
+    intent_probs, slot_probs, word_mask = runner.probabilities(texts)
+    assert intent_probs.shape == (len(texts), len(model.config.intent_labels))
+    parser = SLUParser(model, tokenizer)
+    parser.model.config.feedback = {**parser.model.config.feedback, "eps": 0.0}
+    for text, predicted in zip(texts, runner.predict(texts)):
+        expected = parser(text)
+        assert predicted["intent"] == expected["intent"] and predicted["tags"] == expected["tags"]
+
+
+def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):
+    from slu_feedback.cli.export import main as export_main
+
+    result = CliRunner().invoke(export_main, [str(tmp_path)])
+    assert result.exit_code == 1 and "not a trained run" in result.output
+
+
+def test_frozen_gate_equals_the_eval_gate():
+    from slu_feedback.inference.export import FrozenGate
+    from slu_feedback.models.feedback import FeedbackGate
+
+    torch.manual_seed(0)
+    signal = torch.randn(3, 5)
+    for mode in ("gumbel", "soft", "fixed:1"):
+        gate = FeedbackGate(5, (8, 6, 4), mode).eval()
+        with torch.no_grad():
+            gate.beta.copy_(torch.tensor([0.1, 0.7, -0.2]))
+            frozen = FrozenGate(gate, tau=0.5)
+            for a, b in zip(gate(signal, 0.5), frozen(signal)):
+                assert (a is None and b is None) or torch.equal(a, b), mode
