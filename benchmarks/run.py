@@ -24,6 +24,17 @@ from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import train  # noqa: E402
 
 METRICS = ("intent_acc", "slot_f1", "slot_f1_strict", "sentence_acc")
+CALIBRATION = ("intent_ece", "intent_nll")  # ECE in percent (15 bins, top-1), NLL in nats
+
+
+def calibration(metrics: dict) -> dict:
+    """ECE (as a percentage, like the other metrics) and NLL (nats) of the intent, where measured."""
+    out = {}
+    if metrics.get("intent_ece") is not None:
+        out["intent_ece"] = 100 * metrics["intent_ece"]
+    if metrics.get("intent_nll") is not None:
+        out["intent_nll"] = metrics["intent_nll"]
+    return out
 
 
 def throughput(parser, texts: list, batch_size: int, limit: int) -> float:
@@ -48,23 +59,33 @@ def run_seed(recipe_path, overrides, seed: int, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
         "best_epoch": results["best_epoch"],
         "epochs_run": results["epochs_run"],
-        "validation": {k: 100 * results["validation"][k] for k in METRICS},
-        "test": {k: 100 * test["metrics"][k] for k in METRICS},
+        "validation": {**{k: 100 * results["validation"][k] for k in METRICS}, **calibration(results["validation"])},
+        "test": {**{k: 100 * test["metrics"][k] for k in METRICS}, **calibration(test["metrics"])},
         "train_seconds_per_epoch": sum(results["train_seconds_per_epoch"]) / len(results["train_seconds_per_epoch"]),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "inference_utt_per_s": {"batch_1": throughput(parser, texts, 1, 200),
                                 "batch_32": throughput(parser, texts, 32, len(texts))},
         "gate_probabilities": results.get("gate_probabilities"),
     }
+    if "prior_weights" in results:  # VMTL head: prior mixture weights at the best epoch
+        row["prior_weights"] = results["prior_weights"]
     if "feedback" in test:
         row["feedback"] = {k: test["feedback"][k] for k in ("changed", "fixed", "broken", "mean_iterations")}
     return row
 
 
 def summarise(rows: list) -> dict:
+    def split(name):  # calibration only over the seeds that measured it (rows from older runs lack it)
+        out = {k: mean_std([r[name][k] for r in rows]) for k in METRICS}
+        for k in CALIBRATION:
+            values = [r[name][k] for r in rows if k in r[name]]
+            if values:
+                out[k] = mean_std(values)
+        return out
+
     return {
-        "test": {k: mean_std([r["test"][k] for r in rows]) for k in METRICS},
-        "validation": {k: mean_std([r["validation"][k] for r in rows]) for k in METRICS},
+        "test": split("test"),
+        "validation": split("validation"),
         "train_seconds_per_epoch": mean_std([r["train_seconds_per_epoch"] for r in rows]),
         "inference_utt_per_s": {b: mean_std([r["inference_utt_per_s"][b] for r in rows]) for b in ("batch_1", "batch_32")},
         "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
@@ -99,7 +120,9 @@ def main(argv=None):
         out.write_text(json.dumps(result, indent=1) + "\n")
         t = result["test"]
         print(f"[{name}] seeds {result['seeds']}: test intent {t['intent_acc']['mean']:.2f}  slot F1 "
-              f"{t['slot_f1']['mean']:.2f}  sentence {t['sentence_acc']['mean']:.2f} -> {out}")
+              f"{t['slot_f1']['mean']:.2f}  sentence {t['sentence_acc']['mean']:.2f}"
+              + (f"  intent ECE {t['intent_ece']['mean']:.2f}  NLL {t['intent_nll']['mean']:.4f}"
+                 if "intent_ece" in t and "intent_nll" in t else "") + f" -> {out}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,25 @@ import click
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
-def main(run_dir, split, data, out_dir, iterations, batch_size, quantize):
-    """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, per-label
-    reports, a predictions file with every error marked, and an intent confusion-matrix PNG."""
+@click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
+              help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")
+def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode):
+    """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
+    calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
+    intent confusion-matrix and reliability-diagram PNGs."""
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
-    from ..models import RunError
+    from ..models import RunError, load_run
 
     try:
-        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, quantize=quantize)
+        model = tokenizer = None
+        if predict_mode is not None:
+            model, tokenizer = load_run(run_dir)
+            if model.config.head != "vmtl":
+                raise click.ClickException("--predict applies to runs with model.head=vmtl only")
+            model.config.vmtl["predict"] = predict_mode
+        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, model=model, tokenizer=tokenizer,
+                              quantize=quantize)
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     m = report["metrics"]
@@ -27,6 +37,8 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize):
     click.echo(f"  intent accuracy     {100 * m['intent_acc']:6.2f}")
     click.echo(f"  slot F1 (seqeval)   {100 * m['slot_f1']:6.2f}   strict IOB2 {100 * m['slot_f1_strict']:6.2f}")
     click.echo(f"  sentence accuracy   {100 * m['sentence_acc']:6.2f}")
+    nll = "n/a" if m["intent_nll"] is None else f"{m['intent_nll']:.4f}"
+    click.echo(f"  intent ECE (15 bins) {100 * m['intent_ece']:5.2f}   NLL {nll} (over {m['intent_nll_n']} with a known intent)")
     if "feedback" in report:
         fb = report["feedback"]
         click.echo(f"  feedback: {fb['changed']} utterances change between iteration 0 and the last "
@@ -37,7 +49,7 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize):
         for key, name in [("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
                           ("sentence_acc", "sentence accuracy")]:
             click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}")
-    click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png")
+    click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png, reliability.png")
 
 
 if __name__ == "__main__":

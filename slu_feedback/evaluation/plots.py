@@ -23,7 +23,8 @@ def plot_training_curves(metrics_path, out_path) -> None:
     steps = [r for r in rows if r.get("type") == "step"]
     epochs = [r for r in rows if r.get("type") == "epoch"]
     gated = [r for r in steps if r.get("gate")]
-    panels = 3 if gated else 2
+    bayes = [r for r in steps if r.get("prior")]
+    panels = 2 + bool(gated) + bool(bayes)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
     axes[0].set(title="training loss", xlabel="optimizer step", yscale="log")
@@ -38,6 +39,13 @@ def plot_training_curves(metrics_path, out_path) -> None:
                              label=f"{direction} point {m}")
         axes[2].set(title="feedback gate probabilities", xlabel="optimizer step", ylim=(0, 1))
         axes[2].legend(fontsize=7)
+    if bayes:  # VMTL: weight of each prior on the other task's posterior (the rest is on N(0, I))
+        ax = axes[-1]
+        for prior in bayes[0]["prior"]:
+            ax.plot([r["step"] for r in bayes], [r["prior"][prior]["other"] for r in bayes], label=f"{prior}: other task")
+        ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+        ax.set(title="VMTL prior weight on the other task", xlabel="optimizer step", ylim=(0, 1))
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
@@ -76,6 +84,26 @@ def plot_steps(steps_per_iteration: list, out_path) -> None:
         ax.plot(range(1, len(values) + 1), values, marker="o", label=task)
     ax.set(title="feedback step size per iteration", xlabel="iteration k", ylabel="mean JS(P^k, P^k-1)", yscale="log")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(bins: list, ece: float, out_path, title: str = "intent reliability") -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, bin counts below."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    width = bins[0]["hi"] - bins[0]["lo"]
+    centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    filled = [b for b in bins if b["count"]]
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in filled], [b["accuracy"] for b in filled], width=width * 0.95,
+           edgecolor="black", label="accuracy")
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in filled], [b["confidence"] - b["accuracy"] for b in filled],
+           bottom=[b["accuracy"] for b in filled], width=width * 0.95, color="red", alpha=0.3, label="gap")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(title=f"{title} (ECE {100 * ece:.2f}%)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    hist.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="grey")
+    hist.set(xlabel="top-1 confidence", ylabel="count", yscale="symlog")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -3,7 +3,7 @@
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import compute_metrics
+from .metrics import compute_metrics, intent_calibration
 
 
 @torch.no_grad()
@@ -59,5 +59,6 @@ def evaluate_split(model, loader, raw_split, config, accelerator=None, keep_iter
     pred_intents = [config.intent_labels[i] for i in result["intent"]]
     pred_slots = [to_labels(ids, config.slot_labels, len(gold)) for ids, gold in zip(result["slots"], gold_slots)]
     metrics = compute_metrics(gold_intents, pred_intents, gold_slots, pred_slots)
+    metrics.update(intent_calibration(result["intent_probs"], gold_intents, config.intent_labels))
     result.update(pred_intents=pred_intents, pred_slots=pred_slots)
     return metrics, result

@@ -1,6 +1,7 @@
 """Evaluate a trained run on a split: metrics, per-label reports, predictions file and plots."""
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -9,8 +10,8 @@ from ..data.dataset import load_splits
 from ..data.features import featurize, make_loader
 from ..data.dataset import LabelMaps
 from ..models import load_run
-from .metrics import intent_report, sentence_correct, slot_report
-from .plots import plot_confusion, plot_steps
+from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
+from .plots import plot_confusion, plot_reliability, plot_steps
 from .predict import evaluate_split
 
 
@@ -25,7 +26,8 @@ def run_data_path(run_dir: Path):
 
 def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
                  iterations=None, model=None, tokenizer=None, quantize: bool = False) -> dict:
-    """Score `run_dir` on `split`; write metrics.json, predictions.jsonl and PNGs into `out_dir`."""
+    """Score `run_dir` on `split`; write metrics.json, predictions.jsonl and PNGs (intent confusion,
+    intent reliability diagram) into `out_dir`."""
     run_dir = Path(run_dir)
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
     if model is None:
@@ -46,6 +48,8 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     report = {"split": split, "n": len(raw), "metrics": metrics,
               "intents": intent_report(gold_intents, pred["pred_intents"]),
               "slots": slot_report(gold_slots, pred["pred_slots"])}
+    confidences = [max(p) for p in pred["intent_probs"]]
+    report["reliability"] = reliability_bins(confidences, [g == p for g, p in zip(gold_intents, pred["pred_intents"])])
     if quantize:  # the same split with a dynamically int8-quantised copy: metrics and the change
         from ..inference.quantize import quantize_model
 
@@ -63,10 +67,14 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                    "intent_error": example["intent"] != pred["pred_intents"][i],
                    "slot_errors": [j for j, (g, p) in enumerate(zip(example["slots"], pred["pred_slots"][i])) if g != p],
                    "gold_slots": example["slots"], "pred_slots": pred["pred_slots"][i], "iterations": pred["iterations"][i]}
+            if config.head == "vmtl":  # predictive entropy of the intent distribution (nats)
+                probs = pred["intent_probs"][i]
+                row["intent_entropy"] = round(-sum(q * math.log(q) for q in probs if q > 0), 4)
             row["error"] = row["intent_error"] or bool(row["slot_errors"])
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     plot_confusion(gold_intents, pred["pred_intents"], config.intent_labels, out_dir / "confusion.png")
+    plot_reliability(report["reliability"], metrics["intent_ece"], out_dir / "reliability.png")
     report["out_dir"] = str(out_dir)
     return report
 

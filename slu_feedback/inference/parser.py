@@ -5,6 +5,10 @@
     # {'intent': 'atis_flight', 'intent_score': 0.99, 'top_intents': [...],
     #  'slots': [{'label': 'fromloc.city_name', 'text': 'boston', 'start': 21, 'end': 27, 'score': 0.99}, ...],
     #  'iterations': 1, ...}
+
+With the VMTL Bayesian head (`model.head: vmtl`), results also carry `intent_uncertainty` and a
+slot `uncertainty`: the predictive entropy (nats) of the intent distribution, and the mean over a
+span's words of the per-word slot entropy (MC-averaged distributions when `vmtl.predict: mc`).
 """
 
 import warnings
@@ -24,6 +28,7 @@ class SLUParser:
         self.top_k = top_k
         self.intents = model.config.intent_labels
         self.slot_labels = model.config.slot_labels
+        self.bayesian = getattr(model.config, "head", "deterministic") == "vmtl"
 
     @classmethod
     def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, **kwargs) -> "SLUParser":
@@ -53,6 +58,9 @@ class SLUParser:
         words = [tokenize(t if isinstance(t, str) else str(t)) for t in texts]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
+        if self.bayesian:
+            for r in results:
+                r["intent_uncertainty"] = None
         if not live:
             return results
         encoded = encode_words(self.tokenizer, [[w for w, _, _ in words[i]] for i in live], self.max_length)
@@ -72,6 +80,8 @@ class SLUParser:
             tags = [self.slot_labels[s] for s in slot_ids[j, :seen].tolist()] + ["O"] * (len(words[i]) - seen)
             scores = slot_probs[j, torch.arange(seen), slot_ids[j, :seen]].tolist() + [0.0] * (len(words[i]) - seen)
             result = self._result(texts[i], words[i], intent_probs[j], tags, scores, int(out.iterations[j]))
+            if self.bayesian:
+                self._add_uncertainty(result, intent_probs[j], slot_probs[j, :seen], len(words[i]))
             if explain:
                 result["explain"] = self._explain(out, j, seen, batch["word_mask"][j : j + 1], words[i])
             results[i] = result
@@ -95,6 +105,16 @@ class SLUParser:
             "tags": tags,
             "iterations": iterations,
         }
+
+    @staticmethod
+    def _add_uncertainty(result, intent_probs, slot_probs, n_words) -> None:
+        from ..models.vmtl import predictive_entropy
+
+        result["intent_uncertainty"] = round(float(predictive_entropy(intent_probs)), 4)
+        entropy = predictive_entropy(slot_probs).tolist()
+        entropy += [0.0] * (n_words - len(entropy))  # words cut by truncation: tagged O, no estimate
+        for slot, (_, start, end) in zip(result["slots"], bio_to_spans(result["tags"])):
+            slot["uncertainty"] = round(sum(entropy[start:end]) / (end - start), 4)
 
     def _explain(self, out, j, seen, word_mask, words) -> list:
         """The prediction at every feedback iteration (iteration 0 = no feedback)."""

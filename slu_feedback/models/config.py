@@ -15,6 +15,19 @@ DEFAULT_FEEDBACK = {
     "slot_summary": "mean",  # mean | mean+max: how per-word slot outputs are pooled for the intent head
 }
 
+DEFAULT_VMTL = {  # the Bayesian head (model.head: vmtl, METHODS.md section 2; see models/vmtl.py)
+    "latent_dim": 128,  # d_z
+    "samples": 4,  # Monte Carlo samples S (training loss, and prediction with predict: mc)
+    "beta_z": 0.01,  # weight of KL_z (summed over d_z, mean over utterances / real words)
+    "beta_w": 0.001,  # weight of KL_w (summed over d_z, mean over classes)
+    "kl_warmup": 0.3,  # fraction of training over which the KL weights rise linearly from 0
+    "tau": 1.0,  # Gumbel-softmax temperature of the prior mixture weights at the start ...
+    "tau_min": 0.5,  # ... annealed towards this value by the end of training
+    "prior": "single",  # single (one Gaussian, closed-form KL) | mixture (mixture density, Monte Carlo KL)
+    "predict": "mean",  # mean (posterior means, fast) | mc (average over S samples)
+}
+HEADS = ("deterministic", "vmtl")
+
 
 class SLUConfig(PreTrainedConfig):
     model_type = "slu_feedback"
@@ -38,6 +51,9 @@ class SLUConfig(PreTrainedConfig):
         intent_loss_weight: float = 1.0,
         slot_loss_weight: float = 1.0,
         feedback: dict | None = None,
+        head: str = "deterministic",  # deterministic | vmtl (Bayesian head, METHODS.md section 2)
+        vmtl: dict | None = None,
+        label_names: dict | None = None,  # label -> text for the VMTL label-name embeddings
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -58,6 +74,9 @@ class SLUConfig(PreTrainedConfig):
         self.intent_loss_weight = intent_loss_weight
         self.slot_loss_weight = slot_loss_weight
         self.feedback = {**DEFAULT_FEEDBACK, **(feedback or {})}
+        self.head = head
+        self.vmtl = {**DEFAULT_VMTL, **(vmtl or {})}
+        self.label_names = dict(label_names or {})
         self.initializer_range = initializer_range
         if encoder_type not in ("hf", "bilstm"):
             raise ValueError(f"encoder_type must be 'hf' or 'bilstm', not {encoder_type!r}")
@@ -65,4 +84,16 @@ class SLUConfig(PreTrainedConfig):
             raise ValueError(f"slot_decoder must be 'softmax' or 'crf', not {slot_decoder!r}")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be 'deterministic' or 'vmtl', not {head!r}")
+        if head == "vmtl":
+            if slot_decoder == "crf":
+                raise ValueError("model.head=vmtl does not support slot_decoder=crf (the Monte Carlo loss needs "
+                                 "per-word softmax outputs); use slot_decoder=softmax")
+            if self.vmtl["prior"] not in ("single", "mixture"):
+                raise ValueError(f"vmtl.prior must be 'single' or 'mixture', not {self.vmtl['prior']!r}")
+            if self.vmtl["predict"] not in ("mean", "mc"):
+                raise ValueError(f"vmtl.predict must be 'mean' or 'mc', not {self.vmtl['predict']!r}")
+            if int(self.vmtl["samples"]) < 1 or int(self.vmtl["latent_dim"]) < 1:
+                raise ValueError("vmtl.samples and vmtl.latent_dim must be at least 1")
         super().__init__(**kwargs)

@@ -3,6 +3,9 @@
 Iteration 0 is the plain joint model. With `feedback.iterations = K > 0`, both heads run K more
 times on the same encoder features, each receiving the other task's previous output through a
 gated amplifier (see `run_heads`). The encoder runs once per batch.
+
+With `head: vmtl` the final classifier of each head is the VMTL Bayesian classifier
+(`vmtl.py`); the feedback loop is unchanged and runs on its posterior-mean logits.
 """
 
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from .config import SLUConfig
 from .crf import CRF, bio_transitions, viterbi_decode
 from .encoders import build_encoder
 from .feedback import FeedbackGate, Head, convergence_loss, step_sizes
+from . import vmtl as vmtl_lib
 
 
 @dataclass
@@ -41,8 +45,11 @@ class SLUModel(PreTrainedModel):
         self.encoder = build_encoder(config)
         width = self.encoder.hidden_size
         n_intents, n_slots = len(config.intent_labels), len(config.slot_labels)
-        self.intent_head = Head(width, config.head_hidden, n_intents, config.dropout)
-        self.slot_head = Head(width, config.head_hidden, n_slots, config.dropout)
+        if config.head == "vmtl":
+            self._build_vmtl_heads(width)
+        else:
+            self.intent_head = Head(width, config.head_hidden, n_intents, config.dropout)
+            self.slot_head = Head(width, config.head_hidden, n_slots, config.dropout)
         self.crf = CRF(n_slots) if config.slot_decoder == "crf" else None
         fb = config.feedback
         if fb["iterations"] > 0:
@@ -52,6 +59,39 @@ class SLUModel(PreTrainedModel):
         self.gate_tau = float(fb["tau"])  # Gumbel temperature, annealed by the trainer
         self._bio = None  # IOB2 decoding constraints, built on first use (see decode_slots)
         self.post_init()
+        if config.head == "vmtl":
+            self.vmtl_tau = float(config.vmtl["tau"])  # prior-mixture Gumbel temperature, annealed by the trainer
+            self.kl_weight = 1.0  # KL warm-up factor in [0, 1], set by the trainer per step
+            for head in (self.intent_head, self.slot_head):  # stand-ins until embed_label_names
+                if head.label_embeddings.device.type != "meta":
+                    with torch.no_grad():
+                        head.label_embeddings.copy_(vmtl_lib.text_seeded_embeddings(
+                            head.label_texts, head.label_embeddings.shape[1]))
+
+    def _build_vmtl_heads(self, width: int):
+        c = self.config
+        if c.encoder_type == "bilstm":
+            embedding_dim = c.embedding_dim
+        else:
+            embedding_dim = self.encoder.model.get_input_embeddings().weight.shape[1]
+        latent = int(c.vmtl["latent_dim"])
+        texts = lambda labels: [vmtl_lib.label_text(x, c.label_names) for x in labels]  # noqa: E731
+        self.intent_head = vmtl_lib.VariationalHead(width, c.head_hidden, c.intent_labels, c.dropout, latent,
+                                                    embedding_dim, texts(c.intent_labels))
+        self.slot_head = vmtl_lib.VariationalHead(width, c.head_hidden, c.slot_labels, c.dropout, latent,
+                                                  embedding_dim, texts(c.slot_labels))
+        self.vmtl_prior = vmtl_lib.PriorMixture(("intent", "slot"))
+
+    def embed_label_names(self, tokenizer) -> None:
+        """e_c: each label text embedded with the encoder's input word embeddings (mean of its word
+        pieces), stored in the model (and saved with it). Called once, before training."""
+        if self.config.encoder_type == "bilstm":
+            table = self.encoder.embedding.weight
+        else:
+            table = self.encoder.model.get_input_embeddings().weight
+        with torch.no_grad():
+            for head in (self.intent_head, self.slot_head):
+                head.label_embeddings.copy_(vmtl_lib.embed_texts(head.label_texts, tokenizer, table))
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -60,13 +100,30 @@ class SLUModel(PreTrainedModel):
                 nn.init.zeros_(p)
         if isinstance(module, FeedbackGate):
             nn.init.zeros_(module.beta)  # start undecided between infusion points
+        if isinstance(module, (vmtl_lib.VariationalHead, vmtl_lib.WeightGenerator)):
+            vmtl_lib.init_bilinear(module)  # children are initialised first; this overrides their 0.02 normal
+        if isinstance(module, vmtl_lib.VariationalHead):
+            nn.init.zeros_(module.bias)
+            if module.role_offset is not None:
+                nn.init.zeros_(module.role_offset)
+        if isinstance(module, vmtl_lib.PriorMixture):
+            nn.init.zeros_(module.latent_beta)  # start undecided between the other task and N(0, I)
+            nn.init.zeros_(module.weight_beta)
 
     @classmethod
-    def from_encoder(cls, config: SLUConfig, encoder_path: str | None = None) -> "SLUModel":
-        """A new model for training, with pretrained encoder weights loaded from `encoder_path`."""
+    def from_encoder(cls, config: SLUConfig, encoder_path: str | None = None, tokenizer=None) -> "SLUModel":
+        """A new model for training, with pretrained encoder weights loaded from `encoder_path`.
+        With the VMTL head, the label names are embedded with `tokenizer` (default: the encoder's)."""
         model = cls(config)
         if config.encoder_type == "hf" and encoder_path is not None:
             model.encoder.load_pretrained(encoder_path)
+        if config.head == "vmtl":
+            if tokenizer is None and config.encoder_type == "hf" and encoder_path is not None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+            if tokenizer is not None:
+                model.embed_label_names(tokenizer)
         return model
 
     # -- feature extraction -------------------------------------------------------------------
@@ -82,13 +139,14 @@ class SLUModel(PreTrainedModel):
         return utterance, words
 
     # -- the feedback loop --------------------------------------------------------------------
-    def run_heads(self, utterance, words, word_mask, iterations: int):
+    def run_heads(self, utterance, words, word_mask, iterations: int, posteriors: dict | None = None):
         """Iteration 0 without feedback, then `iterations` rounds in which each head receives the
-        other task's previous output. Returns per-iteration intent and slot logits."""
+        other task's previous output. Returns per-iteration intent and slot logits. With the VMTL
+        head, each call's posterior is appended to `posteriors[task]`."""
         fb = self.config.feedback
         tau = self.gate_tau
-        intent_logits = self.intent_head(utterance)
-        slot_logits = self.slot_head(words)
+        intent_logits = self._call_head("intent", utterance, (None, None, None), posteriors)
+        slot_logits = self._call_head("slot", words, (None, None, None), posteriors)
         all_intent, all_slot = [intent_logits], [slot_logits]
         for _ in range(iterations):
             intent_probs, slot_probs = intent_logits.softmax(-1), slot_logits.softmax(-1)
@@ -97,11 +155,19 @@ class SLUModel(PreTrainedModel):
             slot_summary = self.summarise_slots(slot_probs, word_mask)
             to_intent = self.slot_to_intent(slot_summary, tau)  # slot -> intent
             to_slot = [None if a is None else a.unsqueeze(1) for a in self.intent_to_slot(intent_probs, tau)]
-            intent_logits = self.intent_head(utterance, to_intent)  # intent -> slot, broadcast to words
-            slot_logits = self.slot_head(words, to_slot)
+            intent_logits = self._call_head("intent", utterance, to_intent, posteriors)  # intent -> slot, broadcast to words
+            slot_logits = self._call_head("slot", words, to_slot, posteriors)
             all_intent.append(intent_logits)
             all_slot.append(slot_logits)
         return all_intent, all_slot
+
+    def _call_head(self, task: str, x, infusions, posteriors):
+        head = self.intent_head if task == "intent" else self.slot_head
+        if posteriors is None:
+            return head(x, infusions)
+        logits, posterior = head(x, infusions)
+        posteriors[task].append(posterior)
+        return logits
 
     def summarise_slots(self, slot_probs, word_mask):
         """Masked mean over words of the slot distribution (optionally with the max-pool too)."""
@@ -128,12 +194,18 @@ class SLUModel(PreTrainedModel):
         if iterations is None:
             iterations = fb["iterations"] if self.training else (fb["max_iterations"] or fb["iterations"])
         utterance, words = self.encode(input_ids, attention_mask, word_index)
-        all_intent, all_slot = self.run_heads(utterance, words, word_mask, iterations)
+        posteriors = {"intent": [], "slot": []} if self.config.head == "vmtl" else None
+        all_intent, all_slot = self.run_heads(utterance, words, word_mask, iterations, posteriors)
 
         steps = None
         used = torch.full((input_ids.shape[0],), iterations, device=input_ids.device)
         if iterations > 0:
             steps = step_sizes([x.softmax(-1) for x in all_intent], [x.softmax(-1) for x in all_slot], word_mask)
+        if posteriors is not None and not self.training and self.config.vmtl["predict"] == "mc":
+            # MC prediction: log of the predictive distribution averaged over S samples, per iteration
+            samples = int(self.config.vmtl["samples"])
+            all_intent = [p.mc_log_probs(samples) for p in posteriors["intent"]]
+            all_slot = [p.mc_log_probs(samples) for p in posteriors["slot"]]
         intent_logits, slot_logits = all_intent[-1], all_slot[-1]
         if iterations > 0 and not self.training and fb["eps"] > 0:
             # adaptive inference: each example stops at the first iteration whose steps are all < eps
@@ -146,7 +218,8 @@ class SLUModel(PreTrainedModel):
 
         loss = loss_parts = None
         if intent_labels is not None and slot_labels is not None:
-            loss, loss_parts = self.compute_loss(all_intent, all_slot, steps, intent_labels, slot_labels, word_mask)
+            loss, loss_parts = self.compute_loss(all_intent, all_slot, steps, intent_labels, slot_labels, word_mask,
+                                                 posteriors)
         return SLUOutput(
             loss=loss, intent_logits=intent_logits, slot_logits=slot_logits, iterations=used, steps=steps,
             all_intent_logits=tuple(all_intent) if return_iterations else None,
@@ -167,8 +240,13 @@ class SLUModel(PreTrainedModel):
             return self.crf.neg_log_likelihood(slot_logits, slot_labels, word_mask)
         return F.cross_entropy(slot_logits.flatten(0, 1), slot_labels.flatten(), ignore_index=-100)
 
-    def compute_loss(self, all_intent, all_slot, steps, intent_labels, slot_labels, word_mask):
-        """sum_k w_k (CE_intent^k + CE_slot^k) + lambda_conv * L_conv."""
+    def compute_loss(self, all_intent, all_slot, steps, intent_labels, slot_labels, word_mask, posteriors=None):
+        """sum_k w_k (CE_intent^k + CE_slot^k) + lambda_conv * L_conv.
+
+        With the VMTL head, CE is the Monte Carlo cross-entropy, each iteration adds
+        kl_weight * beta_z * KL_z per task, and kl_weight * beta_w * KL_w is added once per task."""
+        if posteriors is not None:
+            return self.vmtl_loss(posteriors, steps, intent_labels, slot_labels, word_mask)
         c = self.config
         weights = self.iteration_weights(len(all_intent) - 1)
         task_loss = 0.0
@@ -183,6 +261,33 @@ class SLUModel(PreTrainedModel):
             loss = loss + c.feedback["conv_weight"] * conv
             parts["conv"] = conv.item()
         return loss, parts
+
+    def vmtl_loss(self, posteriors, steps, intent_labels, slot_labels, word_mask):
+        c, v = self.config, self.config.vmtl
+        samples, form = int(v["samples"]), v["prior"]
+        alpha = self.vmtl_prior.weights(self.vmtl_tau)
+        weights = self.iteration_weights(len(posteriors["intent"]) - 1)
+        loss, kl_z = 0.0, 0.0
+        for w, intent, slot in zip(weights, posteriors["intent"], posteriors["slot"]):
+            intent_ce, slot_ce, kl_intent, kl_slot = vmtl_lib.iteration_loss(
+                intent, slot, intent_labels, slot_labels, word_mask, alpha, samples, form)
+            kl_z = kl_intent + kl_slot
+            loss = loss + w * (c.intent_loss_weight * (intent_ce + self.kl_weight * v["beta_z"] * kl_intent)
+                               + c.slot_loss_weight * (slot_ce + self.kl_weight * v["beta_z"] * kl_slot))
+        kl_w = (vmtl_lib.weight_kl(self.intent_head, self.slot_head, alpha["weight", "intent"], samples, form)
+                + vmtl_lib.weight_kl(self.slot_head, self.intent_head, alpha["weight", "slot"], samples, form))
+        loss = loss + self.kl_weight * v["beta_w"] * kl_w
+        parts = {"intent": intent_ce.item(), "slot": slot_ce.item(), "kl_z": float(kl_z.detach()), "kl_w": kl_w.item()}
+        if steps is not None:
+            conv = convergence_loss(steps)
+            loss = loss + c.feedback["conv_weight"] * conv
+            parts["conv"] = conv.item()
+        return loss, parts
+
+    def prior_probabilities(self) -> dict:
+        """softmax(beta) of the VMTL priors per task: weight on the other task's posterior vs
+        N(0, I), for the latent and the classifier weights (empty without the VMTL head)."""
+        return self.vmtl_prior.probabilities() if self.config.head == "vmtl" else {}
 
     def decode_slots(self, slot_logits, word_mask) -> torch.Tensor:
         """Best slot id per word: Viterbi under a CRF, per-word argmax otherwise. With

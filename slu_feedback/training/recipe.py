@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..models.config import DEFAULT_FEEDBACK
+from ..models.config import DEFAULT_FEEDBACK, DEFAULT_VMTL
 
 DEFAULTS = {
     "seed": 42,
@@ -37,6 +37,9 @@ DEFAULTS = {
         "lstm_hidden": 256,
         "lstm_layers": 2,
         "feedback": dict(DEFAULT_FEEDBACK),
+        "head": "deterministic",  # deterministic | vmtl (Bayesian head, METHODS.md section 2)
+        "vmtl": dict(DEFAULT_VMTL),
+        "label_names": None,  # vmtl: {label: text} overrides of the label texts (a mapping of any labels)
     },
     "optim": {
         "lr": 5e-5,  # encoder learning rate

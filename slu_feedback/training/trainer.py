@@ -59,7 +59,8 @@ def load_tokenizer(model_cfg: dict):
 
 def build_model_config(model_cfg: dict, label_maps, tokenizer) -> SLUConfig:
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints", "intent_loss_weight",
-            "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback"]
+            "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
+            "label_names"]
     kwargs = {k: model_cfg[k] for k in keys}
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
@@ -71,6 +72,11 @@ def tau_at(progress: float, feedback: dict) -> float:
     """Gumbel temperature: exponential anneal from tau to tau_min over training."""
     tau0, tau_min = feedback["tau"], feedback["tau_min"]
     return tau0 * (tau_min / tau0) ** min(1.0, progress)
+
+
+def kl_weight_at(progress: float, warmup: float) -> float:
+    """VMTL KL weight: linear from 0 to 1 over the first `warmup` fraction of training."""
+    return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -133,7 +139,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     tokenizer = load_tokenizer(recipe["model"])
     config = build_model_config(recipe["model"], label_maps, tokenizer)
     encoder_path = resolve_encoder(recipe["model"]["encoder"]) if config.encoder_type == "hf" else None
-    model = SLUModel.from_encoder(config, encoder_path)
+    model = SLUModel.from_encoder(config, encoder_path, tokenizer=tokenizer)
 
     max_length = recipe["data"]["max_length"]
     train_features = featurize(data["train"], tokenizer, label_maps, max_length)
@@ -176,6 +182,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
 
     select = train_cfg["select_metric"]
     feedback = config.feedback
+    bayes = config.head == "vmtl"
     for epoch in range(state["epoch"], train_cfg["epochs"]):
         if state["bad_epochs"] >= train_cfg["patience"]:
             break
@@ -186,6 +193,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                    disable=not accelerator.is_local_main_process)
         for batch in bar:
             raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
+            if bayes:
+                raw_model.vmtl_tau = tau_at(state["step"] / max(1, total_updates), config.vmtl)
+                raw_model.kl_weight = kl_weight_at(state["step"] / max(1, total_updates), config.vmtl["kl_warmup"])
             with accelerator.accumulate(model):
                 out = model(**batch)
                 if not torch.isfinite(out.loss):
@@ -205,7 +215,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
                 log({"type": "step", "epoch": epoch + 1, "step": state["step"], "loss": out.loss.item(),
                      "lr": scheduler.get_last_lr()[0], "tau": raw_model.gate_tau,
-                     "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()}})
+                     "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()},
+                     **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
+                         "prior": raw_model.prior_probabilities()} if bayes else {})})
         epoch_seconds = time.time() - started
         metrics, _ = evaluate_split(model, val_loader, data["validation"], config, accelerator)
         state["epoch"] = epoch + 1
@@ -214,12 +226,15 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         if improved:
             state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0,
                          gate_at_best=raw_model.gate_probabilities())
+            if bayes:
+                state["prior_at_best"] = raw_model.prior_probabilities()
             if accelerator.is_main_process:
                 save_model(raw_model, tokenizer, label_maps, run_dir)
         else:
             state["bad_epochs"] += 1
         log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
-             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": raw_model.gate_probabilities()})
+             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": raw_model.gate_probabilities(),
+             **({"prior": raw_model.prior_probabilities()} if bayes else {})})
         accelerator.print(
             f"epoch {epoch + 1}: loss {running / max(1, count):.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
             f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
@@ -237,6 +252,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                    "gate_probabilities": state.get("gate_at_best", {}),
                    "infusion_points": {d: max(range(len(p)), key=p.__getitem__)
                                        for d, p in state.get("gate_at_best", {}).items()}}
+        if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
+            results["prior_weights"] = state.get("prior_at_best", {})
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         plot_training_curves(metrics_file, run_dir / "training_curves.png")
     accelerator.wait_for_everyone()
