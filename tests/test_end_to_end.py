@@ -133,3 +133,9 @@ def test_bilstm_trains(tiny_recipe):
                             "model.lstm_layers=1", "train.epochs=1"))
     assert (run / "model.safetensors").exists()
     assert SLUParser.from_pretrained(run)("play a song")["intent"]
+
+
+def test_tensorboard_events_are_written_when_installed(tiny_recipe):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install -e .[tensorboard])")
+    run = train(tiny_recipe("train.epochs=1"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

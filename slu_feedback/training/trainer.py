@@ -8,6 +8,7 @@ Checkpoints are chosen on the validation split only; the run directory holds the
 `save_state` checkpoint for `--resume`.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -128,6 +129,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             raise TrainingError(f"--resume: no run of {recipe['recipe_name']!r} with a checkpoint under runs/")
     else:
         run_dir = default_output_dir(recipe)
+    run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -175,10 +177,18 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         (run_dir / "metrics.jsonl").write_text("")
     metrics_file = run_dir / "metrics.jsonl"
 
+    tensorboard = open_tensorboard(run_dir / "tensorboard") if accelerator.is_main_process else None
+
     def log(row: dict) -> None:
         if accelerator.is_main_process:
             with metrics_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if tensorboard is not None:
+                scalars = {**{k: v for k, v in row.items() if isinstance(v, (int, float))},
+                           **{f"validation/{k}": v for k, v in row.get("validation", {}).items()}}
+                for key, value in scalars.items():
+                    if key not in ("step", "epoch"):
+                        tensorboard.add_scalar(f"{row['type']}/{key}", value, row["step"])
 
     select = train_cfg["select_metric"]
     feedback = config.feedback
@@ -256,9 +266,20 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             results["prior_weights"] = state.get("prior_at_best", {})
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         plot_training_curves(metrics_file, run_dir / "training_curves.png")
+    if tensorboard is not None:
+        tensorboard.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def open_tensorboard(log_dir: Path):
+    """A TensorBoard writer when tensorboard is installed (`pip install -e .[tensorboard]`), else None."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
 
 
 def save_checkpoint(accelerator, checkpoint: Path, state: dict) -> None:
