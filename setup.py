@@ -42,6 +42,7 @@ setup(
             "slu-data=slu_feedback.cli.data:main",
             "slu-serve=slu_feedback.cli.serve:main",
             "slu-export=slu_feedback.cli.export:main",
+            "slu-influence=slu_feedback.cli.influence:main",
         ]
     },
 )

@@ -1,0 +1,138 @@
+"""`slu-influence score|prune|validate RUN_DIR`: MTIF data attribution (METHODS.md section 3).
+
+    slu-influence score runs/atis-1 --scope heads --solver cg        # -> runs/atis-1/influence/
+    slu-influence prune runs/atis-1 --fraction 0.05 --target both    # -> runs/atis-1/pruned/<name>/
+    slu-influence prune runs/atis-1 --fraction 0.05 --random         # same number dropped at random
+    slu-influence validate runs/atis-1 --n 40                        # leave-one-out + datamodeling
+    torchrun --nproc_per_node 4 -m slu_feedback.cli.influence score runs/atis-1   # sharded gradients
+
+Sign: positive influence = the sample HELPS the task (removing it would raise the task's
+validation loss).
+"""
+
+import json
+
+import click
+
+SCOPE = click.option("--scope", default="heads", show_default=True, type=click.Choice(["heads", "heads+last"]),
+                     help="Parameters in the influence scope; the encoder below them is fixed.")
+SOLVER = click.option("--solver", default="auto", show_default=True,
+                      type=click.Choice(["auto", "explicit", "cg", "lissa"]),
+                      help="Inverse-Hessian-vector solver (auto: explicit up to 5000 parameters, else cg).")
+DAMPING = click.option("--damping", default=0.01, show_default=True, help="Added to the Hessian's diagonal.")
+BATCH = click.option("--batch-size", default=64, show_default=True, help="Utterances per per-example-gradient batch.")
+
+
+def _errors(fn):
+    def wrapped(*args, **kwargs):
+        from ..data.errors import DataError
+        from ..models import RunError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, RunError, ValueError) as error:
+            raise click.ClickException(str(error)) from None
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """MTIF: influence of each training utterance's intent and slot samples on each task's
+    validation loss; pruning of harmful utterances; a check against retraining."""
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@SCOPE
+@SOLVER
+@DAMPING
+@BATCH
+@click.option("--cg-iterations", default=1000, show_default=True, help="cg: maximum iterations.")
+@click.option("--lissa-depth", default=1000, show_default=True, help="lissa: recursion depth.")
+@click.option("--float32", is_flag=True, help="Compute in float32 (default float64).")
+@click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
+@_errors
+def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_depth, float32, out_dir):
+    """Write influence.csv (one row per training utterance), summary.json (task relatedness
+    matrix, top-10 helpful/harmful per task) and histogram.png."""
+    import torch
+
+    from ..influence.report import score_run
+
+    kw = {"max_iter": cg_iterations} if solver == "cg" else {"depth": lissa_depth} if solver == "lissa" else {}
+    summary = score_run(run_dir, out_dir, scope, solver, damping, batch_size,
+                        torch.float32 if float32 else torch.float64, **kw)
+    if not summary:  # not the main process
+        return
+    info = summary["solver"]
+    click.echo(f"{summary['n_train']} utterances, scope {scope} ({summary['n_params']} parameters), "
+               f"solver {info['solver']}, damping {damping}: {summary['seconds']['total']:.1f}s")
+    if info.get("warning"):
+        click.echo(f"warning: {info['warning']}", err=True)
+    click.echo("mean influence (rows: source samples, columns: target task; positive = helps)")
+    click.echo(f"{'':>10} {'intent':>12} {'slot':>12}")
+    for source, row in summary["relatedness_mean"].items():
+        click.echo(f"{source:>10} {row['intent']:12.3e} {row['slot']:12.3e}")
+    click.echo(f"wrote {out_dir or str(run_dir) + '/influence'}/influence.csv, summary.json, histogram.png")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--fraction", type=float, required=True, help="Fraction of training utterances to drop (e.g. 0.05).")
+@click.option("--target", default="both", show_default=True, type=click.Choice(["intent", "slot", "both"]))
+@click.option("--random", "random_", is_flag=True, help="Drop the same number of utterances at random instead.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--scores", default=None, help="influence.csv to rank by (default: RUN_DIR/influence/, scored if absent).")
+@click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/pruned/<name>).")
+@SCOPE
+@DAMPING
+@_errors
+def prune(run_dir, fraction, target, random_, seed, scores, out_dir, scope, damping):
+    """Write the pruned training set (folder format, valid/ and test/ copied) and a recipe that
+    trains on it."""
+    from ..influence.report import prune_run
+
+    info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, scope=scope, damping=damping)
+    click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training utterances "
+               f"({'random' if random_ else 'most harmful for ' + target})")
+    if "note" in info:
+        click.echo(f"note: {info['note']}", err=True)
+    click.echo(f"data: {info['data']}\nrecipe: {info['recipe']}\ntrain it: slu-train {info['recipe']}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--n", default=40, show_default=True, help="Training utterances to leave out (each sample separately).")
+@click.option("--subsets", default=20, show_default=True, help="Random 50%% subsets for the datamodeling score.")
+@SCOPE
+@SOLVER
+@DAMPING
+@BATCH
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-iter", default=500, show_default=True, help="L-BFGS iterations per retraining.")
+@click.option("--cg-iterations", default=1000, show_default=True, help="cg: maximum iterations.")
+@click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
+@_errors
+def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_iter, cg_iterations, out_dir):
+    """Retrain the scope without single samples (and on random halves) and compare the actual
+    change of each task's validation loss with MTIF; writes validate.json and validate.png."""
+    from ..influence.report import validate_run
+
+    kw = {"max_iter": cg_iterations} if solver == "cg" else {}
+    result = validate_run(run_dir, n, scope, solver, damping, subsets, seed, batch_size, out_dir, max_iter, **kw)
+    for key, c in result["correlation"].items():
+        click.echo(f"{key:>16}: pearson {_f(c['pearson'])}  spearman {_f(c['spearman'])}  (n={c['n']})")
+    if subsets:
+        for task in ("intent", "slot"):
+            click.echo(f"datamodeling {task:>6}: spearman {_f(result['datamodel'][task]['spearman'])}")
+    click.echo(json.dumps({"seconds": round(result["seconds"], 1)}))
+
+
+def _f(x) -> str:
+    return "  n/a" if x is None else f"{x:6.3f}"
+
+
+if __name__ == "__main__":
+    main()

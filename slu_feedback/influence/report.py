@@ -1,0 +1,226 @@
+"""What `slu-influence` writes: the influence table and summary (`score`), a pruned dataset with
+its recipe (`prune`), and the check against retraining (`validate`).
+
+Column `l->k` of `influence.csv` is MTIF_{k <- (l, i)}: the predicted change of task k's
+validation loss if the task-l sample of utterance i were removed from training. POSITIVE = the
+sample HELPS task k (removing it would raise k's validation loss); negative = it hurts task k.
+`intent->intent` and `slot->slot` are within-task, `intent->slot` and `slot->intent` between-task;
+`utterance->k` is the sum over the utterance's two samples (what pruning ranks).
+"""
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..data.readers import write_examples
+from ..evaluation.plots import plt
+from .mtif import compute_mtif, influence_vectors, leave_one_out, score_chunks
+from .slu import TASKS, build_problem, run_recipe, run_splits
+
+PAIRS = [(l, k) for l in TASKS for k in TASKS]  # (source, target)
+
+
+def default_solver(problem, solver: str) -> str:
+    if solver != "auto":
+        return solver
+    return "explicit" if problem.size <= 5000 else "cg"
+
+
+def _distributed():
+    """(rank, world, gather) under torchrun / accelerate launch; (0, 1, identity) otherwise."""
+    try:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        if state.num_processes > 1:
+            return state.process_index, state.num_processes, gather_object, state.device
+        return 0, 1, lambda x: x, state.device
+    except ImportError:  # pragma: no cover
+        return 0, 1, lambda x: x, torch.device("cpu")
+
+
+def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto", damping: float = 0.01,
+              batch_size: int = 64, dtype=torch.float64, progress: bool = True, **solver_kw) -> dict:
+    """MTIF for every training utterance of a run; writes influence.csv, summary.json, histogram.png.
+
+    Under torchrun / accelerate launch each process scores a strided share of the training chunks
+    (the cheap solves are repeated on every process) and the main process writes the results."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "influence"
+    rank, world, gather, device = _distributed()
+    started = time.perf_counter()
+    problem, splits, model = build_problem(run_dir, scope, batch_size, dtype, device)
+    cached = time.perf_counter()
+    solver = default_solver(problem, solver)
+    s, info = influence_vectors(problem, damping, solver, progress=progress and rank == 0, **solver_kw)
+    solved = time.perf_counter()
+    index, scores = score_chunks(problem, s, problem.train[rank::world], progress=progress and rank == 0)
+    parts = gather([(index.cpu(), scores.cpu())])
+    index = torch.cat([p[0] for p in parts])
+    table = torch.empty(problem.n, len(TASKS), len(TASKS), dtype=scores.dtype)
+    table[index] = torch.cat([p[1] for p in parts])
+    timing = {"cache_features": cached - started, "solve": solved - cached, "per_example": time.perf_counter() - solved,
+              "total": time.perf_counter() - started, "processes": world}
+    if rank != 0:
+        return {}
+    summary = write_scores(out_dir, splits["train"], table, {
+        "run_dir": str(run_dir), "scope": scope, "n_params": problem.size, "n_train": problem.n,
+        "n_valid": problem.n_valid, "parameters": problem.names, "solver": info, "seconds": timing,
+        "feedback_iterations": model.config.feedback["iterations"], "slot_decoder": model.config.slot_decoder})
+    return summary
+
+
+def write_scores(out_dir: Path, train, table: torch.Tensor, meta: dict) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = [f"{l}->{k}" for l, k in PAIRS]
+    utterance = table.sum(1)  # (n, targets)
+    with (out_dir / "influence.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "intent", *columns, *(f"utterance->{k}" for k in TASKS)])
+        for i, ex in enumerate(train):
+            values = [table[i, TASKS.index(l), TASKS.index(k)].item() for l, k in PAIRS]
+            writer.writerow([i, " ".join(ex["tokens"]), ex["intent"], *(f"{v:.6e}" for v in values),
+                             *(f"{v:.6e}" for v in utterance[i].tolist())])
+    relatedness = {l: {k: table[:, a, b].mean().item() for b, k in enumerate(TASKS)} for a, l in enumerate(TASKS)}
+    totals = {l: {k: table[:, a, b].sum().item() for b, k in enumerate(TASKS)} for a, l in enumerate(TASKS)}
+
+    def row(i, k):
+        return {"id": i, "text": " ".join(train[i]["tokens"]), "intent": train[i]["intent"],
+                "influence": utterance[i, k].item(),
+                **{f"{l}->{TASKS[k]}": table[i, a, k].item() for a, l in enumerate(TASKS)}}
+
+    top = {}
+    for k, task in enumerate(TASKS):
+        order = utterance[:, k].argsort(descending=True).tolist()
+        top[task] = {"most_helpful": [row(i, k) for i in order[:10]],
+                     "most_harmful": [row(i, k) for i in reversed(order[-10:])]}
+    summary = {**meta, "sign": "positive = the sample helps the target task (removing it would raise that task's "
+                               "validation loss); column l->k = influence of task l's sample on task k",
+               "relatedness_mean": relatedness, "relatedness_sum": totals,
+               "negative_fraction": {f"{l}->{k}": (table[:, a, b] < 0).float().mean().item()
+                                     for a, l in enumerate(TASKS) for b, k in enumerate(TASKS)},
+               "top": top, "files": ["influence.csv", "summary.json", "histogram.png"]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7))
+    for ax, (l, k) in zip(axes.flat, PAIRS):
+        values = table[:, TASKS.index(l), TASKS.index(k)].numpy()
+        ax.hist(values, bins=40, color="tab:blue" if l == k else "tab:orange")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(title=f"{l} samples -> {k} validation loss", xlabel="MTIF (positive = helps)", ylabel="utterances")
+    fig.tight_layout()
+    fig.savefig(out_dir / "histogram.png", dpi=100)
+    plt.close(fig)
+    return summary
+
+
+def read_scores(path) -> list:
+    with Path(path).open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def prune_run(run_dir, fraction: float, target: str = "both", random: bool = False, seed: int = 0, scores=None,
+              out_dir=None, **score_kw) -> dict:
+    """Drop the `fraction` of training utterances with the most negative influence on the target
+    task(s) (the sum over the utterance's intent and slot samples, and over both targets for
+    `both`), or as many at random; write
+    the dataset (folder format: train/ pruned, valid/ and test/ copied) and a recipe training on it."""
+    run_dir = Path(run_dir)
+    if not 0 < fraction < 1:
+        raise ValueError(f"--fraction must be in (0, 1), got {fraction}")
+    if target not in ("intent", "slot", "both"):
+        raise ValueError(f"--target must be intent, slot or both, not {target!r}")
+    recipe = run_recipe(run_dir)
+    splits = run_splits(recipe)
+    train = splits["train"]
+    scores_file = Path(scores) if scores else run_dir / "influence" / "influence.csv"
+    if not scores_file.exists():
+        score_run(run_dir, scores_file.parent, **score_kw)
+    rows = read_scores(scores_file)
+    if len(rows) != len(train):
+        raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")
+    targets = TASKS if target == "both" else (target,)
+    value = torch.tensor([sum(float(r[f"utterance->{k}"]) for k in targets) for r in rows])
+    wanted = int(round(fraction * len(train)))
+    ranked = value.argsort().tolist()[:wanted]
+    count = len(ranked)
+    negative = int((value[ranked] < 0).sum()) if ranked else 0
+    if random:
+        drop = set(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    else:
+        drop = set(ranked)
+    name = f"{'random' if random else 'pruned'}-{target}-{100 * fraction:g}pct"
+    out_dir = Path(out_dir) if out_dir else run_dir / "pruned" / name
+    data_dir = out_dir / "data"
+    kept = [ex for i, ex in enumerate(train) if i not in drop]
+    write_examples(kept, data_dir / "train", "folder")
+    write_examples(splits["validation"], data_dir / "valid", "folder")
+    write_examples(splits["test"], data_dir / "test", "folder")
+    new = {k: v for k, v in recipe.items() if k not in ("recipe_dir", "recipe_name")}
+    new["data"] = {**new["data"], "path": str(data_dir.resolve()), "format": "folder", "train_fraction": 1.0}
+    new["output_dir"] = None
+    recipe_file = out_dir / f"{name}.yaml"
+    header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {len(train)} training utterances "
+              f"dropped ({'at random' if random else 'most negative MTIF on ' + target}, seed {seed})\n")
+    recipe_file.write_text(header + yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
+    info = {"run_dir": str(run_dir), "target": target, "fraction": fraction, "random": random, "seed": seed,
+            "requested": wanted, "dropped": len(drop), "kept": len(kept), "negative": int((value < 0).sum()),
+            "dropped_ids": sorted(drop), "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
+    if negative < count and not random:
+        info["note"] = (f"only {negative} of the {count} lowest-ranked utterances have negative influence on "
+                        f"{target}; the others were dropped as the least helpful")
+    (out_dir / "prune.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return info
+
+
+def validate_run(run_dir, n: int = 40, scope: str = "heads", solver: str = "auto", damping: float = 0.01,
+                 subsets: int = 20, seed: int = 0, batch_size: int = 64, out_dir=None, retrain_iter: int = 500,
+                 progress: bool = True, **solver_kw) -> dict:
+    """Leave-one-out and linear-datamodeling check of MTIF on a run (see `mtif.leave_one_out`):
+    the scope is retrained on the cached features by full-batch L-BFGS on the damped objective."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "influence"
+    started = time.perf_counter()
+    problem, _, _ = build_problem(run_dir, scope, batch_size)
+    examples = torch.randperm(problem.n, generator=torch.Generator().manual_seed(seed))[: min(n, problem.n)].tolist()
+    result = leave_one_out(problem, damping, examples, default_solver(problem, solver), subsets=subsets, seed=seed,
+                           retrain_iter=retrain_iter, progress=progress, **solver_kw)
+    result.update(run_dir=str(run_dir), scope=scope, seed=seed, seconds=time.perf_counter() - started)
+    result = json.loads(json.dumps(result, default=float).replace("NaN", "null"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "validate.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    fig, axes = plt.subplots(1, 3 if subsets else 2, figsize=(14 if subsets else 9, 4))
+    for ax, kind in zip(axes, ("within", "between")):
+        for k, task in enumerate(TASKS):
+            rows = [r for r in result["loo"] if (r["source"] == task) == (kind == "within")]
+            ax.scatter([r["predicted"][k] for r in rows], [r["actual"][k] for r in rows], s=12,
+                       label=f"-> {task}")
+        c = result["correlation"][kind]
+        ax.set(title=f"leave-one-out, {kind}-task (r={_fmt(c['pearson'])})", xlabel="predicted change of V_k (MTIF)",
+               ylabel="actual change (retrained)")
+        ax.axline((0, 0), slope=1, color="gray", linewidth=0.7)
+        ax.legend()
+    if subsets:
+        ax = axes[2]
+        for k, task in enumerate(TASKS):
+            rows = result["datamodel"]["rows"]
+            ax.scatter([r["predicted"][k] for r in rows], [r["actual"][k] for r in rows], s=12,
+                       label=f"{task} (rho={_fmt(result['datamodel'][task]['spearman'])})")
+        ax.set(title="50% subsets (datamodeling)", xlabel="summed MTIF of removed", ylabel="actual change")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "validate.png", dpi=100)
+    plt.close(fig)
+    return result
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+__all__ = ["score_run", "prune_run", "validate_run", "compute_mtif"]

@@ -1,0 +1,180 @@
+"""MTIF for a trained `SLUModel`: the influence scope, cached encoder features, per-example losses.
+
+The encoder below the scope is fixed, so it runs once: `heads` caches the utterance feature u and
+the word features H of every utterance; `heads+last` caches the input of the last encoder layer
+and re-runs that layer (plus pooling) inside the loss. Everything else is a function of the cache.
+
+Per-example task losses (what a "sample" is), on the model's FINAL feedback iteration (K fixed at
+the trained `feedback.iterations`; no adaptive early stop; dropout off; the Gumbel gate hard, so
+its logits `beta` get no gradient and leave the scope, as do amplifiers the hard gate does not use):
+
+- intent sample of utterance i: cross-entropy of its intent (0 for an intent unseen in training);
+- slot sample: softmax decoder: mean cross-entropy over its words (tags unseen in training skipped);
+  CRF decoder: the utterance's CRF negative log-likelihood (as `CRF.neg_log_likelihood`, per example).
+
+The training objective for the Hessian is the mean over utterances of
+`intent_loss_weight * intent + slot_loss_weight * slot`; earlier iterations and the convergence
+loss of a feedback model are left out (they are training aids; the prediction is the last iteration).
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.func import functional_call
+
+from ..data.dataset import LabelMaps, load_splits, resolve_data_path, subsample
+from ..data.features import featurize, make_loader
+from ..models import load_run
+from .mtif import Problem
+
+SCOPES = ("heads", "heads+last")
+TASKS = ("intent", "slot")
+
+
+def run_recipe(run_dir) -> dict:
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.exists():
+        raise ValueError(f"{run_dir} has no recipe.yaml: cannot tell which data the run was trained on")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def run_splits(recipe: dict):
+    """The run's train/validation/test splits, with the training subsample the trainer used."""
+    data_cfg = recipe["data"]
+    splits = load_splits(resolve_data_path(data_cfg["path"], recipe.get("recipe_dir")), format=data_cfg["format"],
+                         repair_bio=data_cfg["repair_bio"])
+    if data_cfg.get("train_fraction", 1.0) < 1.0:
+        splits["train"] = subsample(splits["train"], data_cfg["train_fraction"], recipe["seed"])
+    return splits
+
+
+def last_layer(model):
+    """The last transformer layer of an HF encoder (BERT-style `encoder.layer` list)."""
+    if model.config.encoder_type != "hf":
+        raise ValueError("scope heads+last needs a transformer encoder; this run's encoder is a BiLSTM: use --scope heads")
+    hf = model.encoder.model
+    layers = getattr(getattr(hf, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"scope heads+last: cannot find the layers of {type(hf).__name__} (expected .encoder.layer)")
+    return len(layers) - 1, layers[-1]
+
+
+class TaskLosses(nn.Module):
+    """Per-example (intent, slot) losses of a chunk of cached features; called via functional_call."""
+
+    def __init__(self, model, scope: str):
+        super().__init__()
+        self.model = model
+        self.scope = scope
+        self.iterations = model.config.feedback["iterations"]
+        if scope == "heads+last":
+            _, self.layer = last_layer(model)
+
+    def features(self, chunk):
+        if self.scope == "heads":
+            return chunk["utterance"], chunk["words"]
+        mask = chunk["attention_mask"]
+        hidden = chunk["hidden"]
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        tokens = self.layer(hidden, attention_mask=additive)
+        tokens = tokens[0] if isinstance(tokens, tuple) else tokens
+        return pool(self.model, tokens, mask, chunk["word_index"])
+
+    def forward(self, chunk):
+        utterance, words = self.features(chunk)
+        word_mask = chunk["word_mask"]
+        all_intent, all_slot = self.model.run_heads(utterance, words, word_mask, self.iterations)
+        intent_logits, slot_logits = all_intent[-1], all_slot[-1]
+        intent = F.cross_entropy(intent_logits, chunk["intent_labels"], ignore_index=-100, reduction="none")
+        labels = chunk["slot_labels"]
+        crf = self.model.crf
+        if crf is not None:
+            tags = labels.clamp(min=0)
+            slot = crf._log_partition(slot_logits, word_mask) - crf._score(slot_logits, tags, word_mask)
+        else:
+            ce = F.cross_entropy(slot_logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            counted = (labels != -100).to(ce.dtype)
+            slot = (ce * counted).sum(1) / counted.sum(1).clamp(min=1)
+        return torch.stack([intent, slot], 1)
+
+
+def pool(model, tokens, attention_mask, word_index):
+    """`SLUModel.encode` after the encoder: utterance feature and first-sub-token word features."""
+    if model.config.pooling == "cls" and model.config.encoder_type == "hf":
+        utterance = tokens[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        utterance = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
+    words = tokens.gather(1, word_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return utterance, words
+
+
+@torch.no_grad()
+def cache_features(model, loader, scope: str, dtype, device, start: int = 0) -> list:
+    """One pass of the fixed part of the encoder; returns chunks for `Problem` (batch first)."""
+    chunks, offset = [], start
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        size = len(batch["input_ids"])
+        chunk = {"word_mask": batch["word_mask"].bool(), "intent_labels": batch["intent_labels"],
+                 "slot_labels": batch["slot_labels"], "index": torch.arange(offset, offset + size, device=device)}
+        if scope == "heads":
+            utterance, words = model.encode(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+            chunk.update(utterance=utterance.to(dtype), words=words.to(dtype))
+        else:
+            out = model.encoder.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      output_hidden_states=True)
+            chunk.update(hidden=out.hidden_states[-2].to(dtype), attention_mask=batch["attention_mask"],
+                         word_index=batch["word_index"])
+        chunks.append(chunk)
+        offset += size
+    return chunks
+
+
+def scope_parameters(module: TaskLosses) -> dict:
+    """Candidate scope parameters (names as in `module`): everything outside the encoder, plus the
+    last encoder layer for `heads+last`."""
+    last = None
+    if module.scope == "heads+last":
+        index, _ = last_layer(module.model)
+        last = f"model.encoder.model.encoder.layer.{index}."
+    return {name: p.detach() for name, p in module.named_parameters()
+            if not name.startswith("model.encoder.") or (last and name.startswith(last))}
+
+
+def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=torch.float64, device="cpu",
+                  model=None, tokenizer=None, splits=None) -> tuple:
+    """(Problem, training split, model) for a trained run: the encoder features are cached once."""
+    if model is None:
+        model, tokenizer = load_run(run_dir)
+    recipe = run_recipe(run_dir)
+    splits = splits or run_splits(recipe)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    model.eval()
+    if scope == "heads+last":
+        model.encoder.model.set_attn_implementation("eager")  # vmap-friendly attention for per-example grads
+    model.to(device)
+    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
+    max_length = recipe["data"]["max_length"]
+
+    def chunks(split):
+        loader = make_loader(featurize(splits[split], tokenizer, labels, max_length), batch_size, tokenizer, False)
+        return cache_features(model, loader, scope, dtype, device)
+
+    train, valid = chunks("train"), chunks("validation")
+    model.to(dtype)
+    module = TaskLosses(model, scope)
+    params = scope_parameters(module)
+    loss_fn = lambda p, chunk: functional_call(module, p, (chunk,))  # noqa: E731
+    c = model.config
+    problem = Problem(params, loss_fn, train, valid, TASKS, (c.intent_loss_weight, c.slot_loss_weight))
+    # drop parameters the losses do not depend on (the hard gate's logits, unused amplifiers)
+    w = problem.flat().requires_grad_(True)
+    used = [g.abs().sum() > 0 for g in torch.autograd.grad(problem.objective(w), w)[0].split(problem.numels)]
+    kept = {k: v for k, v, u in zip(problem.names, params.values(), used) if u}
+    problem = Problem(kept, loss_fn, train, valid, TASKS, (c.intent_loss_weight, c.slot_loss_weight))
+    return problem, splits, model

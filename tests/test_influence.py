@@ -1,0 +1,175 @@
+"""MTIF: exactness on a tiny multitask linear model (against leave-one-out retraining), solvers,
+per-example gradients, and `slu-influence score|prune|validate` on a tiny trained run."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from slu_feedback.influence.mtif import (Problem, converge, influence_vectors, leave_one_out, pearson,
+                                         score_chunks)
+
+D, R = 6, 3  # input features (fixed, like cached encoder features), shared layer width
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    a = x[:, :3].sum(1) + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    y1 = (a > 0).long() + (a > 1).long()  # task 1: 3 classes
+    y2 = ((x[:, 1] - x[:, 4] + 0.7 * torch.randn(n, generator=g, dtype=torch.float64)) > 0).long()  # task 2
+    return [{"x": x, "y1": y1, "y2": y2, "index": torch.arange(n)}]
+
+
+def _losses(p, c):
+    """Shared linear layer A, then one linear classifier per task; per-example CE of each task."""
+    z = c["x"] @ p["A"].T
+    l1 = F.cross_entropy(z @ p["W1"].T + p["b1"], c["y1"], reduction="none")
+    l2 = F.cross_entropy(z @ p["W2"].T + p["b2"], c["y2"], reduction="none")
+    return torch.stack([l1, l2], 1)
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+    g = torch.Generator().manual_seed(1)
+    params = {"A": 0.3 * torch.randn(R, D, generator=g, dtype=torch.float64),
+              "W1": 0.3 * torch.randn(3, R, generator=g, dtype=torch.float64), "b1": torch.zeros(3, dtype=torch.float64),
+              "W2": 0.3 * torch.randn(2, R, generator=g, dtype=torch.float64), "b2": torch.zeros(2, dtype=torch.float64)}
+    return Problem(params, _losses, _data(80, 0), _data(40, 1))
+
+
+def test_mtif_matches_leave_one_out_retraining(linear_problem):
+    """The key check: predicted changes of each task's validation loss against exact retraining
+    without each sample (L2-damped objective, so the optimum is unique), within and between tasks."""
+    result = leave_one_out(linear_problem, 0.1, list(range(0, 80, 2)), solver="explicit", subsets=8)
+    c = result["correlation"]
+    assert c["within"]["pearson"] >= 0.95 and c["between"]["pearson"] >= 0.95, c
+    for pair in ("intent->intent", "intent->slot", "slot->intent", "slot->slot"):
+        assert c[pair]["pearson"] >= 0.95, (pair, c[pair])
+    assert result["solver"]["min_eigenvalue"] > 0
+    # sign: positive MTIF = removing the sample raises the validation loss (it helped)
+    rows = result["loo"]
+    assert all((r["predicted"][k] > 0) == (r["actual"][k] > 0) for r in rows for k in range(2)
+               if abs(r["predicted"][k]) > 1e-3)
+    assert result["datamodel"]["intent"]["spearman"] > 0.5 and result["datamodel"]["slot"]["spearman"] > 0.5
+
+
+def test_solvers_agree(linear_problem):
+    w = linear_problem.flat()
+    w_star = converge(linear_problem, w, w, 0.1)  # positive definite there
+    s_exp, info = influence_vectors(linear_problem, 0.1, "explicit", w=w_star)
+    s_cg, info_cg = influence_vectors(linear_problem, 0.1, "cg", w=w_star)
+    s_lissa, _ = influence_vectors(linear_problem, 0.1, "lissa", w=w_star, depth=500)
+    assert ((s_cg - s_exp).norm() / s_exp.norm()) < 1e-6 and "warning" not in info_cg
+    assert ((s_lissa - s_exp).norm() / s_exp.norm()) < 1e-2
+    with pytest.raises(ValueError, match="cg"):
+        influence_vectors(linear_problem, 0.1, "explicit", w=w_star, max_params=10)
+
+
+def _loop_gradients(problem, w, chunk, rows):
+    out = []
+    for j in rows:
+        one = {k: v[j:j + 1] for k, v in chunk.items()}
+        u = w.clone().requires_grad_(True)
+        losses = problem.losses(u, one)[0] * problem._c
+        out.append(torch.stack([torch.autograd.grad(losses[t], u, retain_graph=True)[0] for t in range(2)]))
+    return torch.stack(out)
+
+
+def test_per_example_gradients_equal_a_loop(linear_problem):
+    w = linear_problem.flat()
+    chunk = {k: v[:5] for k, v in linear_problem.train[0].items()}
+    assert torch.allclose(linear_problem.per_example_gradients(w, chunk), _loop_gradients(linear_problem, w, chunk, range(5)))
+    s = torch.randn(2, linear_problem.size, dtype=torch.float64)
+    index, scores = score_chunks(linear_problem, s, [chunk])
+    assert index.tolist() == list(range(5)) and scores.shape == (5, 2, 2)
+
+
+# -- on a tiny trained run --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tiny_encoder, tmp_path_factory):
+    from conftest import REPO, SAMPLE
+    from slu_feedback.training.recipe import load_recipe
+    from slu_feedback.training.trainer import train
+
+    out = tmp_path_factory.mktemp("mtif") / "run"
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=8",
+        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=1",
+        "model.slot_decoder=crf"])
+    return train(recipe)
+
+
+@pytest.mark.e2e
+def test_slu_problem_gradients_and_last_layer_features(tiny_run):
+    from slu_feedback.influence.slu import build_problem
+
+    problem, splits, model = build_problem(tiny_run, "heads", batch_size=16)
+    assert problem.n == len(splits["train"]) == 200
+    assert not any(n.startswith("model.encoder.") or n.endswith(".beta") for n in problem.names)
+    w = problem.flat()
+    chunk = {k: v[:3] for k, v in problem.train[0].items()}
+    assert torch.allclose(problem.per_example_gradients(w, chunk), _loop_gradients(problem, w, chunk, range(3)))
+    # per-example losses sum to the objective; the last feedback iteration's CRF NLL is used
+    assert torch.isclose(problem.objective(w), sum(problem.losses(w, c).sum() for c in problem.train) / problem.n)
+
+    last, _, model = build_problem(tiny_run, "heads+last", batch_size=16)
+    assert any(".layer.1." in n for n in last.names) and last.size > problem.size
+    c = last.train[0]
+    from slu_feedback.influence.slu import TaskLosses
+
+    features = TaskLosses(model, "heads+last").features(c)
+    ref = [problem.train[0][k].to(torch.float64) for k in ("utterance", "words")]
+    assert torch.allclose(features[0], ref[0], atol=1e-5) and torch.allclose(features[1], ref[1], atol=1e-5)
+    w = last.flat()
+    chunk = {k: v[:2] for k, v in c.items()}
+    assert torch.allclose(last.per_example_gradients(w, chunk), _loop_gradients(last, w, chunk, range(2)), atol=1e-10)
+
+
+@pytest.mark.e2e
+def test_score_prune_validate_cli(tiny_run, tmp_path):
+    from slu_feedback.cli.influence import main
+    from slu_feedback.data.dataset import load_splits
+    from slu_feedback.training.recipe import load_recipe
+
+    runner = CliRunner()
+    out = tmp_path / "influence"
+    result = runner.invoke(main, ["score", str(tiny_run), "--solver", "cg", "--cg-iterations", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "influence.csv").open()))
+    assert len(rows) == 200 and {"intent->intent", "intent->slot", "slot->intent", "slot->slot"} <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["relatedness_mean"]) == {"intent", "slot"}
+    assert len(summary["top"]["slot"]["most_harmful"]) == 10 and (out / "histogram.png").stat().st_size > 0
+    # with feedback the heads are coupled: between-task influence is not identically zero
+    assert any(float(r["intent->slot"]) != 0 for r in rows)
+
+    sizes = {}
+    for extra in ([], ["--random"]):
+        dest = tmp_path / ("random" if extra else "pruned")
+        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--target", "both",
+                                      "--scores", str(out / "influence.csv"), "--out", str(dest), *extra])
+        assert result.exit_code == 0, result.output
+        info = json.loads((dest / "prune.json").read_text())
+        data = load_splits(dest / "data")
+        assert len(data["train"]) == 200 - info["dropped"] and 0 < info["dropped"] <= 20
+        assert len(data["validation"]) == 50 and len(data["test"]) == 50
+        recipe_file = next(dest.glob("*.yaml"))
+        assert recipe_file.read_text().startswith(f"# slu-train {recipe_file}")
+        recipe = load_recipe(recipe_file)
+        assert recipe["data"]["path"] == str((dest / "data").resolve()) and recipe["output_dir"] is None
+        sizes[bool(extra)] = info["dropped"]
+        if not extra:  # the most negative utterances are the ones dropped
+            value = {int(r["id"]): float(r["utterance->intent"]) + float(r["utterance->slot"]) for r in rows}
+            kept = sorted(set(value) - set(info["dropped_ids"]), key=value.get)
+            assert max(value[i] for i in info["dropped_ids"]) <= value[kept[0]]
+    assert sizes[True] == sizes[False]
+
+    result = runner.invoke(main, ["validate", str(tiny_run), "--n", "2", "--subsets", "2", "--solver", "cg",
+                                  "--cg-iterations", "5", "--max-iter", "10", "--out", str(tmp_path / "val")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "val" / "validate.json").read_text())
+    assert len(report["loo"]) == 4 and (tmp_path / "val" / "validate.png").exists()
