@@ -69,7 +69,7 @@ def render() -> tuple:
         body += [f"### {name}", "", f"- command: `{r['command']}`", f"- commit: `{r['commit']}`, date {r['date']}",
                  f"- machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}",
                  f"- seeds: {r['seeds']}; best epochs: {[s['best_epoch'] for s in r['per_seed']]}",
-                 f"- validation: " + ", ".join(f"{label} {fmt(r['validation'][k])}" for k, label in METRICS),
+                 "- validation: " + ", ".join(f"{label} {fmt(r['validation'][k])}" for k, label in METRICS),
                  f"- strict IOB2 slot F1 (test): {fmt(r['test']['slot_f1_strict'])}",
                  f"- peak memory: {r['peak_memory_mb']:.0f} MB"]
         if r.get("note"):

@@ -37,14 +37,36 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(path)
 
 
+def tiny_overrides(encoder: str, output_dir) -> list:
+    """Overrides that turn the quickstart recipe into a tiny, fast one on the sample set."""
+    return [f"model.encoder={encoder}", f"output_dir={output_dir}", "train.epochs=2", "train.log_every=2",
+            "model.head_hidden=32", f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2"]
+
+
 @pytest.fixture
 def tiny_recipe(tiny_encoder, tmp_path):
     """Build the quickstart recipe (sample data) with a tiny encoder and extra overrides."""
 
     def make(*overrides, recipe="quickstart.yaml"):
-        base = [f"model.encoder={tiny_encoder}", f"output_dir={tmp_path / 'run'}", "train.epochs=2",
-                "train.log_every=2", "model.head_hidden=32", f"data.path={SAMPLE}",
-                "optim.lr=3e-3", "optim.head_lr=1e-2"]
-        return load_recipe(REPO / "recipes" / recipe, base + list(overrides))
+        return load_recipe(REPO / "recipes" / recipe, tiny_overrides(tiny_encoder, tmp_path / "run") + list(overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run_factory(tiny_encoder, tmp_path_factory):
+    """Train a tiny model on the sample set once per session and set of overrides (default one
+    epoch); returns its run directory. Tests share these runs, so they must not damage them."""
+    from slu_feedback.training.trainer import train
+
+    runs = {}
+
+    def make(*overrides):
+        if overrides not in runs:
+            out = tmp_path_factory.mktemp("run") / "run"
+            recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                                 tiny_overrides(tiny_encoder, out) + ["train.epochs=1", *overrides])
+            runs[overrides] = train(recipe)
+        return runs[overrides]
 
     return make

@@ -22,16 +22,8 @@ def weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def trained_feedback_run(tiny_encoder, tmp_path_factory):
-    from conftest import REPO, SAMPLE
-    from slu_feedback.training.recipe import load_recipe
-
-    out = tmp_path_factory.mktemp("fb") / "run"
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=3", "model.head_hidden=32",
-        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=2",
-        "train.log_every=3"])
-    return train(recipe)
+def trained_feedback_run(tiny_run_factory):
+    return tiny_run_factory("train.epochs=3", "model.feedback.iterations=2", "train.log_every=3")
 
 
 def test_run_directory_has_everything(trained_feedback_run):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from slu_feedback.data.dataset import detect_format, to_dataset
@@ -266,17 +266,10 @@ def test_tokenize_covers_every_non_space_character(text):
 
 
 @pytest.fixture(scope="module")
-def tiny_parser(tiny_encoder, tmp_path_factory):
-    from conftest import REPO, SAMPLE
+def tiny_parser(tiny_run_factory):
     from slu_feedback.inference.parser import SLUParser
-    from slu_feedback.training.recipe import load_recipe
-    from slu_feedback.training.trainer import train
 
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=32",
-        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=1"])
-    run = train(recipe)
+    run = tiny_run_factory("model.feedback.iterations=1")
     return run, SLUParser.from_pretrained(run)
 
 

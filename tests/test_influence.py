@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from slu_feedback.influence.mtif import (Problem, converge, influence_vectors, leave_one_out, pearson,
+from slu_feedback.influence.mtif import (Problem, converge, influence_vectors, leave_one_out,
                                          score_chunks)
 
 D, R = 6, 3  # input features (fixed, like cached encoder features), shared layer width
@@ -90,17 +90,8 @@ def test_per_example_gradients_equal_a_loop(linear_problem):
 
 # -- on a tiny trained run --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tiny_encoder, tmp_path_factory):
-    from conftest import REPO, SAMPLE
-    from slu_feedback.training.recipe import load_recipe
-    from slu_feedback.training.trainer import train
-
-    out = tmp_path_factory.mktemp("mtif") / "run"
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=8",
-        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=1",
-        "model.slot_decoder=crf"])
-    return train(recipe)
+def tiny_run(tiny_run_factory):
+    return tiny_run_factory("model.head_hidden=8", "model.feedback.iterations=1", "model.slot_decoder=crf")
 
 
 @pytest.mark.e2e

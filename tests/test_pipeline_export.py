@@ -14,33 +14,20 @@ TEXTS = ["play some jazz by miles davis", "what is the weather in paris tomorrow
          "Zürich wetter 🙂", "set an alarm"]
 
 
-def train_tiny(tiny_encoder, out, *overrides):
-    from conftest import REPO, SAMPLE
-    from slu_feedback.training.recipe import load_recipe
-    from slu_feedback.training.trainer import train
-
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=32",
-        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "train.log_every=5", *overrides])
-    return train(recipe)
+@pytest.fixture(scope="module")
+def feedback_run(tiny_run_factory):
+    return tiny_run_factory("model.feedback.iterations=2")
 
 
 @pytest.fixture(scope="module")
-def feedback_run(tiny_encoder, tmp_path_factory):
-    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "fb", "model.feedback.iterations=2")
+def crf_run(tiny_run_factory):
+    return tiny_run_factory("model.slot_decoder=crf", "model.feedback.iterations=1", "model.feedback.gate=soft")
 
 
 @pytest.fixture(scope="module")
-def crf_run(tiny_encoder, tmp_path_factory):
-    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "crf", "model.slot_decoder=crf",
-                      "model.feedback.iterations=1", "model.feedback.gate=soft")
-
-
-@pytest.fixture(scope="module")
-def bilstm_run(tiny_encoder, tmp_path_factory):
-    return train_tiny(tiny_encoder, tmp_path_factory.mktemp("pe") / "bilstm", "model.encoder_type=bilstm",
-                      "model.embedding_dim=16", "model.lstm_hidden=16", "model.lstm_layers=1",
-                      "model.feedback.iterations=1")
+def bilstm_run(tiny_run_factory):
+    return tiny_run_factory("model.encoder_type=bilstm", "model.embedding_dim=16", "model.lstm_hidden=16",
+                            "model.lstm_layers=1", "model.feedback.iterations=1")
 
 
 # -- transformers.pipeline ------------------------------------------------------------------------

@@ -30,17 +30,8 @@ LIMITS = ServerSettings(max_batch=8, wait_ms=5, max_texts=8, max_chars=200, max_
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_encoder, tmp_path_factory):
-    from conftest import REPO, SAMPLE
-    from slu_feedback.training.recipe import load_recipe
-    from slu_feedback.training.trainer import train
-
-    out = tmp_path_factory.mktemp("serve") / "run"
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"model.encoder={tiny_encoder}", f"output_dir={out}", "train.epochs=1", "model.head_hidden=32",
-        f"data.path={SAMPLE}", "optim.lr=3e-3", "optim.head_lr=1e-2", "model.feedback.iterations=2",
-        "train.log_every=5"])
-    return train(recipe)
+def trained_run(tiny_run_factory):
+    return tiny_run_factory("model.feedback.iterations=2")
 
 
 @pytest.fixture(scope="module")

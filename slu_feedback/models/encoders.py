@@ -6,7 +6,6 @@ Both map (input_ids, attention_mask) to sub-token features (batch x tokens x hid
 import importlib.util
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
