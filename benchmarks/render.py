@@ -84,7 +84,8 @@ def render() -> tuple:
                                                                          (s.get("gate_probabilities") or {}).items())
                                     for s in r["per_seed"]))
         body.append("")
-    for path in sorted(RESULTS.glob("speed_*.json")):
+    for path in sorted(RESULTS.glob("speed_*.json")) + sorted(RESULTS.glob("inference_*.json")) + sorted(
+            RESULTS.glob("influence_*.json")):
         s = json.loads(path.read_text())
         body += [f"## {path.stem}", "", s.get("summary_markdown", ""), "",
                  f"command `{s['command']}`, commit `{s['commit']}`, {s['date']}", ""]
