@@ -89,11 +89,11 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model, tokenizer, label_maps, run_dir: Path) -> None:
+def save_model(model, tokenizer, label_maps, run_dir: Path, state_dict=None) -> None:
     """Write the model files into the run directory, each file replaced atomically."""
     tmp = run_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     (tmp / "label_maps.json").write_text(json.dumps(label_maps.to_dict(), indent=1), encoding="utf-8")
     for item in tmp.iterdir():
@@ -238,8 +238,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                          gate_at_best=raw_model.gate_probabilities())
             if bayes:
                 state["prior_at_best"] = raw_model.prior_probabilities()
+            state_dict = accelerator.get_state_dict(model)  # on every rank: gathers FSDP/DeepSpeed shards
             if accelerator.is_main_process:
-                save_model(raw_model, tokenizer, label_maps, run_dir)
+                save_model(raw_model, tokenizer, label_maps, run_dir, state_dict)
         else:
             state["bad_epochs"] += 1
         log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
