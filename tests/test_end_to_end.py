@@ -131,3 +131,63 @@ def test_tensorboard_events_are_written_when_installed(tiny_recipe):
     pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install -e .[tensorboard])")
     run = train(tiny_recipe("train.epochs=1"))
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tiny_recipe, tmp_path):
+    """A real `kill -9` in the middle of an epoch: --resume restarts that epoch from the last
+    checkpoint and ends with the same weights and logged metrics as a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    extra = ["train.epochs=3", "train.batch_size=4", "train.log_every=1"]
+    reference = train(tiny_recipe(f"output_dir={tmp_path / 'reference'}", *extra))
+    killed = tmp_path / "killed"
+    recipe = tiny_recipe(f"output_dir={killed}", *extra)
+    overrides = [f"{k}={v}" for k, v in [("model.encoder", recipe["model"]["encoder"]), ("output_dir", killed),
+                                         ("model.head_hidden", 32), ("data.path", recipe["data"]["path"]),
+                                         ("optim.lr", 3e-3), ("optim.head_lr", 1e-2)]] + extra
+    proc = subprocess.Popen([sys.executable, "-m", "slu_feedback.cli.train", str(REPO / "recipes" / "quickstart.yaml"),
+                             *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics, deadline = killed / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+        if any(r["type"] == "step" and r["epoch"] == 2 for r in rows):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "all_results.json").exists()
+    assert json.loads((killed / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 1
+    train(recipe, resume=True)
+    a, b = weights(reference), weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
+                         for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert strip(reference) == strip(killed)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_recipe, monkeypatch):
+    from slu_feedback.models.modeling import SLUModel
+    from slu_feedback.training.trainer import TrainingError
+
+    original, calls = SLUModel.compute_loss, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        loss, parts = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 16 else loss), parts  # 13 steps an epoch: NaN in epoch 2
+
+    monkeypatch.setattr(SLUModel, "compute_loss", poisoned)
+    recipe = tiny_recipe("train.epochs=3")
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 1[0-9].*last good checkpoint"):
+        train(recipe)
+    run = Path(recipe["output_dir"])
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 1
+    assert (run / "model.safetensors").exists()

@@ -172,6 +172,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
                                 f"{error}); run without --resume to start over") from error
         accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
+        if accelerator.is_main_process:  # forget what was logged after the checkpoint: it is redone
+            kept = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] <= state["epoch"]]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
     elif accelerator.is_main_process:
         save_recipe(recipe, run_dir / "recipe.yaml")
         (run_dir / "metrics.jsonl").write_text("")
