@@ -112,3 +112,12 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(run_copy, overrides, 
     result = resume(run_copy, overrides)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "--resume: cannot load the checkpoint" in result.output and str(run_copy / "checkpoint") in result.output
+
+
+def test_resume_recovers_a_save_killed_between_its_renames(run_copy, overrides):
+    """save_checkpoint swaps checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint; a kill in
+    between leaves only checkpoint.old, which --resume takes back."""
+    (run_copy / "checkpoint").rename(run_copy / "checkpoint.old")
+    result = resume(run_copy, overrides)
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "checkpoint" / "trainer_state.json").exists() and not (run_copy / "checkpoint.old").exists()

@@ -163,6 +163,10 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
     if resume:
+        previous = checkpoint.with_name("checkpoint.old")
+        if not checkpoint.exists() and previous.exists() and accelerator.is_main_process:
+            os.replace(previous, checkpoint)  # killed between the two renames of a save: keep the older one
+        accelerator.wait_for_everyone()
         if not (checkpoint / "trainer_state.json").exists():
             raise TrainingError(f"--resume: {checkpoint} holds no complete checkpoint")
         try:
