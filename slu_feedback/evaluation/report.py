@@ -6,9 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from ..data.dataset import load_splits
+from ..data.dataset import LabelMaps, load_splits, resolve_data_path
 from ..data.features import featurize, make_loader
-from ..data.dataset import LabelMaps
 from ..models import load_run
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
 from .plots import plot_confusion, plot_reliability, plot_steps
@@ -32,8 +31,6 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
     if model is None:
         model, tokenizer = load_run(run_dir)
-    from ..data.dataset import resolve_data_path
-
     splits = load_splits(resolve_data_path(path, base_dir), format=fmt)
     raw = splits[split]
     config = model.config
