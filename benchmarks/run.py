@@ -101,7 +101,7 @@ def main(argv=None):
     parser.add_argument("--compare-to", help="results name of the base model this row is compared with")
     parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
     parser.add_argument("--fresh", action="store_true", help="ignore seeds already in the results file")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
 
     name = args.name or Path(args.recipe).stem
     out = RESULTS / f"{name}.json"
