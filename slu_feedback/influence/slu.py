@@ -103,13 +103,7 @@ class TaskLosses(nn.Module):
 
 def pool(model, tokens, attention_mask, word_index):
     """`SLUModel.encode` after the encoder: utterance feature and first-sub-token word features."""
-    if model.config.pooling == "cls" and model.config.encoder_type == "hf":
-        utterance = tokens[:, 0]
-    else:
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        utterance = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
-    words = tokens.gather(1, word_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-    return utterance, words
+    return model.pool(tokens, attention_mask, word_index)
 
 
 @torch.no_grad()

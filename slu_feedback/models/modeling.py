@@ -129,7 +129,10 @@ class SLUModel(PreTrainedModel):
     # -- feature extraction -------------------------------------------------------------------
     def encode(self, input_ids, attention_mask, word_index):
         """Utterance feature u (batch x d) and word features H (batch x words x d, first sub-token)."""
-        tokens = self.encoder(input_ids, attention_mask)
+        return self.pool(self.encoder(input_ids, attention_mask), attention_mask, word_index)
+
+    def pool(self, tokens, attention_mask, word_index):
+        """Sub-token features -> utterance feature (CLS or masked mean) and first-sub-token word features."""
         if self.config.pooling == "cls" and self.config.encoder_type == "hf":
             utterance = tokens[:, 0]
         else:
