@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance  # noqa: E402
 
 from slu_feedback.data.dataset import load_splits, resolve_data_path  # noqa: E402
-from slu_feedback.evaluation.report import run_data_path  # noqa: E402
+from slu_feedback.evaluation.report import evaluate_run, run_data_path  # noqa: E402
 from slu_feedback.inference.parser import SLUParser  # noqa: E402
 
 
@@ -180,6 +180,12 @@ def markdown(result: dict) -> str:
     for backend, row in result["throughput"].items():
         cells = ["-" if row is None else f"{row[f'batch_{b}']:.0f}" for b in s["batch_sizes"]]
         lines.append(f"| {backend} | " + " | ".join(cells) + " |")
+    if result.get("accuracy"):
+        a = result["accuracy"]
+        cell = lambda k: (f"{100 * a['fp32'][k]:.2f} -> {100 * a['int8'][k]:.2f} "  # noqa: E731
+                          f"({100 * a['change'][k]:+.2f})")
+        lines += ["", f"Accuracy on {s['split']}, fp32 -> int8 (`slu-eval --quantize`): intent {cell('intent_acc')}, "
+                      f"slot F1 {cell('slot_f1')}, sentence {cell('sentence_acc')}."]
     if result.get("http"):
         lines += ["", f"HTTP `POST /parse` (one utterance a request, micro-batching max {s['server_max_batch']} / "
                       f"{s['server_wait_ms']} ms, server {'int8' if s['server_quantize'] else 'fp32'}):", "",
@@ -218,6 +224,10 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as workdir:
         offline_results = offline(run_dir, texts, args.batch_sizes, args.backends, Path(workdir))
+        accuracy = {}
+        if "int8" in args.backends:  # what quantisation costs, on the same split
+            report = evaluate_run(run_dir, args.split, out_dir=Path(workdir) / "eval", quantize=True)
+            accuracy = {"fp32": report["metrics"], "int8": report["int8"]["metrics"], "change": report["int8"]["change"]}
     http = {}
     if args.requests > 0:
         process, url = start_server(run_dir, threads, ["--max-batch", str(args.server_max_batch), "--wait-ms",
@@ -242,7 +252,7 @@ def main(argv=None):
         "settings": {"split": args.split, "utterances": len(texts), "batch_sizes": args.batch_sizes, "threads": threads,
                      "requests": args.requests, "clients": args.clients, "server_max_batch": args.server_max_batch,
                      "server_wait_ms": args.server_wait_ms, "server_quantize": args.server_quantize},
-        "throughput": offline_results, "http": http,
+        "throughput": offline_results, "accuracy": accuracy, "http": http,
     }
     result["summary_markdown"] = markdown(result)
     out = args.out or RESULTS / f"inference_{name}.json"
