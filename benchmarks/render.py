@@ -49,6 +49,23 @@ def accuracy_table(results: dict, anchors: dict, dataset: str) -> list:
     return lines
 
 
+def inference_targets(s: dict) -> list:
+    """The ratios the inference targets are stated in, computed from the file's own numbers."""
+    t, lines = s["throughput"], []
+    if t.get("int8") and t.get("fp32") and "batch_32" in t["fp32"]:
+        line = f"int8 / fp32 throughput at batch 32: **{t['int8']['batch_32'] / t['fp32']['batch_32']:.2f}x** (target >= 1.5x)"
+        if s.get("accuracy"):
+            c = s["accuracy"]["change"]
+            line += (f"; accuracy change intent {100 * c['intent_acc']:+.2f}, slot F1 {100 * c['slot_f1']:+.2f} "
+                     "(targets: losses of at most 0.3 and 0.5 points)")
+        lines.append(f"- {line}.")
+    http = s.get("http", {}).get("clients_32")
+    if http and t.get("fp32") and "batch_32" in t["fp32"]:
+        lines.append(f"- HTTP with 32 clients / in-process fp32 batch 32: **{http['throughput_rps'] / t['fp32']['batch_32']:.0%}** "
+                     f"(target >= 60%), {http['errors']} failed of {http['requests']} requests.")
+    return lines + [""] if lines else []
+
+
 def render() -> tuple:
     results = load_results()
     anchors = json.loads((ROOT / "benchmarks" / "anchors.json").read_text())
@@ -87,7 +104,10 @@ def render() -> tuple:
     for path in sorted(RESULTS.glob("speed_*.json")) + sorted(RESULTS.glob("inference_*.json")) + sorted(
             RESULTS.glob("influence_*.json")):
         s = json.loads(path.read_text())
-        body += [f"## {path.stem}", "", s.get("summary_markdown", ""), "",
+        body += [f"## {path.stem}", "", s.get("summary_markdown", ""), ""]
+        if s.get("benchmark") == "inference":
+            body += inference_targets(s)
+        body += [
                  f"command `{s['command']}`, commit `{s['commit']}`, {s['date']}", ""]
     return "\n".join(body) + "\n", "\n".join(summary)
 
