@@ -26,6 +26,8 @@ def load_results() -> dict:
 
 
 def dataset_of(result: dict) -> str:
+    if result.get("dataset"):  # one dataset of a joint run
+        return result["dataset"]
     name = result["recipe"]
     return "snips" if name.startswith("snips") else "atis" if name.startswith("atis") else name.split("_")[0]
 

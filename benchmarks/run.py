@@ -2,10 +2,12 @@
 
     python benchmarks/run.py recipes/atis.yaml --seeds 1 2 3
     python benchmarks/run.py recipes/atis.yaml --name atis_feedback --compare-to atis model.feedback.iterations=3
+    python benchmarks/run.py recipes/atis_snips_joint.yaml     # -> atis_snips_joint_atis.json, ..._snips.json
 
 Checkpoints are selected on validation; the test split is scored once per seed at the end. The
 results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo),
-so an interrupted benchmark continues where it stopped.
+so an interrupted benchmark continues where it stopped. A joint recipe (data.path a list) writes one
+results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`.
 """
 
 import argparse
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, mean_std, provenance  # noqa: E402
 
 from slu_feedback.evaluation.report import evaluate_run  # noqa: E402
-from slu_feedback.inference.parser import SLUParser  # noqa: E402
+from slu_feedback.inference.parser import SLUParser, joint_datasets  # noqa: E402
 from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import train  # noqa: E402
 
@@ -47,9 +49,14 @@ def throughput(parser, texts: list, batch_size: int, limit: int) -> float:
 
 
 def run_seed(recipe_path, overrides, seed: int, run_dir: Path) -> dict:
+    """Train one seed; {dataset: row} ({"": row} unless the recipe is joint)."""
     recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
     resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
     run_dir = train(recipe, resume=resume)
+    return {name: score_run(run_dir / name, seed) for name in joint_datasets(run_dir) or [""]}
+
+
+def score_run(run_dir: Path, seed: int) -> dict:
     results = json.loads((run_dir / "all_results.json").read_text())
     test = evaluate_run(run_dir, "test")
     parser = SLUParser.from_pretrained(run_dir)
@@ -104,25 +111,31 @@ def main(argv=None):
     args = parser.parse_intermixed_args(argv)  # overrides may come after the options
 
     name = args.name or Path(args.recipe).stem
-    out = RESULTS / f"{name}.json"
-    previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
-    rows = [r for r in previous.get("per_seed", []) if r["seed"] in args.seeds]
+    paths = load_recipe(args.recipe, args.overrides)["data"]["path"]
+    datasets = [Path(str(p)).stem for p in paths] if isinstance(paths, list) and len(paths) > 1 else [""]
+    outs = {d: RESULTS / (f"{name}_{d}.json" if d else f"{name}.json") for d in datasets}
+    rows = {}
+    for d, out in outs.items():
+        previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
+        rows[d] = [r for r in previous.get("per_seed", []) if r["seed"] in args.seeds]
     for seed in args.seeds:
-        if any(r["seed"] == seed for r in rows):
-            print(f"[{name}] seed {seed}: already in {out.name}, skipped")
+        if all(any(r["seed"] == seed for r in rows[d]) for d in datasets):
+            print(f"[{name}] seed {seed}: already in {', '.join(o.name for o in outs.values())}, skipped")
             continue
-        rows.append(run_seed(args.recipe, args.overrides, seed, ROOT / "runs" / "bench" / name / f"seed{seed}"))
-        rows.sort(key=lambda r: r["seed"])
-        result = {"recipe": name, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
-                  "compare_to": args.compare_to, "note": args.note, **provenance(),
-                  "seeds": [r["seed"] for r in rows], **summarise(rows), "per_seed": rows}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        t = result["test"]
-        print(f"[{name}] seeds {result['seeds']}: test intent {t['intent_acc']['mean']:.2f}  slot F1 "
-              f"{t['slot_f1']['mean']:.2f}  sentence {t['sentence_acc']['mean']:.2f}"
-              + (f"  intent ECE {t['intent_ece']['mean']:.2f}  NLL {t['intent_nll']['mean']:.4f}"
-                 if "intent_ece" in t and "intent_nll" in t else "") + f" -> {out}")
+        by_dataset = run_seed(args.recipe, args.overrides, seed, ROOT / "runs" / "bench" / name / f"seed{seed}")
+        for d, out in outs.items():
+            rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
+            result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
+                      "compare_to": d or args.compare_to, "note": args.note, **provenance(),
+                      **({"dataset": d, "joint_datasets": datasets} if d else {}),
+                      "seeds": [r["seed"] for r in rows[d]], **summarise(rows[d]), "per_seed": rows[d]}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+            t = result["test"]
+            print(f"[{out.stem}] seeds {result['seeds']}: test intent {t['intent_acc']['mean']:.2f}  slot F1 "
+                  f"{t['slot_f1']['mean']:.2f}  sentence {t['sentence_acc']['mean']:.2f}"
+                  + (f"  intent ECE {t['intent_ece']['mean']:.2f}  NLL {t['intent_nll']['mean']:.4f}"
+                     if "intent_ece" in t and "intent_nll" in t else "") + f" -> {out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,21 @@ import click
 def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
-    intent confusion-matrix and reliability-diagram PNGs."""
+    intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
+    from ..inference.parser import joint_datasets
+
+    names = joint_datasets(run_dir)
+    if names:  # a joint run: score each dataset with its own heads
+        if data or out_dir:
+            raise click.ClickException("--data and --out apply to one dataset: pass RUN_DIR/<dataset> of a joint run")
+        for name in names:
+            click.echo(f"== {name} ==")
+            evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode)
+        return
+    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode)
+
+
+def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode):
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
     from ..models import RunError, load_run

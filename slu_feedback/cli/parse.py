@@ -27,7 +27,8 @@ def render(result: dict, explain: bool = False) -> str:
         last = slot["end"]
     pieces.append(text[last:])
     lines = ["".join(pieces),
-             f"  intent  {click.style(result['intent'], bold=True)}  {result['intent_score']:.3f}"
+             (f"  dataset {result['dataset']}\n" if result.get("dataset") else "")
+             + f"  intent  {click.style(result['intent'], bold=True)}  {result['intent_score']:.3f}"
              + "".join(f"   {t['intent']} {t['score']:.3f}" for t in result["top_intents"][1:])]
     for slot in result["slots"]:
         lines.append(f"  {click.style(slot['label'], fg=colour[slot['label']])} = {slot['text']!r}"
@@ -54,13 +55,14 @@ def emit(results, as_json: bool, explain: bool) -> None:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--top-k", default=3, show_default=True)
 @click.option("--quantize", is_flag=True, help="Dynamic int8 quantisation of the Linear layers (CPU; faster, slightly less accurate).")
-def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quantize):
+@click.option("--dataset", default=None, help="Joint runs: answer with this dataset's heads (default: the most confident).")
+def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quantize, dataset):
     """Parse utterances with a trained run: intent, its probability, top-k intents and slot spans."""
     from ..inference.parser import SLUParser
     from ..models import RunError
 
     try:
-        parser = SLUParser.from_pretrained(run_dir, top_k=top_k, quantize=quantize)
+        parser = SLUParser.from_pretrained(run_dir, top_k=top_k, quantize=quantize, dataset=dataset)
     except RunError as error:
         raise click.ClickException(str(error)) from None
     if texts or input_file:
@@ -82,7 +84,9 @@ def interactive(parser, as_json: bool, explain: bool) -> None:
         import readline  # noqa: F401  (arrow-key history)
     except ImportError:
         pass
-    click.echo(f"slu-parse: {len(parser.intents)} intents, {len(parser.slot_labels)} slot tags. :help for help.")
+    click.echo("slu-parse: " + ", ".join(f"{name + ': ' if name else ''}{len(m.config.intent_labels)} intents, "
+                                         f"{len(m.config.slot_labels)} slot tags" for name, m in parser.models.items())
+               + ". :help for help.")
     while True:
         try:
             line = input("slu> ")

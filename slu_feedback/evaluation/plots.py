@@ -16,6 +16,13 @@ def read_jsonl(path) -> list:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def flatten(values: dict) -> dict:
+    """A joint run logs gate and prior values per dataset, {dataset: {key: value}}, where value is a
+    list (gate) or a dict of floats (prior): -> {"dataset/key": value}. Others pass through."""
+    nested = all(isinstance(v, dict) and all(isinstance(x, (dict, list)) for x in v.values()) for v in values.values())
+    return {f"{name}/{key}": v for name, inner in values.items() for key, v in inner.items()} if nested else values
+
+
 def plot_training_curves(metrics_path, out_path) -> None:
     """Training loss per logged step, validation metrics per epoch, and the feedback gate's
     probabilities over training when the model has feedback."""
@@ -33,16 +40,18 @@ def plot_training_curves(metrics_path, out_path) -> None:
     axes[1].set(title="validation (%)", xlabel="epoch")
     axes[1].legend()
     if gated:
-        for direction in gated[0]["gate"]:
-            for m in range(len(gated[0]["gate"][direction])):
-                axes[2].plot([r["step"] for r in gated], [r["gate"][direction][m] for r in gated],
+        series = [flatten(r["gate"]) for r in gated]
+        for direction in series[0]:
+            for m in range(len(series[0][direction])):
+                axes[2].plot([r["step"] for r in gated], [g[direction][m] for g in series],
                              label=f"{direction} point {m}")
         axes[2].set(title="feedback gate probabilities", xlabel="optimizer step", ylim=(0, 1))
         axes[2].legend(fontsize=7)
     if bayes:  # VMTL: weight of each prior on the other task's posterior (the rest is on N(0, I))
         ax = axes[-1]
-        for prior in bayes[0]["prior"]:
-            ax.plot([r["step"] for r in bayes], [r["prior"][prior]["other"] for r in bayes], label=f"{prior}: other task")
+        series = [flatten(r["prior"]) for r in bayes]
+        for prior in series[0]:
+            ax.plot([r["step"] for r in bayes], [p[prior]["other"] for p in series], label=f"{prior}: other task")
         ax.axhline(0.5, color="grey", lw=0.5, ls=":")
         ax.set(title="VMTL prior weight on the other task", xlabel="optimizer step", ylim=(0, 1))
         ax.legend(fontsize=7)

@@ -6,39 +6,59 @@
     #  'slots': [{'label': 'fromloc.city_name', 'text': 'boston', 'start': 21, 'end': 27, 'score': 0.99}, ...],
     #  'iterations': 1, ...}
 
+A joint run (`slu-train recipes/atis_snips_joint.yaml`) holds one head pair per dataset on one
+encoder: the parser runs the encoder once and every dataset's heads, answers with the dataset whose
+intent is most confident and says which (`"dataset"`), or uses the one it is given
+(`SLUParser.from_pretrained(run, dataset="atis")`).
+
 With the VMTL Bayesian head (`model.head: vmtl`), results also carry `intent_uncertainty` and a
 slot `uncertainty`: the predictive entropy (nats) of the intent distribution, and the mean over a
 span's words of the per-word slot entropy (MC-averaged distributions when `vmtl.predict: mc`).
 """
 
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
 from ..data.features import collate, encode_words
 from ..data.readers import bio_to_spans, tokenize
-from ..models import load_run
+from ..models import RunError, load_run
+from ..models.joint import JOINT_FILE
 
 
 class SLUParser:
-    def __init__(self, model, tokenizer, max_length: int = 128, top_k: int = 3):
-        self.model = model.eval()
+    def __init__(self, model, tokenizer, max_length: int = 128, top_k: int = 3, models: dict | None = None):
+        """`model`: an `SLUModel`; or `models`, {dataset: SLUModel} sharing one encoder (a joint run)."""
+        self.models = {name: m.eval() for name, m in (models or {"": model}).items()}
+        self.model = next(iter(self.models.values()))
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.top_k = top_k
-        self.intents = model.config.intent_labels
-        self.slot_labels = model.config.slot_labels
-        self.bayesian = getattr(model.config, "head", "deterministic") == "vmtl"
+        self.intents = self.model.config.intent_labels
+        self.slot_labels = self.model.config.slot_labels
+        self.bayesian = getattr(self.model.config, "head", "deterministic") == "vmtl"
 
     @classmethod
-    def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, **kwargs) -> "SLUParser":
-        """Load a run; `quantize=True` applies dynamic int8 quantisation to its Linear layers (CPU)."""
-        model, tokenizer = load_run(run_dir, device)
+    def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, dataset: str | None = None,
+                        **kwargs) -> "SLUParser":
+        """Load a run; `quantize=True` applies dynamic int8 quantisation to its Linear layers (CPU).
+        For a joint run, `dataset` picks one dataset's heads (default: all of them)."""
+        names = joint_datasets(run_dir)
+        if dataset is not None and dataset not in names:
+            raise RunError(f"{run_dir}: no dataset {dataset!r} in this run" + (
+                f" (it has {', '.join(names)})" if names else " (not a joint run)"))
+        loaded = {name: load_run(Path(run_dir) / name, device) for name in ([dataset] if dataset else names or [""])}
+        models = {name: model for name, (model, _) in loaded.items()}
+        first, tokenizer = next(iter(loaded.values()))
+        for model in models.values():  # saved from one shared encoder: keep one copy in memory
+            model.encoder = first.encoder
         if quantize:
             from .quantize import quantize_model
 
-            model = quantize_model(model, inplace=True)
-        return cls(model, tokenizer, **kwargs)
+            models = {name: quantize_model(model, inplace=True) for name, model in models.items()}
+        return cls(None, tokenizer, models=models, **kwargs)
 
     @property
     def device(self):
@@ -66,29 +86,46 @@ class SLUParser:
         encoded = encode_words(self.tokenizer, [[w for w, _, _ in words[i]] for i in live], self.max_length)
         rows = [{k: encoded[k][j] for k in encoded} for j in range(len(live))]
         batch = {k: v.to(self.device) for k, v in collate(rows, self.tokenizer.pad_token_id or 0).items()}
-        out = self.model(**batch, return_iterations=explain)
-        intent_probs = out.intent_logits.softmax(-1)
-        slot_probs = out.slot_logits.softmax(-1)
-        slot_ids = self.model.decode_slots(out.slot_logits, batch["word_mask"])
+        features = self.model.encode(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+        outs = {name: model(**batch, features=features, return_iterations=explain) for name, model in self.models.items()}
+        # a joint run answers each utterance with the dataset whose top intent is most confident
+        confidence = torch.stack([out.intent_logits.softmax(-1).amax(-1) for out in outs.values()])
+        chosen = [list(outs)[k] for k in confidence.argmax(0).tolist()]
+        decoded = {}  # per answering dataset, for the whole batch at once: probabilities and slot ids
+        for name in set(chosen):
+            out = outs[name]
+            decoded[name] = (out.intent_logits.softmax(-1), out.slot_logits.softmax(-1),
+                             self.models[name].decode_slots(out.slot_logits, batch["word_mask"]))
         for j, i in enumerate(live):
-            seen = len(encoded["word_index"][j])
-            # trailing words with no sub-tokens (zero-width or combining characters alone) are not
-            # "seen" either, but only a full-length encoding means the tokenizer cut the utterance
-            if seen < len(words[i]) and len(encoded["input_ids"][j]) >= self.max_length:
-                warnings.warn(f"utterance of {len(words[i])} words truncated to the first {seen} "
-                              f"(max_length={self.max_length} sub-tokens); later words are tagged O")
-            tags = [self.slot_labels[s] for s in slot_ids[j, :seen].tolist()] + ["O"] * (len(words[i]) - seen)
-            scores = slot_probs[j, torch.arange(seen), slot_ids[j, :seen]].tolist() + [0.0] * (len(words[i]) - seen)
-            result = self._result(texts[i], words[i], intent_probs[j], tags, scores, int(out.iterations[j]))
-            if self.bayesian:
-                self._add_uncertainty(result, intent_probs[j], slot_probs[j, :seen], len(words[i]))
+            name = chosen[j]
+            intent_probs, slot_probs, slot_ids = (x[j] for x in decoded[name])
+            results[i] = self._parse_one(texts[i], words[i], self.models[name], intent_probs, slot_probs, slot_ids,
+                                         int(outs[name].iterations[j]), len(encoded["word_index"][j]),
+                                         len(encoded["input_ids"][j]))
             if explain:
-                result["explain"] = self._explain(out, j, seen, batch["word_mask"][j : j + 1], words[i])
-            results[i] = result
+                results[i]["explain"] = self._explain(self.models[name], outs[name], j, len(encoded["word_index"][j]),
+                                                      batch["word_mask"][j : j + 1], words[i])
+            if len(self.models) > 1 or name:
+                results[i]["dataset"] = name
         return results
 
-    def _result(self, text, words, intent_probs, tags, scores, iterations) -> dict:
-        top = intent_probs.topk(min(self.top_k, len(self.intents)))
+    def _parse_one(self, text, words, model, intent_probs, slot_probs, slot_ids, iterations, seen, n_subtokens) -> dict:
+        """One utterance's result from its row of the batch output of `model`."""
+        intents, slot_labels = model.config.intent_labels, model.config.slot_labels
+        # trailing words with no sub-tokens (zero-width or combining characters alone) are not
+        # "seen" either, but only a full-length encoding means the tokenizer cut the utterance
+        if seen < len(words) and n_subtokens >= self.max_length:
+            warnings.warn(f"utterance of {len(words)} words truncated to the first {seen} "
+                          f"(max_length={self.max_length} sub-tokens); later words are tagged O")
+        tags = [slot_labels[s] for s in slot_ids[:seen].tolist()] + ["O"] * (len(words) - seen)
+        scores = slot_probs[torch.arange(seen), slot_ids[:seen]].tolist() + [0.0] * (len(words) - seen)
+        result = self._result(text, words, intent_probs, intents, tags, scores, iterations)
+        if self.bayesian:
+            self._add_uncertainty(result, intent_probs, slot_probs[:seen], len(words))
+        return result
+
+    def _result(self, text, words, intent_probs, intents, tags, scores, iterations) -> dict:
+        top = intent_probs.topk(min(self.top_k, len(intents)))
         slots = []
         for label, start, end in bio_to_spans(tags):
             char_start, char_end = words[start][1], words[end - 1][2]
@@ -96,9 +133,9 @@ class SLUParser:
                           "score": round(sum(scores[start:end]) / (end - start), 4)})
         return {
             "text": text,
-            "intent": self.intents[int(top.indices[0])],
+            "intent": intents[int(top.indices[0])],
             "intent_score": round(float(top.values[0]), 4),
-            "top_intents": [{"intent": self.intents[int(i)], "score": round(float(p), 4)}
+            "top_intents": [{"intent": intents[int(i)], "score": round(float(p), 4)}
                             for p, i in zip(top.values, top.indices)],
             "slots": slots,
             "words": [w for w, _, _ in words],
@@ -116,18 +153,24 @@ class SLUParser:
         for slot, (_, start, end) in zip(result["slots"], bio_to_spans(result["tags"])):
             slot["uncertainty"] = round(sum(entropy[start:end]) / (end - start), 4)
 
-    def _explain(self, out, j, seen, word_mask, words) -> list:
+    def _explain(self, model, out, j, seen, word_mask, words) -> list:
         """The prediction at every feedback iteration (iteration 0 = no feedback)."""
         steps = []
         for k, (intent_logits, slot_logits) in enumerate(zip(out.all_intent_logits, out.all_slot_logits)):
             probs = intent_logits[j].softmax(-1)
-            ids = self.model.decode_slots(slot_logits[j : j + 1], word_mask)[0, :seen].tolist()
-            steps.append({"iteration": k, "intent": self.intents[int(probs.argmax())],
+            ids = model.decode_slots(slot_logits[j : j + 1], word_mask)[0, :seen].tolist()
+            steps.append({"iteration": k, "intent": model.config.intent_labels[int(probs.argmax())],
                           "intent_score": round(float(probs.max()), 4),
-                          "tags": [self.slot_labels[s] for s in ids] + ["O"] * (len(words) - seen)})
+                          "tags": [model.config.slot_labels[s] for s in ids] + ["O"] * (len(words) - seen)})
         return steps
 
     @staticmethod
     def _empty(text) -> dict:
         return {"text": text, "intent": None, "intent_score": 0.0, "top_intents": [], "slots": [],
                 "words": [], "tags": [], "iterations": 0}
+
+
+def joint_datasets(run_dir) -> list:
+    """The dataset names of a joint run directory ([] for a single-dataset run)."""
+    path = Path(run_dir) / JOINT_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["datasets"] if path.exists() else []

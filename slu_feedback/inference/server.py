@@ -271,6 +271,9 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
         "limits": asdict(settings),
         "metrics": None,
     }
+    if len(parser.models) > 1:  # a joint run: each dataset's labels (the top-level ones are the first's)
+        info["datasets"] = {name: {"intents": list(m.config.intent_labels), "slot_tags": list(m.config.slot_labels)}
+                            for name, m in parser.models.items()}
     results = Path(run_dir) / "all_results.json" if run_dir else None
     if results is not None and results.exists():
         try:

@@ -190,13 +190,16 @@ class SLUModel(PreTrainedModel):
         slot_labels=None,
         iterations: int | None = None,
         return_iterations: bool = False,
+        features: tuple | None = None,
         **unused,
     ) -> SLUOutput:
+        """`features`: (utterance, words) from `encode`, when the caller has them already (a joint
+        run's parser encodes once for every dataset's heads)."""
         fb = self.config.feedback
         word_mask = word_mask.bool()
         if iterations is None:
             iterations = fb["iterations"] if self.training else (fb["max_iterations"] or fb["iterations"])
-        utterance, words = self.encode(input_ids, attention_mask, word_index)
+        utterance, words = features if features is not None else self.encode(input_ids, attention_mask, word_index)
         posteriors = {"intent": [], "slot": []} if self.config.head == "vmtl" else None
         all_intent, all_slot = self.run_heads(utterance, words, word_mask, iterations, posteriors)
 

@@ -1,5 +1,6 @@
 """Load a trained run directory (what `slu-train` writes) with clear errors when it is incomplete."""
 
+import json
 from pathlib import Path
 
 from safetensors import safe_open
@@ -19,6 +20,10 @@ def load_run(run_dir, device: str = "cpu"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
+    if (run_dir / "joint.json").exists():
+        names = json.loads((run_dir / "joint.json").read_text(encoding="utf-8"))["datasets"]
+        raise RunError(f"{run_dir} is a joint run with one model per dataset; load one of "
+                       f"{', '.join(str(run_dir / n) for n in names)} (SLUParser.from_pretrained loads them all)")
     missing = [name for name in REQUIRED if not (run_dir / name).exists()]
     if missing:
         hint = " (training may still be running, or stopped before its first validation)" \

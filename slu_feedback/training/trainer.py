@@ -2,6 +2,7 @@
 
     slu-train recipes/atis.yaml optim.lr=1e-4           # CPU or one GPU
     accelerate launch -m slu_feedback.cli.train recipes/atis.yaml   # many GPUs / FSDP / DeepSpeed
+    slu-train recipes/atis_snips_joint.yaml             # data.path is a list: one encoder, heads per dataset
 
 Checkpoints are chosen on the validation split only; the run directory holds the best model
 (`save_pretrained`), its tokenizer, the resolved recipe, per-epoch metrics and the last
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -27,6 +28,7 @@ from ..data.features import featurize, make_loader
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
+from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
 from .recipe import save_recipe
 
 class TrainingError(RuntimeError):
@@ -43,10 +45,25 @@ def latest_run(recipe: dict) -> Path | None:
     return runs[-1].parent if runs else None
 
 
-def load_data(recipe: dict):
-    """Load, subsample and label the recipe's data; returns (DatasetDict, LabelMaps)."""
+def dataset_paths(recipe: dict) -> dict:
+    """{name: path}: {"": path} for one dataset; for a joint recipe (`data.path` a list) one entry
+    per dataset, named after its folder or file (the run's sub-directory for that dataset)."""
+    path = recipe["data"]["path"]
+    if not isinstance(path, (list, tuple)):
+        return {"": path}
+    if len(path) == 1:
+        return {"": path[0]}
+    names = [Path(str(p)).stem for p in path]
+    if len(set(names)) < len(names):
+        raise TrainingError(f"data.path lists datasets with the same name ({', '.join(names)}); each needs its own")
+    return dict(zip(names, path))
+
+
+def load_data(recipe: dict, path=None):
+    """Load, subsample and label the recipe's data (or `path`, one of a joint recipe's datasets);
+    returns (DatasetDict, LabelMaps)."""
     data_cfg = recipe["data"]
-    path = resolve_data_path(data_cfg["path"], recipe.get("recipe_dir"))
+    path = resolve_data_path(data_cfg["path"] if path is None else path, recipe.get("recipe_dir"))
     data = load_splits(path, format=data_cfg["format"], repair_bio=data_cfg["repair_bio"])
     if data_cfg["train_fraction"] < 1.0:
         data["train"] = subsample(data["train"], data_cfg["train_fraction"], recipe["seed"])
@@ -101,6 +118,34 @@ def save_model(model, tokenizer, label_maps, run_dir: Path, state_dict=None) -> 
     tmp.rmdir()
 
 
+def mixed_batches(loaders: dict):
+    """Every batch of every dataset once per epoch, the datasets interleaved in a random order
+    (drawn from the seeded global RNG, so the same on every process); each batch is tagged with
+    its dataset for `JointSLUModel.forward`."""
+    order = [name for name, loader in loaders.items() for _ in range(len(loader))]
+    order = [order[i] for i in torch.randperm(len(order)).tolist()]
+    iterators = {name: iter(loader) for name, loader in loaders.items()}
+    for name in order:
+        yield {**next(iterators[name]), "dataset": name}
+
+
+def mean_metrics(by_dataset: dict) -> dict:
+    """A joint run's validation metrics: the unweighted mean over datasets (what checkpoint selection
+    sees), the total count, and each dataset's own metrics under "datasets"."""
+    values = list(by_dataset.values())
+    out = {k: sum(m[k] for m in values) / len(values) for k in values[0]
+           if k != "n" and all(isinstance(m.get(k), (int, float)) for m in values)}
+    out["n"] = sum(m.get("n", 0) for m in values)
+    out["datasets"] = by_dataset
+    return out
+
+
+def infusion_points(gates: dict) -> dict:
+    """The most probable infusion point per direction (per dataset for a joint model)."""
+    return {k: infusion_points(v) if isinstance(v, dict) else max(range(len(v)), key=v.__getitem__)
+            for k, v in gates.items()}
+
+
 def param_groups(model, recipe: dict) -> list:
     """Encoder at `lr`, everything task-specific at `head_lr`; no weight decay on biases and norms."""
     optim = recipe["optim"]
@@ -120,7 +165,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
     interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended."""
     train_cfg = recipe["train"]
-    accelerator = Accelerator(gradient_accumulation_steps=train_cfg["grad_accum"])
+    paths = dataset_paths(recipe)
+    joint = "" not in paths
+    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint else []
+    accelerator = Accelerator(gradient_accumulation_steps=train_cfg["grad_accum"], kwargs_handlers=handlers)
     if recipe["output_dir"]:
         run_dir = Path(recipe["output_dir"])
     elif resume:
@@ -137,28 +186,34 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
     set_seed(recipe["seed"])
-    data, label_maps = load_data(recipe)
+    parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
+    names = list(parts)
     tokenizer = load_tokenizer(recipe["model"])
-    config = build_model_config(recipe["model"], label_maps, tokenizer)
-    encoder_path = resolve_encoder(recipe["model"]["encoder"]) if config.encoder_type == "hf" else None
-    model = SLUModel.from_encoder(config, encoder_path, tokenizer=tokenizer)
+    encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
+    models = {name: SLUModel.from_encoder(build_model_config(recipe["model"], labels, tokenizer), encoder_path,
+                                          tokenizer=tokenizer) for name, (_, labels) in parts.items()}
+    model = JointSLUModel(models) if joint else models[""]
+    config = model.config  # the model settings; labels differ per dataset (models[name].config)
 
     max_length = recipe["data"]["max_length"]
-    train_features = featurize(data["train"], tokenizer, label_maps, max_length)
-    val_features = featurize(data["validation"], tokenizer, label_maps, max_length)
-    train_loader = make_loader(train_features, train_cfg["batch_size"], tokenizer, True, train_cfg["num_workers"],
-                               train_cfg["group_by_length"])
-    val_loader = make_loader(val_features, train_cfg["eval_batch_size"], tokenizer, False)
+    train_loaders, val_loaders = [], []
+    for data, labels in parts.values():
+        train_loaders.append(make_loader(featurize(data["train"], tokenizer, labels, max_length), train_cfg["batch_size"],
+                                         tokenizer, True, train_cfg["num_workers"], train_cfg["group_by_length"]))
+        val_loaders.append(make_loader(featurize(data["validation"], tokenizer, labels, max_length),
+                                       train_cfg["eval_batch_size"], tokenizer, False))
 
     optimizer = torch.optim.AdamW(param_groups(model, recipe))
-    updates_per_epoch = math.ceil(len(train_loader) / (train_cfg["grad_accum"] * accelerator.num_processes))
+    batches_per_epoch = sum(len(loader) for loader in train_loaders)
+    updates_per_epoch = math.ceil(batches_per_epoch / (train_cfg["grad_accum"] * accelerator.num_processes))
     total_updates = updates_per_epoch * train_cfg["epochs"]
     n_proc = accelerator.num_processes  # the prepared scheduler advances n_proc times per update (split_batches=False)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates) * n_proc, total_updates * n_proc)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+    model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *train_loaders, *val_loaders, scheduler)
+    train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
     raw_model = accelerator.unwrap_model(model)
+    eval_models = {name: raw_model.models[name] for name in names} if joint else {"": model}
 
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
@@ -182,6 +237,12 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     elif accelerator.is_main_process:
         save_recipe(recipe, run_dir / "recipe.yaml")
         (run_dir / "metrics.jsonl").write_text("")
+        if joint:  # each dataset's folder is a run of its own for slu-eval / slu-parse / slu-serve
+            for name, path in paths.items():
+                (run_dir / name).mkdir(exist_ok=True)
+                save_recipe({**recipe, "data": {**recipe["data"], "path": path}, "output_dir": str(run_dir / name)},
+                            run_dir / name / "recipe.yaml")
+            (run_dir / JOINT_FILE).write_text(json.dumps({"datasets": names}, indent=1), encoding="utf-8")
     metrics_file = run_dir / "metrics.jsonl"
 
     tensorboard = open_tensorboard(run_dir / "tensorboard") if accelerator.is_main_process else None
@@ -191,8 +252,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             with metrics_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             if tensorboard is not None:
+                validation = row.get("validation", {})
                 scalars = {**{k: v for k, v in row.items() if isinstance(v, (int, float))},
-                           **{f"validation/{k}": v for k, v in row.get("validation", {}).items()}}
+                           **{f"validation/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
+                           **{f"validation/{name}/{k}": v for name, m in validation.get("datasets", {}).items()
+                              for k, v in m.items() if isinstance(v, (int, float))}}
                 for key, value in scalars.items():
                     if key not in ("step", "epoch"):
                         tensorboard.add_scalar(f"{row['type']}/{key}", value, row["step"])
@@ -206,7 +270,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         set_seed(recipe["seed"] + epoch)  # shuffling, dropout and Gumbel noise are a function of the epoch
         model.train()
         started, running, count = time.time(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}",
+        batches = mixed_batches(train_loaders) if joint else train_loaders[""]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}", total=batches_per_epoch,
                    disable=not accelerator.is_local_main_process)
         for batch in bar:
             raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
@@ -236,7 +301,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                      **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
                          "prior": raw_model.prior_probabilities()} if bayes else {})})
         epoch_seconds = time.time() - started
-        metrics, _ = evaluate_split(model, val_loader, data["validation"], config, accelerator)
+        by_dataset = {name: evaluate_split(eval_models[name], val_loaders[name], parts[name][0]["validation"],
+                                           models[name].config, accelerator)[0] for name in names}
+        metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
         state["epoch"] = epoch + 1
         state["epoch_seconds"].append(epoch_seconds)
         improved = metrics[select] > state["best"]
@@ -247,7 +314,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                 state["prior_at_best"] = raw_model.prior_probabilities()
             state_dict = accelerator.get_state_dict(model)  # on every rank: gathers FSDP/DeepSpeed shards
             if accelerator.is_main_process:
-                save_model(raw_model, tokenizer, label_maps, run_dir, state_dict)
+                for name, (_, labels) in parts.items():
+                    save_model(models[name], tokenizer, labels, run_dir / name,
+                               sub_state_dict(state_dict, name) if joint else state_dict)
         else:
             state["bad_epochs"] += 1
         log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
@@ -256,7 +325,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         accelerator.print(
             f"epoch {epoch + 1}: loss {running / max(1, count):.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
             f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
-            f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
+            + "".join(f"  [{name}: sentence {100 * m['sentence_acc']:.2f}]" for name, m in by_dataset.items() if joint)
+            + f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
         save_checkpoint(accelerator, checkpoint, state)
         if stop_after_epoch is not None and state["epoch"] >= stop_after_epoch:
             break
@@ -266,10 +336,19 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         best = next((row for row in epochs if row["epoch"] == state["best_epoch"]), None)
         results = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                    "validation": best["validation"] if best else None,
-                   "train_seconds_per_epoch": state["epoch_seconds"], "train_examples": len(data["train"]),
+                   "train_seconds_per_epoch": state["epoch_seconds"],
+                   "train_examples": sum(len(data["train"]) for data, _ in parts.values()),
                    "gate_probabilities": state.get("gate_at_best", {}),
-                   "infusion_points": {d: max(range(len(p)), key=p.__getitem__)
-                                       for d, p in state.get("gate_at_best", {}).items()}}
+                   "infusion_points": infusion_points(state.get("gate_at_best", {}))}
+        if joint:
+            results["datasets"] = names
+            for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
+                (run_dir / name / "all_results.json").write_text(json.dumps(
+                    {**results, "validation": (best["validation"]["datasets"][name] if best else None),
+                     "gate_probabilities": results["gate_probabilities"].get(name, {}),
+                     "infusion_points": results["infusion_points"].get(name, {}),
+                     "train_examples": len(data["train"]), "joint_run": str(run_dir), "datasets": names}, indent=1),
+                    encoding="utf-8")
         if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
             results["prior_weights"] = state.get("prior_at_best", {})
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -1,0 +1,133 @@
+"""Multi-dataset (joint) training: one encoder, one head pair per dataset.
+
+The sample set is split by domain into two datasets with disjoint intents ("travel": flights and
+restaurants; "home": weather, music, alarms), so that which head answers is checkable."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SAMPLE
+from slu_feedback.data.dataset import load_splits
+from slu_feedback.data.readers import write_examples
+from slu_feedback.inference.parser import SLUParser
+from slu_feedback.models import RunError, load_run
+from slu_feedback.training.trainer import train
+
+pytestmark = pytest.mark.e2e
+
+DOMAINS = {"travel": {"find_flight", "book_restaurant"}, "home": {"get_weather", "play_music", "set_alarm"}}
+
+
+@pytest.fixture(scope="module")
+def domain_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domains")
+    splits = load_splits(SAMPLE)
+    for name, intents in DOMAINS.items():
+        for split, folder in (("train", "train"), ("validation", "valid"), ("test", "test")):
+            write_examples([ex for ex in splits[split] if ex["intent"] in intents], root / name / folder, "folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def joint_run(tiny_encoder, domain_data, tmp_path_factory):
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.training.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("joint") / "run"
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, out) + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=3",
+        "model.feedback.iterations=1"])
+    return train(recipe)
+
+
+def test_joint_run_layout_and_shared_encoder(joint_run):
+    assert json.loads((joint_run / "joint.json").read_text()) == {"datasets": ["travel", "home"]}
+    results = json.loads((joint_run / "all_results.json").read_text())
+    assert set(results["validation"]["datasets"]) == {"travel", "home"}
+    per = results["validation"]["datasets"]
+    assert results["validation"]["sentence_acc"] == pytest.approx((per["travel"]["sentence_acc"] + per["home"]["sentence_acc"]) / 2)
+    assert set(results["gate_probabilities"]) == {"travel", "home"}
+    travel, _ = load_run(joint_run / "travel")
+    home, _ = load_run(joint_run / "home")
+    assert set(travel.config.intent_labels) == DOMAINS["travel"] and set(home.config.intent_labels) == DOMAINS["home"]
+    # one encoder was trained: both saved copies are the same weights, and they moved from the start
+    for (name, a), b in zip(travel.encoder.state_dict().items(), home.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(RunError, match="joint"):
+        load_run(joint_run)
+
+
+def test_joint_epoch_sees_every_batch_of_both_datasets(joint_run):
+    rows = [json.loads(line) for line in (joint_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["type"] == "epoch"]
+    # quickstart batch 16: travel 80 train utterances -> 5 batches, home 120 -> 8; 13 updates per epoch
+    assert steps == [13, 26, 39]
+
+
+def test_joint_parser_names_the_answering_dataset(joint_run):
+    parser = SLUParser.from_pretrained(joint_run)
+    assert set(parser.models) == {"travel", "home"}
+    result = parser("wake me up at 7 am tomorrow")
+    assert result["dataset"] in ("travel", "home")
+    intents = DOMAINS[result["dataset"]]
+    assert result["intent"] in intents and all(t["intent"] in intents for t in result["top_intents"])
+    # the choice is the dataset whose top intent is most confident
+    alone = {name: SLUParser.from_pretrained(joint_run, dataset=name)("wake me up at 7 am tomorrow") for name in DOMAINS}
+    assert result["dataset"] == max(alone, key=lambda n: alone[n]["intent_score"])
+    assert result == alone[result["dataset"]]
+    with pytest.raises(RunError, match="no dataset 'news'"):
+        SLUParser.from_pretrained(joint_run, dataset="news")
+
+
+def test_joint_eval_scores_each_dataset(joint_run, tmp_path):
+    from click.testing import CliRunner
+
+    from slu_feedback.cli.evaluate import main
+
+    result = CliRunner().invoke(main, [str(joint_run), "--split", "validation"])
+    assert result.exit_code == 0, result.output
+    assert "travel" in result.output and "home" in result.output
+    validation = json.loads((joint_run / "all_results.json").read_text())["validation"]["datasets"]
+    for name in DOMAINS:
+        metrics = json.loads((joint_run / name / "eval_validation" / "metrics.json").read_text())["metrics"]
+        # the saved model is the best epoch's: re-scoring validation gives the logged numbers
+        assert metrics["sentence_acc"] == pytest.approx(validation[name]["sentence_acc"])
+
+
+def test_joint_recipe_rejects_duplicate_names(tiny_recipe, domain_data):
+    from slu_feedback.training.trainer import TrainingError
+
+    recipe = tiny_recipe(f"data.path=[{domain_data / 'home'}, {domain_data / 'home'}]")
+    with pytest.raises(TrainingError, match="same name"):
+        train(recipe)
+
+
+def test_joint_resume_matches_uninterrupted(tiny_encoder, domain_data, tmp_path, joint_run):
+    """Interrupted after epoch 1 and resumed: the same final weights as the uninterrupted run."""
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.training.recipe import load_recipe
+
+    overrides = tiny_overrides(tiny_encoder, tmp_path / "run") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=3", "model.feedback.iterations=1"]
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
+    train(recipe, stop_after_epoch=1)
+    run = train(recipe, resume=True)
+    a, b = load_run(run / "home")[0].state_dict(), load_run(joint_run / "home")[0].state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_slu_parse_and_server_model_info_for_a_joint_run(joint_run):
+    from click.testing import CliRunner
+
+    from slu_feedback.cli.parse import main
+    from slu_feedback.inference.server import ServerSettings, model_info
+
+    result = CliRunner().invoke(main, [str(joint_run), "--text", "play some jazz", "--json", "--dataset", "home"])
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.output)
+    assert parsed["dataset"] == "home" and parsed["intent"] in DOMAINS["home"]
+    info = model_info(SLUParser.from_pretrained(joint_run), joint_run, ServerSettings(), False)
+    assert {name: set(d["intents"]) for name, d in info["datasets"].items()} == DOMAINS
