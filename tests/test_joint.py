@@ -131,3 +131,18 @@ def test_slu_parse_and_server_model_info_for_a_joint_run(joint_run):
     assert parsed["dataset"] == "home" and parsed["intent"] in DOMAINS["home"]
     info = model_info(SLUParser.from_pretrained(joint_run), joint_run, ServerSettings(), False)
     assert {name: set(d["intents"]) for name, d in info["datasets"].items()} == DOMAINS
+
+
+def test_influence_scores_each_dataset_of_a_joint_run(joint_run):
+    import csv
+
+    from click.testing import CliRunner
+
+    from slu_feedback.cli.influence import main
+
+    result = CliRunner().invoke(main, ["score", str(joint_run), "--solver", "explicit", "--scope", "heads"])
+    assert result.exit_code == 0, result.output
+    for name, n_train in (("travel", 80), ("home", 120)):
+        with (joint_run / name / "influence" / "influence.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == n_train and {r["intent"] for r in rows} == DOMAINS[name]

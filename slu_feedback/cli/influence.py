@@ -6,6 +6,9 @@
     slu-influence validate runs/atis-1 --n 40                        # leave-one-out + datamodeling
     torchrun --nproc_per_node 4 -m slu_feedback.cli.influence score runs/atis-1   # sharded gradients
 
+A joint run (one head pair per dataset) is scored per dataset: `score RUN` scores each
+`RUN/<dataset>`; prune and validate take `RUN/<dataset>`.
+
 Sign: positive influence = the sample HELPS the task (removing it would raise the task's
 validation loss).
 """
@@ -59,13 +62,24 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
     matrix, top-10 helpful/harmful per task) and histogram.png."""
     import torch
 
+    from ..inference.parser import joint_datasets
     from ..influence.report import score_run
 
     kw = {"max_iter": cg_iterations} if solver == "cg" else {"depth": lissa_depth} if solver == "lissa" else {}
-    summary = score_run(run_dir, out_dir, scope, solver, damping, batch_size,
-                        torch.float32 if float32 else torch.float64, **kw)
-    if not summary:  # not the main process
-        return
+    names = joint_datasets(run_dir)
+    if names and out_dir:
+        raise click.ClickException("--out applies to one dataset: pass RUN_DIR/<dataset> of a joint run")
+    for name in names or [""]:  # a joint run: each dataset's heads are scored on its own data
+        if name:
+            click.echo(f"== {name} ==")
+        run = f"{run_dir}/{name}" if name else run_dir
+        summary = score_run(run, out_dir, scope, solver, damping, batch_size,
+                            torch.float32 if float32 else torch.float64, **kw)
+        if summary:  # the main process reports
+            report_score(summary, scope, damping, out_dir or f"{run}/influence")
+
+
+def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> None:
     info = summary["solver"]
     click.echo(f"{summary['n_train']} utterances, scope {scope} ({summary['n_params']} parameters), "
                f"solver {info['solver']}, damping {damping}: {summary['seconds']['total']:.1f}s")
@@ -75,7 +89,7 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
     click.echo(f"{'':>10} {'intent':>12} {'slot':>12}")
     for source, row in summary["relatedness_mean"].items():
         click.echo(f"{source:>10} {row['intent']:12.3e} {row['slot']:12.3e}")
-    click.echo(f"wrote {out_dir or str(run_dir) + '/influence'}/influence.csv, summary.json, histogram.png")
+    click.echo(f"wrote {out_dir}/influence.csv, summary.json, histogram.png")
 
 
 @main.command()
