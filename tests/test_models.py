@@ -201,3 +201,20 @@ def test_bio_constrained_decoding_never_starts_a_span_with_I():
         model.config.bio_constraints = False
         if decoder == "softmax":
             assert model.decode_slots(logits, mask)[0].tolist() == [2, 2, 2, 2]
+
+
+def test_gate_logits_get_their_own_learning_rate():
+    from slu_feedback.training.recipe import load_recipe
+    from slu_feedback.training.trainer import param_groups
+
+    model = make_model(feedback={"iterations": 2})
+    betas = {id(model.slot_to_intent.beta), id(model.intent_to_slot.beta)}
+
+    def lr_of(recipe):
+        by_param = {id(p): g["lr"] for g in param_groups(model, recipe) for p in g["params"]}
+        return ({by_param[b] for b in betas}, by_param[id(model.slot_to_intent.amplifiers[0].weight)],
+                by_param[id(next(model.encoder.parameters()))])
+
+    assert lr_of(load_recipe(None, ["data.path=x", "optim.lr=1e-4", "optim.head_lr=1e-3"])) == ({1e-3}, 1e-3, 1e-4)
+    assert lr_of(load_recipe(None, ["data.path=x", "optim.lr=1e-4", "optim.head_lr=1e-3", "optim.gate_lr=0.05"])) \
+        == ({0.05}, 1e-3, 1e-4)

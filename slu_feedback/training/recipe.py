@@ -43,7 +43,8 @@ DEFAULTS = {
     },
     "optim": {
         "lr": 5e-5,  # encoder learning rate
-        "head_lr": 1e-3,  # heads, CRF, feedback gates
+        "head_lr": 1e-3,  # heads, CRF, feedback amplifiers
+        "gate_lr": None,  # the feedback gates' logits (which infusion point); default head_lr
         "weight_decay": 0.01,
         "warmup_ratio": 0.1,
         "max_grad_norm": 1.0,

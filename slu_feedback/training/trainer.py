@@ -147,17 +147,19 @@ def infusion_points(gates: dict) -> dict:
 
 
 def param_groups(model, recipe: dict) -> list:
-    """Encoder at `lr`, everything task-specific at `head_lr`; no weight decay on biases and norms."""
+    """Encoder at `lr`, everything task-specific at `head_lr`, the feedback gates' logits at
+    `gate_lr` (default `head_lr`); no weight decay on biases and norms."""
     optim = recipe["optim"]
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         encoder = name.startswith("encoder.")
+        gate = name.endswith(("slot_to_intent.beta", "intent_to_slot.beta"))
         decay = param.dim() > 1 and "embedding" not in name.lower()
-        key = (encoder, decay)
-        groups.setdefault(key, {"params": [], "lr": optim["lr"] if encoder else optim["head_lr"],
-                                "weight_decay": optim["weight_decay"] if decay else 0.0})["params"].append(param)
+        lr = optim["lr"] if encoder else (optim["gate_lr"] or optim["head_lr"]) if gate else optim["head_lr"]
+        groups.setdefault((encoder, gate, decay), {"params": [], "lr": lr,
+                                                   "weight_decay": optim["weight_decay"] if decay else 0.0})["params"].append(param)
     return list(groups.values())
 
 
