@@ -126,7 +126,7 @@ def main(argv=None):
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
-                      "compare_to": d or args.compare_to, "note": args.note, **provenance(),
+                      "compare_to": args.compare_to or d or None, "note": args.note, **provenance(),
                       **({"dataset": d, "joint_datasets": datasets} if d else {}),
                       "seeds": [r["seed"] for r in rows[d]], **summarise(rows[d]), "per_seed": rows[d]}
             RESULTS.mkdir(parents=True, exist_ok=True)

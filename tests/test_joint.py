@@ -52,9 +52,16 @@ def test_joint_run_layout_and_shared_encoder(joint_run):
     travel, _ = load_run(joint_run / "travel")
     home, _ = load_run(joint_run / "home")
     assert set(travel.config.intent_labels) == DOMAINS["travel"] and set(home.config.intent_labels) == DOMAINS["home"]
-    # one encoder was trained: both saved copies are the same weights, and they moved from the start
+    # both saved copies are the trained shared encoder: equal, and moved away from the initial weights
+    from transformers import AutoModel
+
+    initial = AutoModel.from_pretrained(travel.config.encoder).state_dict()
+    moved = 0
     for (name, a), b in zip(travel.encoder.state_dict().items(), home.encoder.state_dict().values()):
         assert torch.equal(a, b), name
+        key = name.removeprefix("model.")
+        moved += key in initial and not torch.equal(a, initial[key])
+    assert moved > 10
     with pytest.raises(RunError, match="joint"):
         load_run(joint_run)
 
@@ -146,3 +153,54 @@ def test_influence_scores_each_dataset_of_a_joint_run(joint_run):
         with (joint_run / name / "influence" / "influence.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == n_train and {r["intent"] for r in rows} == DOMAINS[name]
+
+
+def test_joint_model_shares_one_encoder_and_registers_each_parameter_once():
+    from slu_feedback.models import SLUConfig, SLUModel
+    from slu_feedback.models.joint import JointSLUModel, sub_state_dict
+    from transformers import BertConfig
+
+    encoder = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32).to_dict()
+    torch.manual_seed(0)
+    models = {name: SLUModel(SLUConfig(encoder="tiny", encoder_config=encoder, intent_labels=intents,
+                                       slot_labels=["O", "B-x", "I-x"], head_hidden=8, feedback={"iterations": 1}))
+              for name, intents in (("a", ["i", "j"]), ("b", ["k", "l", "m"]))}
+    joint = JointSLUModel(models)
+    assert joint.models["a"].encoder is joint.models["b"].encoder is joint.encoder
+    names = [n for n, _ in joint.named_parameters()]
+    assert len(names) == len({id(p) for p in joint.parameters()})  # each parameter once
+    expected = sum(p.numel() for p in joint.encoder.parameters()) + sum(
+        p.numel() for m in models.values() for n, p in m.named_parameters() if not n.startswith("encoder."))
+    assert sum(p.numel() for p in joint.parameters()) == expected
+    state = joint.state_dict()
+    # the encoder is saved once, under encoder.; the heads hold no copy of it
+    assert not any(k.split(".")[2] == "encoder" for k in state if k.startswith("heads."))
+    assert set(sub_state_dict(state, "b")) == set(models["b"].state_dict())
+
+    batch = {"input_ids": torch.randint(1, 50, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+             "word_index": torch.tensor([[1, 2, 3], [1, 2, 4]]), "word_mask": torch.ones(2, 3, dtype=torch.bool)}
+    joint.eval()
+    before = joint(dataset="a", **batch).intent_logits.clone()
+    # a step on dataset b's batch moves the encoder that dataset a's heads read, not a's heads
+    joint.train()
+    heads_a = [p.clone() for p in joint.heads["a"].parameters()]
+    optimizer = torch.optim.SGD(joint.parameters(), lr=1.0)
+    joint(dataset="b", **batch, intent_labels=torch.tensor([0, 2]), slot_labels=torch.tensor([[0, 1, 2], [0, 0, 1]])).loss.backward()
+    optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(heads_a, joint.heads["a"].parameters()))
+    joint.eval()
+    assert not models["a"].training and not torch.allclose(joint(dataset="a", **batch).intent_logits, before)
+
+
+def test_dataset_names_must_be_usable_as_run_folders(tiny_recipe, domain_data, tmp_path):
+    import shutil
+
+    from slu_feedback.training.recipe import load_recipe
+    from slu_feedback.training.trainer import TrainingError, dataset_paths
+
+    dotted = tmp_path / "home.v1.2"  # stem "home.v1": a dot
+    shutil.copytree(domain_data / "home", dotted)
+    with pytest.raises(TrainingError, match="cannot name a sub-directory"):
+        dataset_paths(tiny_recipe(f"data.path=[{domain_data / 'travel'}, {dotted}]"))
+    assert load_recipe(None, [f"data.path=[{domain_data / 'home'}]"])["data"]["path"] == str(domain_data / "home")

@@ -7,18 +7,24 @@ from .metrics import compute_metrics, intent_calibration
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator=None, iterations=None, keep_iterations=False, desc="predict") -> dict:
+def predict(model, dataloader, accelerator=None, iterations=None, keep_iterations=False, desc="predict",
+            dataset=None) -> dict:
     """Return per example: intent id and probability vector, slot ids per word, iterations used.
 
-    With `keep_iterations`, also the intent/slot ids of iteration 0 (before feedback)."""
+    With `keep_iterations`, also the intent/slot ids of iteration 0 (before feedback). `dataset`:
+    which head pair of a (prepared) `JointSLUModel` answers."""
     model.eval()
     raw = accelerator.unwrap_model(model) if accelerator else model
+    if dataset is not None:
+        raw = raw.models[dataset]
     out = {"intent": [], "intent_probs": [], "slots": [], "iterations": [], "intent_0": [], "slots_0": []}
     step_sum, count = None, 0
     disable = accelerator is not None and not accelerator.is_local_main_process
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=disable):
-        result = model(**{k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")},
-                       iterations=iterations, return_iterations=keep_iterations)
+        inputs = {k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")}
+        if dataset is not None:
+            inputs["dataset"] = dataset
+        result = model(**inputs, iterations=iterations, return_iterations=keep_iterations)
         probs = result.intent_logits.softmax(-1)
         slot_ids = raw.decode_slots(result.slot_logits, batch["word_mask"])
         lengths = batch["word_mask"].sum(1)
@@ -52,9 +58,10 @@ def to_labels(ids: list, vocabulary: list, length: int | None = None, fill: str 
     return labels
 
 
-def evaluate_split(model, loader, raw_split, config, accelerator=None, keep_iterations=False, iterations=None):
+def evaluate_split(model, loader, raw_split, config, accelerator=None, keep_iterations=False, iterations=None,
+                   dataset=None):
     """Predict a split and score it against its gold string labels. Returns (metrics, predictions)."""
-    result = predict(model, loader, accelerator, iterations=iterations, keep_iterations=keep_iterations)
+    result = predict(model, loader, accelerator, iterations=iterations, keep_iterations=keep_iterations, dataset=dataset)
     gold_intents, gold_slots = list(raw_split["intent"]), list(raw_split["slots"])
     pred_intents = [config.intent_labels[i] for i in result["intent"]]
     pred_slots = [to_labels(ids, config.slot_labels, len(gold)) for ids, gold in zip(result["slots"], gold_slots)]

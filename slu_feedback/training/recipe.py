@@ -126,6 +126,11 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
         recipe = _merge(recipe, update)
     if recipe["data"]["path"] is None:
         raise RecipeError("the recipe sets no data.path (add it to the YAML or pass data.path=...)")
+    if isinstance(recipe["data"]["path"], (list, tuple)):  # several datasets: a joint model
+        if not recipe["data"]["path"]:
+            raise RecipeError("data.path is an empty list")
+        if len(recipe["data"]["path"]) == 1:
+            recipe["data"]["path"] = recipe["data"]["path"][0]
     recipe["recipe_dir"] = str(path.parent.resolve()) if path else str(Path.cwd())
     recipe["recipe_name"] = path.stem if path else "recipe"
     return recipe

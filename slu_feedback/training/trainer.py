@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -56,7 +56,14 @@ def dataset_paths(recipe: dict) -> dict:
     names = [Path(str(p)).stem for p in path]
     if len(set(names)) < len(names):
         raise TrainingError(f"data.path lists datasets with the same name ({', '.join(names)}); each needs its own")
+    for name in names:  # a name is a folder of the run directory and a module name
+        if not name or "." in name or name in RESERVED_NAMES or name.startswith("eval_"):
+            raise TrainingError(f"data.path: dataset name {name!r} (from its folder or file name) cannot name a "
+                                f"sub-directory of the run; rename the folder (no dots, not {', '.join(RESERVED_NAMES)})")
     return dict(zip(names, path))
+
+
+RESERVED_NAMES = ("checkpoint", "tensorboard", "influence", "pruned", "model")
 
 
 def load_data(recipe: dict, path=None):
@@ -127,6 +134,8 @@ def mixed_batches(loaders: dict):
     iterators = {name: iter(loader) for name, loader in loaders.items()}
     for name in order:
         yield {**next(iterators[name]), "dataset": name}
+    for iterator in iterators.values():  # let each prepared loader finish (Accelerate's cleanup)
+        next(iterator, None)
 
 
 def mean_metrics(by_dataset: dict) -> dict:
@@ -155,9 +164,10 @@ def param_groups(model, recipe: dict) -> list:
         if not param.requires_grad:
             continue
         encoder = name.startswith("encoder.")
-        gate = name.endswith(("slot_to_intent.beta", "intent_to_slot.beta"))
+        # a group of its own only when gate_lr is set (checkpoints saved without one still resume)
+        gate = optim["gate_lr"] is not None and name.endswith(("slot_to_intent.beta", "intent_to_slot.beta"))
         decay = param.dim() > 1 and "embedding" not in name.lower()
-        lr = optim["lr"] if encoder else (optim["gate_lr"] or optim["head_lr"]) if gate else optim["head_lr"]
+        lr = optim["lr"] if encoder else optim["gate_lr"] if gate else optim["head_lr"]
         groups.setdefault((encoder, gate, decay), {"params": [], "lr": lr,
                                                    "weight_decay": optim["weight_decay"] if decay else 0.0})["params"].append(param)
     return list(groups.values())
@@ -169,9 +179,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
-    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that
+    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that; and
+    # its batches come from several loaders, so accumulation counts steps, not loader ends
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint else []
-    accelerator = Accelerator(gradient_accumulation_steps=train_cfg["grad_accum"], kwargs_handlers=handlers)
+    accumulation = GradientAccumulationPlugin(num_steps=train_cfg["grad_accum"], sync_with_dataloader=not joint)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, kwargs_handlers=handlers)
     if recipe["output_dir"]:
         run_dir = Path(recipe["output_dir"])
     elif resume:
@@ -206,8 +218,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                                        train_cfg["eval_batch_size"], tokenizer, False))
 
     optimizer = torch.optim.AdamW(param_groups(model, recipe))
-    batches_per_epoch = sum(len(loader) for loader in train_loaders)
-    updates_per_epoch = math.ceil(batches_per_epoch / (train_cfg["grad_accum"] * accelerator.num_processes))
+    # per process: each loader is sharded on its own (ceil per loader)
+    batches_per_epoch = sum(math.ceil(len(loader) / accelerator.num_processes) for loader in train_loaders)
+    updates_per_epoch = math.ceil(batches_per_epoch / train_cfg["grad_accum"])
     total_updates = updates_per_epoch * train_cfg["epochs"]
     n_proc = accelerator.num_processes  # the prepared scheduler advances n_proc times per update (split_batches=False)
     scheduler = get_linear_schedule_with_warmup(
@@ -215,7 +228,6 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *train_loaders, *val_loaders, scheduler)
     train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
     raw_model = accelerator.unwrap_model(model)
-    eval_models = {name: raw_model.models[name] for name in names} if joint else {"": model}
 
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
@@ -303,8 +315,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                      **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
                          "prior": raw_model.prior_probabilities()} if bayes else {})})
         epoch_seconds = time.time() - started
-        by_dataset = {name: evaluate_split(eval_models[name], val_loaders[name], parts[name][0]["validation"],
-                                           models[name].config, accelerator)[0] for name in names}
+        by_dataset = {name: evaluate_split(model, val_loaders[name], parts[name][0]["validation"], models[name].config,
+                                           accelerator, dataset=name or None)[0] for name in names}
         metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
         state["epoch"] = epoch + 1
         state["epoch_seconds"].append(epoch_seconds)
@@ -342,17 +354,18 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                    "train_examples": sum(len(data["train"]) for data, _ in parts.values()),
                    "gate_probabilities": state.get("gate_at_best", {}),
                    "infusion_points": infusion_points(state.get("gate_at_best", {}))}
+        if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
+            results["prior_weights"] = state.get("prior_at_best", {})
         if joint:
             results["datasets"] = names
             for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
+                own = {k: results[k].get(name, {}) for k in ("gate_probabilities", "infusion_points", "prior_weights")
+                       if k in results}
                 (run_dir / name / "all_results.json").write_text(json.dumps(
-                    {**results, "validation": (best["validation"]["datasets"][name] if best else None),
-                     "gate_probabilities": results["gate_probabilities"].get(name, {}),
-                     "infusion_points": results["infusion_points"].get(name, {}),
-                     "train_examples": len(data["train"]), "joint_run": str(run_dir), "datasets": names}, indent=1),
+                    {**results, **own, "validation": (best["validation"]["datasets"][name] if best else None),
+                     "train_examples": len(data["train"]), "joint_run": str(run_dir),
+                     "note": "train_seconds_per_epoch is the joint epoch (every dataset's batches)"}, indent=1),
                     encoding="utf-8")
-        if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
-            results["prior_weights"] = state.get("prior_at_best", {})
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         plot_training_curves(metrics_file, run_dir / "training_curves.png")
     if tensorboard is not None:
