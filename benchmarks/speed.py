@@ -1,7 +1,9 @@
-"""Feedback overhead, measured side by side in one process: training step time and inference
-throughput (batch 32) of the base model vs the same model with K feedback iterations.
+"""Overhead of an option, measured side by side in one process: training step time and inference
+throughput (batch 32) of the base model vs the same model with K feedback iterations
+(`--variant feedback`) or with the VMTL Bayesian head (`--variant vmtl`).
 
-    python benchmarks/speed.py --data atis --iterations 3
+    python benchmarks/speed.py --data atis --iterations 3      # -> results/speed_feedback_atis_hf.json
+    python benchmarks/speed.py --data atis --variant vmtl      # -> results/speed_vmtl_atis_hf.json
 
 The two models share the encoder weights and see the same batches; steps alternate between them
 so that machine noise hits both alike. Reports medians and their ratio.
@@ -25,18 +27,23 @@ from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import build_model_config, load_data, load_tokenizer  # noqa: E402
 
 
-def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str):
-    model_cfg = {**recipe["model"], "encoder_type": encoder_type,
+TARGETS = {"feedback": "training step ratio <= 1.15, inference ratio >= 0.85", "vmtl": "training step ratio <= 1.5"}
+
+
+def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str, head: str = "deterministic"):
+    model_cfg = {**recipe["model"], "encoder_type": encoder_type, "head": head,
                  "feedback": {**recipe["model"]["feedback"], "iterations": iterations}}
     config = build_model_config(model_cfg, label_maps, tokenizer)
     torch.manual_seed(0)
-    return SLUModel.from_encoder(config, resolve_encoder(model_cfg["encoder"]) if encoder_type == "hf" else None)
+    return SLUModel.from_encoder(config, resolve_encoder(model_cfg["encoder"]) if encoder_type == "hf" else None,
+                                 tokenizer=tokenizer)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="atis")
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--variant", default="feedback", choices=["feedback", "vmtl"])
+    parser.add_argument("--iterations", type=int, default=3, help="feedback iterations (--variant feedback)")
     parser.add_argument("--encoder-type", default="hf", choices=["hf", "bilstm"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model")
     parser.add_argument("--seed", type=int, default=0)
@@ -48,13 +55,15 @@ def main(argv=None):
     features = featurize(data["train"], tokenizer, label_maps, recipe["data"]["max_length"])
     torch.manual_seed(args.seed)
     batches = [b for _, b in zip(range(args.steps + 3), make_loader(features, 32, tokenizer, shuffle=True))]
+    other = args.variant
     models = {"base": build(recipe, label_maps, tokenizer, 0, args.encoder_type),
-              "feedback": build(recipe, label_maps, tokenizer, args.iterations, args.encoder_type)}
+              other: build(recipe, label_maps, tokenizer, args.iterations, args.encoder_type) if other == "feedback"
+              else build(recipe, label_maps, tokenizer, 0, args.encoder_type, head="vmtl")}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
 
     train_times = {k: [] for k in models}
     for i, batch in enumerate(batches):
-        for name in (("base", "feedback") if i % 2 == 0 else ("feedback", "base")):
+        for name in (("base", other) if i % 2 == 0 else (other, "base")):
             model, optimizer = models[name].train(), optimizers[name]
             start = time.perf_counter()
             model(**batch).loss.backward()
@@ -67,7 +76,7 @@ def main(argv=None):
     with torch.no_grad():
         for i, batch in enumerate(batches):
             inputs = {k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")}
-            for name in (("base", "feedback") if i % 2 == 0 else ("feedback", "base")):
+            for name in (("base", other) if i % 2 == 0 else (other, "base")):
                 model = models[name].eval()
                 start = time.perf_counter()
                 out = model(**inputs)
@@ -78,18 +87,21 @@ def main(argv=None):
     step = {k: statistics.median(v) for k, v in train_times.items()}
     infer = {k: 32 / statistics.median(v) for k, v in infer_times.items()}
     result = {
-        "benchmark": "speed_feedback", **provenance(), "seeds": [args.seed], "data": args.data,
-        "encoder_type": args.encoder_type, "iterations": args.iterations, "timed_steps": args.steps,
-        "train_step_seconds_median": step, "train_step_ratio": step["feedback"] / step["base"],
+        "benchmark": f"speed_{other}", **provenance(), "seeds": [args.seed], "data": args.data,
+        "encoder_type": args.encoder_type, "variant": other, "timed_steps": args.steps,
+        **({"iterations": args.iterations} if other == "feedback" else {}),
+        "train_step_seconds_median": step, "train_step_ratio": step[other] / step["base"],
         "inference_batch32_utt_per_s_median": infer,
-        "inference_throughput_ratio": infer["feedback"] / infer["base"],
+        "inference_throughput_ratio": infer[other] / infer["base"],
     }
+    what = f"K = {args.iterations}" if other == "feedback" else "VMTL head (training: MC samples of the recipe defaults)"
     result["summary_markdown"] = (
-        f"{args.data}, {args.encoder_type} encoder, K = {args.iterations}, {args.steps} alternating steps per model: "
-        f"training step {step['base']:.3f} s (base) vs {step['feedback']:.3f} s (feedback), ratio "
-        f"**{result['train_step_ratio']:.3f}** (target <= 1.15); inference at batch 32 {infer['base']:.0f} vs "
-        f"{infer['feedback']:.0f} utterances/s, ratio **{result['inference_throughput_ratio']:.3f}** (target >= 0.85).")
-    name = f"speed_feedback_{args.data}_{args.encoder_type}"
+        f"{args.data}, {args.encoder_type} encoder, {what}, {args.steps} alternating steps per model: "
+        f"training step {step['base']:.3f} s (base) vs {step[other]:.3f} s ({other}), ratio "
+        f"**{result['train_step_ratio']:.3f}**; inference at batch 32 {infer['base']:.0f} vs "
+        f"{infer[other]:.0f} utterances/s, ratio **{result['inference_throughput_ratio']:.3f}** "
+        f"(targets: {TARGETS[other]}).")
+    name = f"speed_{other}_{args.data}_{args.encoder_type}"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(result["summary_markdown"])
 
