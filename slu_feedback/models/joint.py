@@ -5,6 +5,9 @@ encoder sees every batch. Each dataset's model is an ordinary `SLUModel` whose `
 shared module, so it is saved, evaluated and parsed like a single-dataset run (the run directory
 holds one such folder per dataset, plus `joint.json`).
 
+With `head: vmtl` each dataset's priors mix its own two tasks' posteriors; priors across
+datasets (METHODS.md section 2, four tasks for ATIS+SNIPS) are not built yet.
+
 The per-dataset models are kept in a plain dict; only the shared encoder and each model's other
 children are registered here, so every parameter appears once in `state_dict()` (checkpoints and
 `accelerator.save_state` never see the encoder twice).
