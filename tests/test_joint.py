@@ -204,3 +204,23 @@ def test_dataset_names_must_be_usable_as_run_folders(tiny_recipe, domain_data, t
     with pytest.raises(TrainingError, match="cannot name a sub-directory"):
         dataset_paths(tiny_recipe(f"data.path=[{domain_data / 'travel'}, {dotted}]"))
     assert load_recipe(None, [f"data.path=[{domain_data / 'home'}]"])["data"]["path"] == str(domain_data / "home")
+
+
+def test_server_parses_a_joint_run_and_takes_a_dataset(joint_run):
+    from fastapi.testclient import TestClient
+
+    from slu_feedback.inference.server import create_app
+
+    parser = SLUParser.from_pretrained(joint_run)
+    texts = ["wake me up at 7 am", "book a table for two", "play some jazz"]
+    with TestClient(create_app(parser, joint_run)) as client:
+        free = client.post("/parse", json={"texts": texts}).json()
+        assert [r["dataset"] for r in free] == [parser(t)["dataset"] for t in texts]
+        for name in DOMAINS:
+            fixed = client.post("/parse", json={"texts": texts, "dataset": name}).json()
+            assert [r["dataset"] for r in fixed] == [name] * 3
+            assert all(r["intent"] in DOMAINS[name] for r in fixed)
+            assert fixed == parser(texts, dataset=name)
+        bad = client.post("/parse", json={"text": "hi", "dataset": "news"})
+        assert bad.status_code == 422 and "unknown dataset 'news'" in bad.json()["error"]
+        assert set(client.get("/model").json()["datasets"]) == set(DOMAINS)

@@ -134,6 +134,8 @@ BAD_REQUESTS = [  # (body, content type, status, part of the message)
     (b'{"text": "a", "texts": ["b"]}', "application/json", 422, "not both"),
     (b'{"txt": "play"}', "application/json", 422, "unknown field 'txt'"),
     (b'{"text": "play", "explain": "yes"}', "application/json", 422, "explain"),
+    (b'{"text": "play", "dataset": "atis"}', "application/json", 422, "joint runs only"),
+    (b'{"text": "play", "dataset": 3}', "application/json", 422, "dataset"),
     (b'{"text": "play"}', "text/plain", 422, ""),
     (json.dumps({"text": "x" * 20000}).encode(), "application/json", 413, "too large"),
 ]

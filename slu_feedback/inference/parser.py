@@ -67,17 +67,26 @@ class SLUParser:
     def device(self):
         return next(self.model.parameters()).device
 
-    def __call__(self, text, explain: bool = False, batch_size: int = 32):
-        """Parse one string (returns a dict) or a list of strings (returns a list of dicts)."""
+    def __call__(self, text, explain: bool = False, batch_size: int = 32, dataset=None):
+        """Parse one string (returns a dict) or a list of strings (returns a list of dicts).
+        `dataset` (joint runs): the dataset whose heads answer, for all texts or one per text
+        (None: the most confident)."""
         if isinstance(text, str):
-            return self.parse_batch([text], explain=explain)[0]
+            return self.parse_batch([text], explain=explain, datasets=[dataset])[0]
+        datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset] * len(text)
         results = []
         for start in range(0, len(text), batch_size):
-            results.extend(self.parse_batch(list(text[start:start + batch_size]), explain=explain))
+            results.extend(self.parse_batch(list(text[start:start + batch_size]), explain=explain,
+                                            datasets=datasets[start:start + batch_size]))
         return results
 
     @torch.no_grad()
-    def parse_batch(self, texts: list, explain: bool = False) -> list:
+    def parse_batch(self, texts: list, explain: bool = False, datasets: list | None = None) -> list:
+        for name in set(datasets or []) - {None}:
+            if name not in self.models:
+                raise ValueError(f"unknown dataset {name!r}: this model answers for "
+                                 + (", ".join(self.models) if len(self.models) > 1 or "" not in self.models
+                                    else "one dataset only (not a joint run)"))
         words = [tokenize(t if isinstance(t, str) else str(t)) for t in texts]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
@@ -94,6 +103,8 @@ class SLUParser:
         # a joint run answers each utterance with the dataset whose top intent is most confident
         confidence = torch.stack([out.intent_logits.softmax(-1).amax(-1) for out in outs.values()])
         chosen = [list(outs)[k] for k in confidence.argmax(0).tolist()]
+        if datasets:  # the caller's choice where given
+            chosen = [datasets[i] or name for i, name in zip(live, chosen)]
         decoded = {}  # per answering dataset, for the whole batch at once: probabilities and slot ids
         for name in set(chosen):
             out = outs[name]

@@ -5,6 +5,7 @@
     POST /parse   {"text": "..."}            -> the SLUParser dict
                   {"texts": ["...", ...]}    -> a list of SLUParser dicts, in order
                   optional "explain": true   -> adds the prediction at every feedback iteration
+                  optional "dataset": "atis" -> a joint run answers with that dataset's heads
     GET  /health  liveness and queue state
     GET  /model   labels, encoder, feedback settings, the run's all_results.json
     GET  /        a small web page to try utterances
@@ -56,6 +57,7 @@ class ParseRequest(BaseModel):
     text: StrictStr | None = None
     texts: list[StrictStr] | None = None
     explain: StrictBool = False
+    dataset: StrictStr | None = None  # joint runs: which dataset's heads answer (default: the most confident)
 
 
 # -- micro-batching -------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def _validation_message(errors) -> str:
     for error in errors:
         where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
         if error.get("type") == "extra_forbidden":
-            parts.append(f"unknown field {where!r} (expected 'text' or 'texts', and optionally 'explain')")
+            parts.append(f"unknown field {where!r} (expected 'text' or 'texts', and optionally 'explain', 'dataset')")
         elif error.get("type") == "missing" and not where:
             parts.append("missing JSON body: send {\"text\": \"...\"} or {\"texts\": [...]}")
         else:
@@ -184,7 +186,9 @@ def _validation_message(errors) -> str:
 # -- the app ----------------------------------------------------------------------------------------
 def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None = None, quantized: bool = False) -> FastAPI:
     settings = settings or ServerSettings()
-    batcher = MicroBatcher(lambda texts, explain: parser(texts, explain=explain, batch_size=settings.max_batch),
+    # the batcher's items are (text, dataset) pairs, so requests for different datasets share a batch
+    batcher = MicroBatcher(lambda items, explain: parser([t for t, _ in items], explain=explain, batch_size=settings.max_batch,
+                                                         dataset=[d for _, d in items]),
                            settings.max_batch, settings.wait_ms)
     started = time.time()
 
@@ -235,7 +239,11 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
                 error(422, f"{where} is empty or whitespace only: nothing to parse")
             if len(text) > settings.max_chars:
                 error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
-        results = await batcher.submit(texts, request.explain)
+        joint = len(parser.models) > 1 or "" not in parser.models
+        if request.dataset is not None and request.dataset not in parser.models:
+            error(422, f"unknown dataset {request.dataset!r}; this model answers for {', '.join(parser.models)}" if joint
+                  else "'dataset' applies to joint runs only; this model has one dataset")
+        results = await batcher.submit([(t, request.dataset) for t in texts], request.explain)
         return results[0] if request.text is not None else results
 
     @app.get("/health", summary="Liveness")
