@@ -90,8 +90,10 @@ def render() -> tuple:
                  f"- seeds: {r['seeds']}; best epochs: {[s['best_epoch'] for s in r['per_seed']]}",
                  "- validation: " + ", ".join(f"{label} {fmt(r['validation'][k])}" for k, label in METRICS),
                  f"- strict IOB2 slot F1 (test): {fmt(r['test']['slot_f1_strict'])}",
-                 f"- intent calibration (test): ECE {fmt(r['test'].get('intent_ece'))} %, NLL "
-                 + ("-" if "intent_nll" not in r["test"] else f"{r['test']['intent_nll']['mean']:.3f} ± {r['test']['intent_nll']['std']:.3f}"),
+                 "- intent calibration (test): " + ("not recorded (run before calibration was measured)"
+                                                   if "intent_ece" not in r["test"] else
+                                                   f"ECE {fmt(r['test']['intent_ece'])} %, NLL {r['test']['intent_nll']['mean']:.3f}"
+                                                   f" ± {r['test']['intent_nll']['std']:.3f}"),
                  f"- peak memory: {r['peak_memory_mb']:.0f} MB"]
         if r.get("note"):
             body.append(f"- note: {r['note']}")
