@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, mean_std, provenance  # noqa: E402
 
 from slu_feedback.evaluation.report import evaluate_run  # noqa: E402
-from slu_feedback.inference.parser import SLUParser, joint_datasets  # noqa: E402
+from slu_feedback.inference.parser import SLUParser  # noqa: E402
+from slu_feedback.models.joint import joint_datasets  # noqa: E402
 from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import train  # noqa: E402
 

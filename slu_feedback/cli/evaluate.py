@@ -17,7 +17,7 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
     intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
-    from ..inference.parser import joint_datasets
+    from ..models.joint import joint_datasets
 
     names = joint_datasets(run_dir)
     if names:  # a joint run: score each dataset with its own heads

@@ -62,7 +62,7 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
     matrix, top-10 helpful/harmful per task) and histogram.png."""
     import torch
 
-    from ..inference.parser import joint_datasets
+    from ..models.joint import joint_datasets
     from ..influence.report import score_run
 
     kw = {"max_iter": cg_iterations} if solver == "cg" else {"depth": lissa_depth} if solver == "lissa" else {}

@@ -19,7 +19,6 @@ slot `uncertainty`: the predictive entropy (nats) of the intent distribution, an
 span's words of the per-word slot entropy (MC-averaged distributions when `vmtl.predict: mc`).
 """
 
-import json
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from ..data.features import collate, encode_words
 from ..data.readers import bio_to_spans, tokenize
 from ..models import RunError, load_run
-from ..models.joint import JOINT_FILE
+from ..models.joint import joint_datasets
 
 
 class SLUParser:
@@ -182,9 +181,3 @@ class SLUParser:
     def _empty(text) -> dict:
         return {"text": text, "intent": None, "intent_score": 0.0, "top_intents": [], "slots": [],
                 "words": [], "tags": [], "iterations": 0}
-
-
-def joint_datasets(run_dir) -> list:
-    """The dataset names of a joint run directory ([] for a single-dataset run)."""
-    path = Path(run_dir) / JOINT_FILE
-    return json.loads(path.read_text(encoding="utf-8"))["datasets"] if path.exists() else []

@@ -13,6 +13,9 @@ children are registered here, so every parameter appears once in `state_dict()` 
 `accelerator.save_state` never see the encoder twice).
 """
 
+import json
+from pathlib import Path
+
 from torch import nn
 
 JOINT_FILE = "joint.json"  # in a joint run directory: {"datasets": [names]}
@@ -43,7 +46,7 @@ class JointSLUModel(nn.Module):
     @property
     def config(self):
         """The first dataset's config: the model settings (encoder, feedback, head) are shared."""
-        return next(iter(self.models.values())).config
+        return self.config_model.config
 
     # the trainer anneals these on "the model"; every dataset's heads follow
     def _set_all(self, attribute: str, value) -> None:
@@ -72,3 +75,9 @@ def sub_state_dict(state_dict: dict, name: str) -> dict:
     out = {k: v for k, v in state_dict.items() if k.startswith("encoder.")}
     out.update({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
     return out
+
+
+def joint_datasets(run_dir) -> list:
+    """The dataset names of a joint run directory ([] for a single-dataset run)."""
+    path = Path(run_dir) / JOINT_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["datasets"] if path.exists() else []

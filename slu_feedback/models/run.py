@@ -1,11 +1,11 @@
 """Load a trained run directory (what `slu-train` writes) with clear errors when it is incomplete."""
 
-import json
 from pathlib import Path
 
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
+from .joint import joint_datasets
 from .modeling import SLUModel
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json")
@@ -20,8 +20,8 @@ def load_run(run_dir, device: str = "cpu"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
-    if (run_dir / "joint.json").exists():
-        names = json.loads((run_dir / "joint.json").read_text(encoding="utf-8"))["datasets"]
+    names = joint_datasets(run_dir)
+    if names:
         raise RunError(f"{run_dir} is a joint run with one model per dataset; load one of "
                        f"{', '.join(str(run_dir / n) for n in names)} (SLUParser.from_pretrained loads them all)")
     missing = [name for name in REQUIRED if not (run_dir / name).exists()]

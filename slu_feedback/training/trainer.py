@@ -49,10 +49,8 @@ def dataset_paths(recipe: dict) -> dict:
     """{name: path}: {"": path} for one dataset; for a joint recipe (`data.path` a list) one entry
     per dataset, named after its folder or file (the run's sub-directory for that dataset)."""
     path = recipe["data"]["path"]
-    if not isinstance(path, (list, tuple)):
+    if not isinstance(path, (list, tuple)):  # (load_recipe turns a one-item list into its path)
         return {"": path}
-    if len(path) == 1:
-        return {"": path[0]}
     names = [Path(str(p)).stem for p in path]
     if len(set(names)) < len(names):
         raise TrainingError(f"data.path lists datasets with the same name ({', '.join(names)}); each needs its own")
