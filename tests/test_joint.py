@@ -224,3 +224,26 @@ def test_server_parses_a_joint_run_and_takes_a_dataset(joint_run):
         bad = client.post("/parse", json={"text": "hi", "dataset": "news"})
         assert bad.status_code == 422 and "unknown dataset 'news'" in bad.json()["error"]
         assert set(client.get("/model").json()["datasets"]) == set(DOMAINS)
+
+
+def test_joint_vmtl_priors_span_both_datasets(tiny_encoder, domain_data, tmp_path):
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.training.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, tmp_path / "run") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=1",
+        "model.head=vmtl", "model.vmtl.latent_dim=8"])
+    run = train(recipe)
+    results = json.loads((run / "all_results.json").read_text())
+    components = {"other", "standard_normal"}
+    assert set(results["prior_weights"]["travel"]["intent.latent"]) == components | {"home.intent", "home.slot"}
+    assert set(results["prior_weights"]["home"]["slot.weight"]) == components | {"travel.intent", "travel.slot"}
+    home, _ = load_run(run / "home")  # a dataset folder reloads on its own, peers named in its config
+    assert home.config.vmtl["peer_tasks"] == ["travel.intent", "travel.slot"] and home.vmtl_peers == {}
+    assert SLUParser.from_pretrained(run)("set an alarm for 6 am")["dataset"] in DOMAINS
+    # across_datasets: false keeps each dataset's priors to its own two tasks
+    off = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, tmp_path / "off") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=1",
+        "model.head=vmtl", "model.vmtl.latent_dim=8", "model.vmtl.across_datasets=false"])
+    results = json.loads((train(off) / "all_results.json").read_text())
+    assert set(results["prior_weights"]["travel"]["intent.latent"]) == components

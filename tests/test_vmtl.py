@@ -80,6 +80,70 @@ def test_prior_weights_sum_to_one_and_get_gradient():
         assert model.intent_head.label_embeddings.grad is None, "e_c is fixed"
 
 
+def _posterior(mu, logvar):
+    classes = torch.zeros(2, mu.shape[-1])
+    return vmtl.Posterior(mu, logvar, classes, classes, torch.zeros(2), None)
+
+
+def test_a_peer_task_joins_each_prior_at_the_level_of_the_task():
+    """Cross-dataset priors: with all weight on the peer component the KL is the KL to the peer's
+    posterior (pooled over words for the intent task, broadcast to words for the slot task); a
+    missing peer drops out of the mixture and the other weights are renormalised."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
+    intent = _posterior(torch.randn(2, 4), 0.3 * torch.randn(2, 4))
+    slot = _posterior(torch.randn(2, 3, 4), 0.3 * torch.randn(2, 3, 4))
+    peer_intent = _posterior(torch.randn(2, 4), 0.3 * torch.randn(2, 4))
+    peer_slot = _posterior(torch.randn(2, 3, 4), 0.3 * torch.randn(2, 3, 4))
+    on = lambda i: torch.eye(4)[i]  # noqa: E731  components: other, peer intent, peer slot, N(0, I)
+    kl = vmtl.task_kl(intent, [slot, peer_intent, peer_slot], on(1), mask, None, "single")
+    assert kl.item() == pytest.approx(vmtl.gaussian_kl(intent.mu, intent.logvar, peer_intent.mu,
+                                                       peer_intent.logvar.exp()).mean().item(), rel=1e-5)
+    kl = vmtl.task_kl(intent, [slot, peer_intent, peer_slot], on(2), mask, None, "single")
+    pooled_mu, pooled_var = vmtl.masked_mean(peer_slot.mu, mask), vmtl.masked_mean(peer_slot.logvar.exp(), mask)
+    assert kl.item() == pytest.approx(vmtl.gaussian_kl(intent.mu, intent.logvar, pooled_mu, pooled_var).mean().item(),
+                                      rel=1e-5)
+    kl = vmtl.task_kl(slot, [intent, peer_intent, peer_slot], on(1), mask, None, "single")
+    per_word = vmtl.gaussian_kl(slot.mu, slot.logvar, peer_intent.mu.unsqueeze(1), peer_intent.logvar.exp().unsqueeze(1))
+    per_utterance = [per_word[i][mask[i]].mean() for i in range(2)]  # mean over real words, then utterances
+    assert kl.item() == pytest.approx(torch.stack(per_utterance).mean().item(), rel=1e-5)
+    # a peer equal to the task's own posterior gives KL 0
+    assert vmtl.task_kl(slot, [intent, peer_intent, slot], on(2), mask, None, "single").item() == pytest.approx(0, abs=1e-6)
+    # missing peers: (0.5, 0.2, 0.1, 0.2) without the two peers is (0.5, 0.2) / 0.7
+    alpha = torch.tensor([0.5, 0.2, 0.1, 0.2])
+    missing = vmtl.task_kl(intent, [slot, None, None], alpha, mask, None, "single")
+    alone = vmtl.task_kl(intent, [slot], torch.tensor([0.5, 0.2]) / 0.7, mask, None, "single")
+    assert missing.item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+def test_joint_vmtl_priors_mix_the_other_datasets_tasks():
+    from slu_feedback.models.joint import JointSLUModel
+
+    peers = {"a": ["b.intent", "b.slot"], "b": ["a.intent", "a.slot"]}
+    models = {name: make_vmtl(seed=i, vmtl={"peer_tasks": peers[name]}) for i, name in enumerate(("a", "b"))}
+    joint = JointSLUModel(models).train()
+    a = models["a"]
+    assert a.vmtl_prior.components == ("other", "b.intent", "b.slot", "standard_normal")
+    assert a.peer_heads() == [models["b"].intent_head, models["b"].slot_head]
+    assert not any(name.startswith("heads.a.vmtl_peers") for name, _ in joint.named_parameters())
+    out = joint("a", **make_batch(), **labels())
+    out.loss.backward()
+    for beta in (a.vmtl_prior.latent_beta, a.vmtl_prior.weight_beta):
+        assert (beta.grad[:, 1:3].abs() > 0).all(), "the peer components' weights learn"
+    assert all(p.grad is None for n, p in models["b"].named_parameters() if not n.startswith("encoder.")), \
+        "the peer's posteriors are detached: dataset a's loss does not train b's heads"
+    # the same model without its peer (a dataset folder loaded on its own) still has a finite loss,
+    # and a different one: the peer components are gone from its priors
+    a.vmtl_peers = {}
+    torch.manual_seed(0)
+    alone = a(**make_batch(), **labels())
+    a.vmtl_peers = {"b": models["b"]}
+    torch.manual_seed(0)
+    joined = a(**make_batch(), **labels())
+    assert torch.isfinite(alone.loss) and alone.loss_parts["kl_z"] != pytest.approx(joined.loss_parts["kl_z"])
+    assert alone.loss_parts["intent"] == pytest.approx(joined.loss_parts["intent"]), "same samples, same CE"
+
+
 # -- label names ----------------------------------------------------------------------------------
 def test_label_texts():
     assert vmtl.label_text("B-fromloc.city_name") == "from location city name"

@@ -25,6 +25,8 @@ DEFAULT_VMTL = {  # the Bayesian head (model.head: vmtl, METHODS.md section 2; s
     "tau_min": 0.5,  # ... annealed towards this value by the end of training
     "prior": "single",  # single (one Gaussian, closed-form KL) | mixture (mixture density, Monte Carlo KL)
     "predict": "mean",  # mean (posterior means, fast) | mc (average over S samples)
+    "across_datasets": True,  # joint runs: priors also mix the other datasets' intent and slot posteriors
+    "peer_tasks": [],  # set by slu-train, not in recipes: this dataset's peer tasks, e.g. ["snips.intent", "snips.slot"]
 }
 HEADS = ("deterministic", "vmtl")
 

@@ -5,8 +5,10 @@ encoder sees every batch. Each dataset's model is an ordinary `SLUModel` whose `
 shared module, so it is saved, evaluated and parsed like a single-dataset run (the run directory
 holds one such folder per dataset, plus `joint.json`).
 
-With `head: vmtl` each dataset's priors mix its own two tasks' posteriors; priors across
-datasets (METHODS.md section 2, four tasks for ATIS+SNIPS) are not built yet.
+With `head: vmtl` and `vmtl.across_datasets` (the default), each task's priors mix the other task
+of its dataset and the intent and slot tasks of every other dataset, all on the same input
+(METHODS.md section 2: four tasks for ATIS+SNIPS). Each model gets the others as `vmtl_peers`;
+its config names them (`vmtl.peer_tasks`), so a dataset's folder reloads on its own.
 
 The per-dataset models are kept in a plain dict; only the shared encoder and each model's other
 children are registered here, so every parameter appears once in `state_dict()` (checkpoints and
@@ -33,6 +35,7 @@ class JointSLUModel(nn.Module):
         for name, model in models.items():
             model.encoder = self.encoder
             self.heads[name] = nn.ModuleDict({k: v for k, v in model.named_children() if k != "encoder"})
+            model.vmtl_peers = {other: m for other, m in models.items() if other != name}
 
     def forward(self, dataset: str, **batch):
         return self.models[dataset](**batch)

@@ -80,7 +80,10 @@ class SLUModel(PreTrainedModel):
                                                     embedding_dim, texts(c.intent_labels))
         self.slot_head = vmtl_lib.VariationalHead(width, c.head_hidden, c.slot_labels, c.dropout, latent,
                                                   embedding_dim, texts(c.slot_labels))
-        self.vmtl_prior = vmtl_lib.PriorMixture(("intent", "slot"))
+        self.vmtl_prior = vmtl_lib.PriorMixture(("intent", "slot"), peers=c.vmtl["peer_tasks"])
+        # {dataset: SLUModel} of a joint run, attached by JointSLUModel; a plain dict, so the peers'
+        # parameters are not registered (or saved) twice. Empty for a model on its own.
+        self.vmtl_peers = {}
 
     def embed_label_names(self, tokenizer) -> None:
         """e_c: each label text embedded with the encoder's input word embeddings (mean of its word
@@ -224,6 +227,8 @@ class SLUModel(PreTrainedModel):
 
         loss = loss_parts = None
         if intent_labels is not None and slot_labels is not None:
+            if posteriors is not None:
+                posteriors["peers"] = self.peer_posteriors(utterance, words)
             loss, loss_parts = self.compute_loss(all_intent, all_slot, steps, intent_labels, slot_labels, word_mask,
                                                  posteriors)
         return SLUOutput(
@@ -268,20 +273,48 @@ class SLUModel(PreTrainedModel):
             parts["conv"] = conv.item()
         return loss, parts
 
+    def peer_heads(self) -> list:
+        """The heads of `vmtl.peer_tasks` ("dataset.intent" / "dataset.slot"), None where the peer
+        dataset's model is not attached (a dataset's model loaded on its own)."""
+        heads = []
+        for task in self.config.vmtl["peer_tasks"]:
+            dataset, kind = task.rsplit(".", 1)
+            peer = self.vmtl_peers.get(dataset)
+            heads.append(None if peer is None else getattr(peer, f"{kind}_head"))
+        return heads
+
+    @torch.no_grad()
+    def peer_posteriors(self, utterance, words) -> list:
+        """The peer tasks' posteriors on this input, the cross-dataset components of the VMTL
+        priors: their heads at iteration 0, without dropout and without gradient."""
+        out = []
+        for task, head in zip(self.config.vmtl["peer_tasks"], self.peer_heads()):
+            if head is None:
+                out.append(None)
+                continue
+            training = head.training
+            out.append(head.eval()(utterance if task.endswith(".intent") else words)[1])
+            head.train(training)
+        return out
+
     def vmtl_loss(self, posteriors, steps, intent_labels, slot_labels, word_mask):
         c, v = self.config, self.config.vmtl
         samples, form = int(v["samples"]), v["prior"]
         alpha = self.vmtl_prior.weights(self.vmtl_tau)
         weights = self.iteration_weights(len(posteriors["intent"]) - 1)
+        peers = posteriors.get("peers") or [None] * len(v["peer_tasks"])
         loss, kl_z = 0.0, 0.0
         for w, intent, slot in zip(weights, posteriors["intent"], posteriors["slot"]):
             intent_ce, slot_ce, kl_intent, kl_slot = vmtl_lib.iteration_loss(
-                intent, slot, intent_labels, slot_labels, word_mask, alpha, samples, form)
+                intent, slot, intent_labels, slot_labels, word_mask, alpha, samples, form, peers)
             kl_z = kl_intent + kl_slot
             loss = loss + w * (c.intent_loss_weight * (intent_ce + self.kl_weight * v["beta_z"] * kl_intent)
                                + c.slot_loss_weight * (slot_ce + self.kl_weight * v["beta_z"] * kl_slot))
-        kl_w = (vmtl_lib.weight_kl(self.intent_head, self.slot_head, alpha["weight", "intent"], samples, form)
-                + vmtl_lib.weight_kl(self.slot_head, self.intent_head, alpha["weight", "slot"], samples, form))
+        peer_heads = self.peer_heads()
+        kl_w = (vmtl_lib.weight_kl(self.intent_head, [self.slot_head, *peer_heads], alpha["weight", "intent"],
+                                   samples, form)
+                + vmtl_lib.weight_kl(self.slot_head, [self.intent_head, *peer_heads], alpha["weight", "slot"],
+                                     samples, form))
         loss = loss + self.kl_weight * v["beta_w"] * kl_w
         parts = {"intent": intent_ce.item(), "slot": slot_ce.item(), "kl_z": float(kl_z.detach()), "kl_w": kl_w.item()}
         if steps is not None:

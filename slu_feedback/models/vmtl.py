@@ -11,13 +11,17 @@ Each task (intent, slot) replaces the final Linear of its head by a variational 
   reparameterisation trick for z and local reparameterisation for w (the logit of class c given z
   is Gaussian with mean z.m_c and variance sum_k z_k^2 s_ck^2).
 
-Priors (components: the OTHER task's posterior on the same input, detached, plus N(0, I);
-weights `alpha_t = GumbelSoftmax(beta_t, tau)` during training, softmax(beta_t) at evaluation):
+Priors (components: the OTHER task's posterior on the same input, detached, then, in a joint
+run with `vmtl.across_datasets`, the other datasets' intent and slot posteriors on the same input
+(`vmtl.peer_tasks`), then N(0, I); weights `alpha_t = GumbelSoftmax(beta_t, tau)` during
+training, softmax(beta_t) at evaluation):
 
-- latent: for the intent task the slot posterior is mean-pooled over real words (mean of the
-  means and mean of the variances: a summary, not the law of the average); for the slot task the
-  intent posterior is broadcast to every word;
-- weights: the other task's generator applied to this task's `e_c` (detached);
+- latent: for an utterance-level (intent) task, word-level posteriors are mean-pooled over real
+  words (mean of the means and mean of the variances: a summary, not the law of the average); for
+  the slot task, utterance-level posteriors are broadcast to every word;
+- weights: the other tasks' generators applied to this task's `e_c` (detached);
+- a dataset's model loaded on its own has no peers: its loss (influence scoring) then uses the
+  components it has, alpha renormalised over them;
 - `prior: single` (default, as in the authors' code): N(sum_j a_j mu_j, diag sum_j a_j^2 var_j),
   closed-form KL; `prior: mixture`: the true mixture density, KL by Monte Carlo over the
   posterior samples (the entropy of q is analytic, only E_q[log p] is sampled).
@@ -259,15 +263,15 @@ def init_bilinear(module) -> None:
 
 
 class PriorMixture(nn.Module):
-    """Learnable Gumbel-softmax weights of each task's priors over (other task, N(0, I))."""
+    """Learnable Gumbel-softmax weights of each task's priors over (the other task, the peer
+    tasks of other datasets, N(0, I))."""
 
-    COMPONENTS = ("other", "standard_normal")
-
-    def __init__(self, tasks=("intent", "slot")):
+    def __init__(self, tasks=("intent", "slot"), peers=()):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.latent_beta = nn.Parameter(torch.zeros(len(self.tasks), len(self.COMPONENTS)))
-        self.weight_beta = nn.Parameter(torch.zeros(len(self.tasks), len(self.COMPONENTS)))
+        self.components = ("other", *peers, "standard_normal")
+        self.latent_beta = nn.Parameter(torch.zeros(len(self.tasks), len(self.components)))
+        self.weight_beta = nn.Parameter(torch.zeros(len(self.tasks), len(self.components)))
 
     def weights(self, tau: float) -> dict:
         """{("latent"|"weight", task): alpha}: Gumbel-softmax samples while training, softmax at eval."""
@@ -282,7 +286,7 @@ class PriorMixture(nn.Module):
         out = {}
         for kind, beta in (("latent", self.latent_beta), ("weight", self.weight_beta)):
             for i, task in enumerate(self.tasks):
-                out[f"{task}.{kind}"] = dict(zip(self.COMPONENTS, beta[i].detach().softmax(-1).tolist()))
+                out[f"{task}.{kind}"] = dict(zip(self.components, beta[i].detach().softmax(-1).tolist()))
         return out
 
 
@@ -294,43 +298,73 @@ def masked_mean(x, mask):
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+def utterance_level(posterior: Posterior, word_mask):
+    """(mean, variance) of a posterior at utterance level, detached: word-level ones mean-pooled."""
+    mu, var = posterior.mu.detach(), posterior.logvar.detach().exp()
+    if mu.dim() == 3:
+        return masked_mean(mu, word_mask), masked_mean(var, word_mask)
+    return mu, var
+
+
+def word_level(posterior: Posterior, like):
+    """(mean, variance) of a posterior at word level, detached: utterance-level ones broadcast."""
+    mu, var = posterior.mu.detach(), posterior.logvar.detach().exp()
+    if mu.dim() == 2:
+        return mu.unsqueeze(1).expand_as(like), var.unsqueeze(1).expand_as(like)
+    return mu, var
+
+
+def available(alpha, others: list):
+    """alpha over (others..., N(0, I)) without the components whose posterior is missing (None),
+    renormalised; and the others that are present."""
+    keep = [i for i, other in enumerate(others) if other is not None] + [len(others)]
+    if len(keep) == len(alpha):
+        return alpha, list(others)
+    return alpha[keep] / alpha[keep].sum(), [others[i] for i in keep[:-1]]
+
+
+def task_kl(posterior: Posterior, others: list, alpha, word_mask, z, form: str) -> torch.Tensor:
+    """KL_z of one task to its prior: the `others` posteriors (detached, brought to this task's
+    level) and N(0, I), mixed by alpha. Mean over utterances or real words."""
+    alpha, others = available(alpha, others)
+    if posterior.mu.dim() == 2:
+        components = [utterance_level(other, word_mask) for other in others]
+    else:
+        components = [word_level(other, posterior.mu) for other in others]
+    mus = [m for m, _ in components] + [torch.zeros_like(posterior.mu)]
+    variances = [v for _, v in components] + [torch.ones_like(posterior.mu)]
+    kl = prior_kl(posterior.mu, posterior.logvar, alpha, mus, variances, form, z)
+    return kl.mean() if posterior.mu.dim() == 2 else masked_mean(kl.unsqueeze(-1), word_mask).mean()
+
+
 def iteration_loss(intent: Posterior, slot: Posterior, intent_labels, slot_labels, word_mask, alpha: dict,
-                   samples: int, form: str):
-    """Monte Carlo cross-entropy and KL_z of both tasks at one feedback iteration."""
+                   samples: int, form: str, peers: list = ()):
+    """Monte Carlo cross-entropy and KL_z of both tasks at one feedback iteration. `peers`: the
+    other datasets' posteriors on this input (None where a peer is not attached)."""
     z_intent, z_slot = intent.sample_z(samples), slot.sample_z(samples)
     intent_logits, slot_logits = intent.sample_logits(z_intent), slot.sample_logits(z_slot)
     intent_ce = F.cross_entropy(intent_logits.flatten(0, -2), intent_labels.repeat(samples), ignore_index=-100)
     slot_ce = F.cross_entropy(slot_logits.flatten(0, -2), slot_labels.repeat(samples, 1).flatten(), ignore_index=-100)
-
-    normal = lambda like: (torch.zeros_like(like), torch.ones_like(like))  # noqa: E731
-    # intent prior: the slot posterior mean-pooled over real words (detached), and N(0, I)
-    pooled_mu = masked_mean(slot.mu.detach(), word_mask)
-    pooled_var = masked_mean(slot.logvar.detach().exp(), word_mask)
-    zero, one = normal(intent.mu)
-    kl_intent = prior_kl(intent.mu, intent.logvar, alpha["latent", "intent"], [pooled_mu, zero],
-                         [pooled_var, one], form, z_intent).mean()
-    # slot prior: the intent posterior broadcast to every word (detached), and N(0, I)
-    other_mu = intent.mu.detach().unsqueeze(1).expand_as(slot.mu)
-    other_var = intent.logvar.detach().exp().unsqueeze(1).expand_as(slot.mu)
-    zero, one = normal(slot.mu)
-    kl_words = prior_kl(slot.mu, slot.logvar, alpha["latent", "slot"], [other_mu, zero], [other_var, one],
-                        form, z_slot)
-    kl_slot = masked_mean(kl_words.unsqueeze(-1), word_mask).mean()
+    kl_intent = task_kl(intent, [slot, *peers], alpha["latent", "intent"], word_mask, z_intent, form)
+    kl_slot = task_kl(slot, [intent, *peers], alpha["latent", "slot"], word_mask, z_slot, form)
     return intent_ce, slot_ce, kl_intent, kl_slot
 
 
-def weight_kl(head: VariationalHead, other: VariationalHead, alpha, samples: int, form: str) -> torch.Tensor:
-    """KL of a task's classifier-weight posterior (role-free part) to its prior: the other task's
-    generator on the same label embeddings (detached), and N(0, I). Mean over classes."""
+def weight_kl(head: VariationalHead, others: list, alpha, samples: int, form: str) -> torch.Tensor:
+    """KL of a task's classifier-weight posterior (role-free part) to its prior: the other tasks'
+    generators on the same label embeddings (detached; None where missing), and N(0, I). Mean over
+    classes."""
+    alpha, others = available(alpha, others)
     embeddings = head.label_embeddings.detach()
     mean, logvar = head.generator(embeddings)
     with torch.no_grad():
-        other_mean, other_logvar = other.generator(embeddings)
-    zero, one = torch.zeros_like(mean), torch.ones_like(mean)
+        generated = [other.generator(embeddings) for other in others]
+    mus = [m for m, _ in generated] + [torch.zeros_like(mean)]
+    variances = [lv.exp() for _, lv in generated] + [torch.ones_like(mean)]
     w = None
     if form == "mixture":
         w = mean + (0.5 * logvar).exp() * torch.randn((samples, *mean.shape), device=mean.device, dtype=mean.dtype)
-    return prior_kl(mean, logvar, alpha, [other_mean, zero], [other_logvar.exp(), one], form, w).mean()
+    return prior_kl(mean, logvar, alpha, mus, variances, form, w).mean()
 
 
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:

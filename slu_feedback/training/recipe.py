@@ -38,7 +38,7 @@ DEFAULTS = {
         "lstm_layers": 2,
         "feedback": dict(DEFAULT_FEEDBACK),
         "head": "deterministic",  # deterministic | vmtl (Bayesian head, METHODS.md section 2)
-        "vmtl": dict(DEFAULT_VMTL),
+        "vmtl": {k: v for k, v in DEFAULT_VMTL.items() if k != "peer_tasks"},  # peer_tasks: set by the trainer
         "label_names": None,  # vmtl: {label: text} overrides of the label texts (a mapping of any labels)
     },
     "optim": {

@@ -80,11 +80,19 @@ def load_tokenizer(model_cfg: dict):
     return AutoTokenizer.from_pretrained(resolve_encoder(name))
 
 
-def build_model_config(model_cfg: dict, label_maps, tokenizer) -> SLUConfig:
+def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
+    """The other datasets' tasks whose posteriors join dataset `name`'s VMTL priors."""
+    if model_cfg["head"] != "vmtl" or not model_cfg["vmtl"]["across_datasets"]:
+        return []
+    return [f"{other}.{task}" for other in names if other != name for task in ("intent", "slot")]
+
+
+def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = ()) -> SLUConfig:
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints", "intent_loss_weight",
             "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
             "label_names"]
     kwargs = {k: model_cfg[k] for k in keys}
+    kwargs["vmtl"] = {**kwargs["vmtl"], "peer_tasks": list(peers)}
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
@@ -202,8 +210,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     names = list(parts)
     tokenizer = load_tokenizer(recipe["model"])
     encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
-    models = {name: SLUModel.from_encoder(build_model_config(recipe["model"], labels, tokenizer), encoder_path,
-                                          tokenizer=tokenizer) for name, (_, labels) in parts.items()}
+    models = {name: SLUModel.from_encoder(
+        build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name)),
+        encoder_path, tokenizer=tokenizer) for name, (_, labels) in parts.items()}
     model = JointSLUModel(models) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
 
