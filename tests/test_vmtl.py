@@ -128,6 +128,7 @@ def test_joint_vmtl_priors_mix_the_other_datasets_tasks():
     assert not any(name.startswith("heads.a.vmtl_peers") for name, _ in joint.named_parameters())
     out = joint("a", **make_batch(), **labels())
     out.loss.backward()
+    assert models["b"].intent_head.training and models["b"].slot_head.dropout.training, "peer modes restored"
     for beta in (a.vmtl_prior.latent_beta, a.vmtl_prior.weight_beta):
         assert (beta.grad[:, 1:3].abs() > 0).all(), "the peer components' weights learn"
     assert all(p.grad is None for n, p in models["b"].named_parameters() if not n.startswith("encoder.")), \
@@ -142,6 +143,22 @@ def test_joint_vmtl_priors_mix_the_other_datasets_tasks():
     joined = a(**make_batch(), **labels())
     assert torch.isfinite(alone.loss) and alone.loss_parts["kl_z"] != pytest.approx(joined.loss_parts["kl_z"])
     assert alone.loss_parts["intent"] == pytest.approx(joined.loss_parts["intent"]), "same samples, same CE"
+    # all prior weight on b.intent: a's KL_z is the KL to b's intent posterior (no dropout), pooled
+    # for a.intent and broadcast to the words for a.slot
+    a.eval()  # no dropout, no Gumbel noise: softmax(beta) is the weight
+    with torch.no_grad():
+        a.vmtl_prior.latent_beta.copy_(torch.tensor([[-30.0, 30.0, -30.0, -30.0]] * 2))
+        batch = make_batch()
+        out = a(**batch, **labels(), iterations=0)
+        utterance, words = a.encode(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+        _, mine_i = a.intent_head(utterance)
+        _, mine_s = a.slot_head(words)
+        _, peer = models["b"].intent_head.eval()(utterance)
+    mask = batch["word_mask"]
+    expected = (vmtl.gaussian_kl(mine_i.mu, mine_i.logvar, peer.mu, peer.logvar.exp()).mean()
+                + vmtl.masked_mean(vmtl.gaussian_kl(mine_s.mu, mine_s.logvar, peer.mu.unsqueeze(1),
+                                                    peer.logvar.exp().unsqueeze(1)).unsqueeze(-1), mask).mean())
+    assert out.loss_parts["kl_z"] == pytest.approx(expected.item(), rel=1e-4)
 
 
 # -- label names ----------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ training, softmax(beta_t) at evaluation):
   words (mean of the means and mean of the variances: a summary, not the law of the average); for
   the slot task, utterance-level posteriors are broadcast to every word;
 - weights: the other tasks' generators applied to this task's `e_c` (detached);
-- a dataset's model loaded on its own has no peers: its loss (influence scoring) then uses the
-  components it has, alpha renormalised over them;
+- the same-dataset component is the other task at the same feedback iteration; the peers are the
+  other datasets' heads at iteration 0, run without dropout;
+- a dataset's model loaded on its own has no peers: if `forward` is given labels, its loss uses
+  the components it has, alpha renormalised over them;
 - `prior: single` (default, as in the authors' code): N(sum_j a_j mu_j, diag sum_j a_j^2 var_j),
   closed-form KL; `prior: mixture`: the true mixture density, KL by Monte Carlo over the
   posterior samples (the entropy of q is analytic, only E_q[log p] is sampled).
@@ -317,6 +319,8 @@ def word_level(posterior: Posterior, like):
 def available(alpha, others: list):
     """alpha over (others..., N(0, I)) without the components whose posterior is missing (None),
     renormalised; and the others that are present."""
+    if len(others) + 1 != len(alpha):
+        raise ValueError(f"{len(alpha)} prior weights for {len(others)} posteriors and N(0, I)")
     keep = [i for i, other in enumerate(others) if other is not None] + [len(others)]
     if len(keep) == len(alpha):
         return alpha, list(others)

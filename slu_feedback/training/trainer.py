@@ -249,8 +249,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # a damaged file: name the checkpoint, keep the cause
+            hint = ""
+            if "vmtl_prior" in str(error):  # joint VMTL runs from before priors spanned the datasets
+                hint = " (a joint VMTL run started before vmtl.across_datasets: add model.vmtl.across_datasets=false)"
             raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
-                                f"{error}); run without --resume to start over") from error
+                                f"{error}){hint}; run without --resume to start over") from error
         accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
         if accelerator.is_main_process:  # forget what was logged after the checkpoint: it is redone
             kept = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] <= state["epoch"]]
