@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def infused_hidden(head, x, infusions):
+    """Points 0 and 1 of a head (`Head` or the VMTL `VariationalHead`): the input plus its
+    infusion, through the hidden layer, plus the hidden layer's infusion."""
+    if infusions[0] is not None:
+        x = x + infusions[0]
+    h = F.gelu(head.hidden(head.dropout(x)))
+    return h if infusions[1] is None else h + infusions[1]
+
+
 class Head(nn.Module):
     """Two-layer task head. Infusion points: 0 = head input, 1 = hidden layer input, 2 = logits.
 
@@ -23,11 +32,7 @@ class Head(nn.Module):
         self.widths = (in_dim, hidden, num_labels)
 
     def forward(self, x, infusions=(None, None, None)):
-        if infusions[0] is not None:
-            x = x + infusions[0]
-        h = F.gelu(self.hidden(self.dropout(x)))
-        if infusions[1] is not None:
-            h = h + infusions[1]
+        h = infused_hidden(self, x, infusions)
         logits = self.out(self.dropout(h))
         if infusions[2] is not None:
             logits = logits + infusions[2]

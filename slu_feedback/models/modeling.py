@@ -257,21 +257,24 @@ class SLUModel(PreTrainedModel):
         With the VMTL head, CE is the Monte Carlo cross-entropy, each iteration adds
         kl_weight * beta_z * KL_z per task, and kl_weight * beta_w * KL_w is added once per task."""
         if posteriors is not None:
-            return self.vmtl_loss(posteriors, steps, intent_labels, slot_labels, word_mask)
+            loss, parts = self.vmtl_loss(posteriors, intent_labels, slot_labels, word_mask)
+        else:
+            loss, parts = self.task_loss(all_intent, all_slot, intent_labels, slot_labels, word_mask)
+        if steps is not None:
+            conv = convergence_loss(steps)
+            loss = loss + self.config.feedback["conv_weight"] * conv
+            parts["conv"] = conv.item()
+        return loss, parts
+
+    def task_loss(self, all_intent, all_slot, intent_labels, slot_labels, word_mask):
         c = self.config
         weights = self.iteration_weights(len(all_intent) - 1)
-        task_loss = 0.0
+        loss = 0.0
         for w, intent_logits, slot_logits in zip(weights, all_intent, all_slot):
             intent_ce = F.cross_entropy(intent_logits, intent_labels, ignore_index=-100)
             slot_ce = self.slot_loss(slot_logits, slot_labels, word_mask)
-            task_loss = task_loss + w * (c.intent_loss_weight * intent_ce + c.slot_loss_weight * slot_ce)
-        parts = {"intent": intent_ce.item(), "slot": slot_ce.item()}
-        loss = task_loss
-        if steps is not None:
-            conv = convergence_loss(steps)
-            loss = loss + c.feedback["conv_weight"] * conv
-            parts["conv"] = conv.item()
-        return loss, parts
+            loss = loss + w * (c.intent_loss_weight * intent_ce + c.slot_loss_weight * slot_ce)
+        return loss, {"intent": intent_ce.item(), "slot": slot_ce.item()}
 
     def peer_heads(self) -> list:
         """The heads of `vmtl.peer_tasks` ("dataset.intent" / "dataset.slot"), None where the peer
@@ -297,7 +300,7 @@ class SLUModel(PreTrainedModel):
             head.train(training)
         return out
 
-    def vmtl_loss(self, posteriors, steps, intent_labels, slot_labels, word_mask):
+    def vmtl_loss(self, posteriors, intent_labels, slot_labels, word_mask):
         c, v = self.config, self.config.vmtl
         samples, form = int(v["samples"]), v["prior"]
         alpha = self.vmtl_prior.weights(self.vmtl_tau)
@@ -316,12 +319,8 @@ class SLUModel(PreTrainedModel):
                 + vmtl_lib.weight_kl(self.slot_head, [self.intent_head, *peer_heads], alpha["weight", "slot"],
                                      samples, form))
         loss = loss + self.kl_weight * v["beta_w"] * kl_w
-        parts = {"intent": intent_ce.item(), "slot": slot_ce.item(), "kl_z": float(kl_z.detach()), "kl_w": kl_w.item()}
-        if steps is not None:
-            conv = convergence_loss(steps)
-            loss = loss + c.feedback["conv_weight"] * conv
-            parts["conv"] = conv.item()
-        return loss, parts
+        return loss, {"intent": intent_ce.item(), "slot": slot_ce.item(), "kl_z": float(kl_z.detach()),
+                      "kl_w": kl_w.item()}
 
     def prior_probabilities(self) -> dict:
         """softmax(beta) of the VMTL priors per task: weight on the other task's posterior vs

@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .feedback import infused_hidden
+
 LOGVAR_OFFSET = -4.0
 LOGVAR_RANGE = (-12.0, 4.0)
 ROLES = {"none": 0, "O": 1, "B": 2, "I": 3}
@@ -241,11 +243,7 @@ class VariationalHead(nn.Module):
         return mean, logvar
 
     def forward(self, x, infusions=(None, None, None)):
-        if infusions[0] is not None:
-            x = x + infusions[0]
-        h = F.gelu(self.hidden(self.dropout(x)))
-        if infusions[1] is not None:
-            h = h + infusions[1]
+        h = infused_hidden(self, x, infusions)
         mu, raw = self.latent(self.dropout(h)).chunk(2, -1)
         weight_mean, weight_logvar = self.weight_posterior()
         logits = mu @ weight_mean.T + self.bias  # posterior means
