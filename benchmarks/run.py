@@ -100,6 +100,17 @@ def summarise(rows: list) -> dict:
     }
 
 
+def pruning_info(recipe_path) -> dict:
+    """A recipe written by `slu-influence prune` sits beside its prune.json: record how its
+    training set was made (fraction, MTIF or random, how many dropped) with the results."""
+    path = Path(recipe_path).resolve().parent / "prune.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    return {"pruning": {k: info[k] for k in ("run_dir", "target", "fraction", "random", "seed", "dropped", "kept",
+                                              "negative") if k in info}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -128,6 +139,7 @@ def main(argv=None):
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
                       "compare_to": args.compare_to or d or None, "note": args.note, **provenance(),
+                      **pruning_info(args.recipe),
                       **({"dataset": d, "joint_datasets": datasets} if d else {}),
                       "seeds": [r["seed"] for r in rows[d]], **summarise(rows[d]), "per_seed": rows[d]}
             RESULTS.mkdir(parents=True, exist_ok=True)

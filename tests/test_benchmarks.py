@@ -1,0 +1,43 @@
+"""The benchmark scripts' bookkeeping: pruned recipes carry their pruning info into results files,
+and render.py puts full, MTIF-pruned and random-pruned runs side by side."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import render  # noqa: E402
+import run  # noqa: E402
+
+
+def stat(mean):
+    return {"mean": mean, "std": 0.1}
+
+
+def result(sentence, **extra):
+    return {"recipe": "atis", "seeds": [1, 2, 3],
+            "test": {"intent_acc": stat(97.0), "slot_f1": stat(95.0), "sentence_acc": stat(sentence)}, **extra}
+
+
+def test_a_pruned_recipe_records_how_its_training_set_was_made(tmp_path):
+    recipe = tmp_path / "pruned-both-5pct.yaml"
+    recipe.write_text("seed: 1\n")
+    assert run.pruning_info(recipe) == {}
+    (tmp_path / "prune.json").write_text(json.dumps({"run_dir": "runs/atis", "target": "both", "fraction": 0.05,
+                                                     "random": False, "seed": 0, "dropped": 224, "kept": 4254,
+                                                     "negative": 900, "dropped_ids": [1, 2]}))
+    info = run.pruning_info(recipe)["pruning"]
+    assert info["dropped"] == 224 and info["fraction"] == 0.05 and "dropped_ids" not in info
+
+
+def test_render_puts_full_mtif_and_random_side_by_side():
+    pruning = {"fraction": 0.05, "target": "both", "dropped": 224}
+    results = {"atis": result(87.0),
+               "atis_mtif_5pct": result(87.5, compare_to="atis", pruning={**pruning, "random": False}),
+               "atis_random_5pct": result(86.75, compare_to="atis", pruning={**pruning, "random": True})}
+    lines = render.pruning_table(results)
+    rows = [line for line in lines if line.startswith("| atis")]
+    assert [row.split(" | ")[2].split(" (")[0] for row in rows] == ["full", "MTIF", "random"]
+    assert rows[0].endswith("| - |") and rows[1].endswith("| +0.50 |") and rows[2].endswith("| -0.25 |")
+    assert "5 %" in rows[1] and "target both" in rows[1] and "target" not in rows[2]
+    assert render.pruning_table({"atis": result(87.0)}) == []
