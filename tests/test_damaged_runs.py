@@ -121,3 +121,17 @@ def test_resume_recovers_a_save_killed_between_its_renames(run_copy, overrides):
     result = resume(run_copy, overrides)
     assert result.exit_code == 0, result.output
     assert (run_copy / "checkpoint" / "trainer_state.json").exists() and not (run_copy / "checkpoint.old").exists()
+
+
+def test_a_save_replaces_the_checkpoint_even_beside_a_leftover_old_copy(tmp_path):
+    """A save killed after its swap leaves checkpoint.old behind; the next save must still work
+    (os.replace cannot rename onto a non-empty folder)."""
+    from slu_feedback.training.trainer import _replace_dir
+
+    target, tmp = tmp_path / "checkpoint", tmp_path / "checkpoint.tmp"
+    for folder, text in ((target, "current"), (tmp_path / "checkpoint.old", "stale"), (tmp, "new")):
+        folder.mkdir()
+        (folder / "state.txt").write_text(text)
+    _replace_dir(tmp, target)
+    assert (target / "state.txt").read_text() == "new"
+    assert not tmp.exists() and not (tmp_path / "checkpoint.old").exists()

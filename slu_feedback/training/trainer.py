@@ -113,6 +113,7 @@ def kl_weight_at(progress: float, warmup: float) -> float:
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Swap a finished directory into place so an interrupted save never leaves a half-written one."""
     old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # a leftover of a save killed after its swap: os.replace refuses to overwrite it
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
