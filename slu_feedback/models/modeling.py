@@ -305,7 +305,7 @@ class SLUModel(PreTrainedModel):
         samples, form = int(v["samples"]), v["prior"]
         alpha = self.vmtl_prior.weights(self.vmtl_tau)
         weights = self.iteration_weights(len(posteriors["intent"]) - 1)
-        peers = posteriors.get("peers") or [None] * len(v["peer_tasks"])
+        peers = posteriors["peers"]  # set by forward with the labels
         loss, kl_z = 0.0, 0.0
         for w, intent, slot in zip(weights, posteriors["intent"], posteriors["slot"]):
             intent_ce, slot_ce, kl_intent, kl_slot = vmtl_lib.iteration_loss(
