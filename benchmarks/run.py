@@ -5,7 +5,8 @@
     python benchmarks/run.py recipes/atis_snips_joint.yaml     # -> atis_snips_joint_atis.json, ..._snips.json
 
 Checkpoints are selected on validation; the test split is scored once per seed at the end. The
-results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo),
+results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo them
+from scratch: it deletes their run directories under runs/bench/<name>/),
 so an interrupted benchmark continues where it stopped. A joint recipe (data.path a list) writes one
 results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`.
 """
@@ -13,6 +14,7 @@ results file per dataset, `<name>_<dataset>.json`, compared by default with `<da
 import argparse
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -119,7 +121,8 @@ def main(argv=None):
     parser.add_argument("--name", help="results name (default: the recipe's file name)")
     parser.add_argument("--compare-to", help="results name of the base model this row is compared with")
     parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
-    parser.add_argument("--fresh", action="store_true", help="ignore seeds already in the results file")
+    parser.add_argument("--fresh", action="store_true",
+                        help="redo every seed: ignore the results file and delete the seeds' run directories")
     args = parser.parse_intermixed_args(argv)  # overrides may come after the options
 
     name = args.name or Path(args.recipe).stem
@@ -134,7 +137,10 @@ def main(argv=None):
         if all(any(r["seed"] == seed for r in rows[d]) for d in datasets):
             print(f"[{name}] seed {seed}: already in {', '.join(o.name for o in outs.values())}, skipped")
             continue
-        by_dataset = run_seed(args.recipe, args.overrides, seed, ROOT / "runs" / "bench" / name / f"seed{seed}")
+        run_dir = ROOT / "runs" / "bench" / name / f"seed{seed}"
+        if args.fresh:  # a finished or stale run there would be resumed, whatever the recipe says now
+            shutil.rmtree(run_dir, ignore_errors=True)
+        by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir)
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,

@@ -41,3 +41,26 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert rows[0].endswith("| - |") and rows[1].endswith("| +0.50 |") and rows[2].endswith("| -0.25 |")
     assert "5 %" in rows[1] and "target both" in rows[1] and "target" not in rows[2]
     assert render.pruning_table({"atis": result(87.0)}) == []
+
+
+def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    stale = tmp_path / "runs" / "bench" / "atis" / "seed1" / "checkpoint"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")
+    seen = []
+
+    def fake_run_seed(recipe, overrides, seed, run_dir):
+        seen.append((run_dir / "checkpoint").exists())
+        scores = {k: 90.0 for k in run.METRICS}
+        return {"": {"seed": seed, "test": scores, "validation": scores, "train_seconds_per_epoch": 1.0,
+                     "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 1.0}, "peak_memory_mb": 1.0}}
+
+    monkeypatch.setattr(run, "run_seed", fake_run_seed)
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "atis.yaml")
+    run.main([recipe, "--seeds", "1"])
+    run.main([recipe, "--seeds", "1"])  # already in the results file: skipped
+    run.main([recipe, "--seeds", "1", "--fresh"])
+    assert seen == [True, False], "without --fresh the run resumes; with it, it starts from an empty directory"
+    assert json.loads((tmp_path / "results" / "atis.json").read_text())["seeds"] == [1]

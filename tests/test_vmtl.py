@@ -274,13 +274,22 @@ def test_vmtl_with_feedback_zero_iterations_is_the_vmtl_base_model():
 
 
 def test_mc_prediction_is_a_repeatable_average_of_samples():
-    model = make_vmtl(vmtl={"predict": "mc", "samples": 8}).eval()
+    model = make_vmtl(vmtl={"predict": "mc", "predict_samples": 8}).eval()
     a, b = model(**make_batch()), model(**make_batch())
     assert torch.equal(a.intent_logits, b.intent_logits), "fixed-seed MC samples at evaluation"
     probs = a.intent_logits.softmax(-1)
     assert torch.allclose(probs.sum(-1), torch.ones(3)) and torch.allclose(a.intent_logits.exp(), probs, atol=1e-6)
     mean = make_vmtl(vmtl={"predict": "mean"}).eval()(**make_batch())
     assert not torch.equal(mean.intent_logits, a.intent_logits)
+
+
+def test_mc_prediction_draws_predict_samples_not_the_training_samples():
+    def intent_logits(**vmtl):
+        return make_vmtl(vmtl={"predict": "mc", **vmtl}).eval()(**make_batch()).intent_logits
+
+    assert make_vmtl().config.vmtl["predict"] == "mc", "calibrated MC prediction is the default"
+    assert torch.equal(intent_logits(samples=2, predict_samples=8), intent_logits(samples=16, predict_samples=8))
+    assert not torch.equal(intent_logits(predict_samples=1), intent_logits(predict_samples=8))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"vmtl": {"predict": "mc", "prior": "mixture"}, "feedback": {"iterations": 1}},

@@ -17,14 +17,15 @@ DEFAULT_FEEDBACK = {
 
 DEFAULT_VMTL = {  # the Bayesian head (model.head: vmtl, METHODS.md section 2; see models/vmtl.py)
     "latent_dim": 128,  # d_z
-    "samples": 4,  # Monte Carlo samples S (training loss, and prediction with predict: mc)
+    "samples": 4,  # Monte Carlo samples S of the training loss
     "beta_z": 0.01,  # weight of KL_z (summed over d_z, mean over utterances / real words)
     "beta_w": 0.001,  # weight of KL_w (summed over d_z, mean over classes)
     "kl_warmup": 0.3,  # fraction of training over which the KL weights rise linearly from 0
     "tau": 1.0,  # Gumbel-softmax temperature of the prior mixture weights at the start ...
     "tau_min": 0.5,  # ... annealed towards this value by the end of training
     "prior": "single",  # single (one Gaussian, closed-form KL) | mixture (mixture density, Monte Carlo KL)
-    "predict": "mean",  # mean (posterior means, fast) | mc (average over S samples)
+    "predict": "mc",  # mc (predictive averaged over predict_samples draws, calibrated) | mean (posterior means)
+    "predict_samples": 32,  # draws of the MC prediction (the heads only: the encoder runs once)
     "across_datasets": True,  # joint runs: priors also mix the other datasets' intent and slot posteriors
     "peer_tasks": [],  # set by slu-train, not in recipes: this dataset's peer tasks, e.g. ["snips.intent", "snips.slot"]
 }
@@ -96,6 +97,6 @@ class SLUConfig(PreTrainedConfig):
                 raise ValueError(f"vmtl.prior must be 'single' or 'mixture', not {self.vmtl['prior']!r}")
             if self.vmtl["predict"] not in ("mean", "mc"):
                 raise ValueError(f"vmtl.predict must be 'mean' or 'mc', not {self.vmtl['predict']!r}")
-            if int(self.vmtl["samples"]) < 1 or int(self.vmtl["latent_dim"]) < 1:
-                raise ValueError("vmtl.samples and vmtl.latent_dim must be at least 1")
+            if min(int(self.vmtl[k]) for k in ("samples", "predict_samples", "latent_dim")) < 1:
+                raise ValueError("vmtl.samples, vmtl.predict_samples and vmtl.latent_dim must be at least 1")
         super().__init__(**kwargs)

@@ -211,8 +211,8 @@ class SLUModel(PreTrainedModel):
         if iterations > 0:
             steps = step_sizes([x.softmax(-1) for x in all_intent], [x.softmax(-1) for x in all_slot], word_mask)
         if posteriors is not None and not self.training and self.config.vmtl["predict"] == "mc":
-            # MC prediction: log of the predictive distribution averaged over S samples, per iteration
-            samples = int(self.config.vmtl["samples"])
+            # MC prediction: log of the predictive distribution averaged over the draws, per iteration
+            samples = int(self.config.vmtl["predict_samples"])
             all_intent = [p.mc_log_probs(samples) for p in posteriors["intent"]]
             all_slot = [p.mc_log_probs(samples) for p in posteriors["slot"]]
         intent_logits, slot_logits = all_intent[-1], all_slot[-1]

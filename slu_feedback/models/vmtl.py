@@ -36,8 +36,12 @@ Choices of this project, beyond the paper:
 - The feedback loop (and prediction in `predict: mean`) uses the posterior-mean logits
   `mu_z . m_w + b`; the training loss is the Monte Carlo cross-entropy over `samples` draws.
 - Log-variances start near LOGVAR_OFFSET (small noise at initialisation) and are clamped.
-- `predict: mc` returns log of the MC-averaged probabilities as "logits" (so softmax gives the
-  predictive distribution); its samples use a fixed-seed generator, so evaluation is repeatable.
+- `predict: mc` (default) returns log of the probabilities averaged over `predict_samples` draws
+  as "logits" (so softmax gives the predictive distribution); its samples use a fixed-seed
+  generator, so evaluation is repeatable. It is the default because the posterior mean is
+  over-confident: on ATIS 5 % / 10 % validation (seed 1), intent ECE 7.1 / 4.2 with the mean and
+  2.4 / 2.1 with 32 draws (the deterministic head: 6.0 / 2.8), at equal sentence accuracy. With
+  4 draws the argmax was noisy (sentence accuracy 2 points lower), hence a separate, larger count.
 
 KL normalisation: KL_z is summed over latent dimensions and averaged over utterances (intent) or
 real words (slot); KL_w is summed over dimensions and averaged over classes. The defaults
