@@ -135,3 +135,35 @@ def test_a_save_replaces_the_checkpoint_even_beside_a_leftover_old_copy(tmp_path
     _replace_dir(tmp, target)
     assert (target / "state.txt").read_text() == "new"
     assert not tmp.exists() and not (tmp_path / "checkpoint.old").exists()
+
+
+def test_an_interrupted_joint_save_leaves_every_dataset_at_the_previous_best(tmp_path):
+    """The models of a joint run are all written before any is moved into place."""
+    from slu_feedback.training.trainer import save_models
+
+    class Model:
+        def __init__(self, text):
+            self.text = text
+
+        def save_pretrained(self, folder, state_dict=None):
+            if self.text is None:
+                raise KeyboardInterrupt
+            folder.mkdir(parents=True)
+            (folder / "model.txt").write_text(self.text)
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (folder / "tokenizer.txt").write_text("tok")
+
+    class Labels:
+        def to_dict(self):
+            return {}
+
+    atis, snips = tmp_path / "atis", tmp_path / "snips"
+    save_models([(Model("epoch 1"), Labels(), atis, None), (Model("epoch 1"), Labels(), snips, None)], Tokenizer())
+    with pytest.raises(KeyboardInterrupt):
+        save_models([(Model("epoch 2"), Labels(), atis, None), (Model(None), Labels(), snips, None)], Tokenizer())
+    assert (atis / "model.txt").read_text() == (snips / "model.txt").read_text() == "epoch 1"
+    save_models([(Model("epoch 3"), Labels(), atis, None), (Model("epoch 3"), Labels(), snips, None)], Tokenizer())
+    assert {p.name for p in atis.iterdir()} == {"model.txt", "tokenizer.txt", "label_maps.json"}
+    assert (snips / "model.txt").read_text() == "epoch 3"

@@ -120,16 +120,22 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model, tokenizer, label_maps, run_dir: Path, state_dict=None) -> None:
-    """Write the model files into the run directory, each file replaced atomically."""
-    tmp = run_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "label_maps.json").write_text(json.dumps(label_maps.to_dict(), indent=1), encoding="utf-8")
-    for item in tmp.iterdir():
-        os.replace(item, run_dir / item.name)
-    tmp.rmdir()
+def save_models(models: list, tokenizer) -> None:
+    """Write each (model, label_maps, folder, state_dict) into <folder>/model.tmp, then move the
+    files into place, each replaced atomically: an interruption while writing (the slow part)
+    leaves every folder of a joint run at the same previous best epoch."""
+    staged = []
+    for model, label_maps, folder, state_dict in models:
+        tmp = folder / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "label_maps.json").write_text(json.dumps(label_maps.to_dict(), indent=1), encoding="utf-8")
+        staged.append((tmp, folder))
+    for tmp, folder in staged:
+        for item in tmp.iterdir():
+            os.replace(item, folder / item.name)
+        tmp.rmdir()
 
 
 def mixed_batches(loaders: dict):
@@ -339,9 +345,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                 state["prior_at_best"] = raw_model.prior_probabilities()
             state_dict = accelerator.get_state_dict(model)  # on every rank: gathers FSDP/DeepSpeed shards
             if accelerator.is_main_process:
-                for name, (_, labels) in parts.items():
-                    save_model(models[name], tokenizer, labels, run_dir / name,
-                               sub_state_dict(state_dict, name) if joint else state_dict)
+                save_models([(models[name], labels, run_dir / name, sub_state_dict(state_dict, name) if joint
+                              else state_dict) for name, (_, labels) in parts.items()], tokenizer)
         else:
             state["bad_epochs"] += 1
         log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
