@@ -2,6 +2,7 @@
 harmful utterances, and on one without as many random utterances; both against the full set.
 
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --seeds 1 2 3
+    python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --per-intent  # *_5pct_per_intent
 
 RUN_DIR is a trained run of the base recipe (its training set is scored with MTIF if it has no
 influence/influence.csv yet). Writes results/<base>_mtif_<pct>pct.json and
@@ -29,13 +30,15 @@ def main(argv=None):
     parser.add_argument("--target", default="both", choices=["intent", "slot", "both"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the random pruning")
+    parser.add_argument("--per-intent", action="store_true", help="drop the fraction within each intent")
     args = parser.parse_args(argv)
     if not (RESULTS / f"{args.base}.json").exists():
         parser.error(f"results/{args.base}.json (the full-data run to compare with) does not exist")
 
-    pct = f"{100 * args.fraction:g}pct"
+    pct = f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "")
     for method, random in (("mtif", False), ("random", True)):
-        info = prune_run(args.run_dir, args.fraction, args.target, random=random, seed=args.random_seed)
+        info = prune_run(args.run_dir, args.fraction, args.target, random=random, seed=args.random_seed,
+                         per_intent=args.per_intent)
         print(f"[{method}] dropped {info['dropped']} of {info['dropped'] + info['kept']} -> {info['recipe']}")
         run.main([info["recipe"], "--seeds", *map(str, args.seeds), "--name", f"{args.base}_{method}_{pct}",
                   "--compare-to", args.base,

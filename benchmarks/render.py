@@ -74,20 +74,22 @@ def pruning_table(results: dict) -> list:
     for name, r in results.items():
         if r.get("pruning") and r.get("compare_to") in results:
             p = r["pruning"]
-            groups.setdefault((r["compare_to"], p["fraction"], p["target"]), {})["random" if p["random"] else "MTIF"] = (name, r)
+            key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False))
+            groups.setdefault(key, {})["random" if p["random"] else "MTIF"] = (name, r)
     if not groups:
         return []
     lines = ["**Pruning with MTIF** (retrained on the pruned training set; test split, mean ± std over seeds)", "",
              f"| base | fraction dropped | training set | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs full |",
              "|---|---|---|---|" + "---|" * (len(METRICS) + 1)]
-    for (base, fraction, target), found in sorted(groups.items()):
+    for (base, fraction, target, per_intent), found in sorted(groups.items()):
         full = results[base]
         rows = [("full", base, full)] + [(kind, *found[kind]) for kind in ("MTIF", "random") if kind in found]
         for kind, name, r in rows:
             dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} utterances" + (")" if kind == "random" else f", target {target})")
             delta = "-" if kind == "full" else \
                 f"{r['test']['sentence_acc']['mean'] - full['test']['sentence_acc']['mean']:+.2f}"
-            lines.append(f"| {base} | {100 * fraction:g} % | {kind}{dropped} | {len(r['seeds'])} | "
+            share = " of each intent" if per_intent and kind != "full" else ""
+            lines.append(f"| {base} | {100 * fraction:g} %{share} | {kind}{dropped} | {len(r['seeds'])} | "
                          + " | ".join(fmt(r["test"][k]) for k, _ in METRICS) + f" | {delta} |")
     return lines + [""]
 

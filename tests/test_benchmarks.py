@@ -42,6 +42,13 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert "5 %" in rows[1] and "target both" in rows[1] and "target" not in rows[2]
     assert render.pruning_table({"atis": result(87.0)}) == []
 
+    per_intent = {**pruning, "per_intent": True}
+    results.update(atis_mtif_5pct_per_intent=result(87.25, compare_to="atis", pruning={**per_intent, "random": False}),
+                   atis_random_5pct_per_intent=result(87.0, compare_to="atis", pruning={**per_intent, "random": True}))
+    rows = [line for line in render.pruning_table(results) if line.startswith("| atis")]
+    assert len(rows) == 6 and [r.split(" | ")[1] for r in rows[3:]] == ["5 %", "5 % of each intent", "5 % of each intent"]
+    assert rows[4].endswith("| +0.25 |") and rows[5].endswith("| +0.00 |")
+
 
 def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "ROOT", tmp_path)

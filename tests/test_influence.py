@@ -159,6 +159,25 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
             assert max(value[i] for i in info["dropped_ids"]) <= value[kept[0]]
     assert sizes[True] == sizes[False]
 
+    # --per-intent: the same share of every intent, the most negative within it; random matches the counts
+    intents = {int(r["id"]): r["intent"] for r in rows}
+    counts = {}
+    for extra in ([], ["--random"]):
+        dest = tmp_path / f"per-intent{extra}"
+        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--per-intent", "--scores",
+                                      str(out / "influence.csv"), "--out", str(dest), *extra])
+        assert result.exit_code == 0, result.output
+        info = json.loads((dest / "prune.json").read_text())
+        assert info["per_intent"] is True
+        counts[bool(extra)] = {i: sum(intents[d] == i for d in info["dropped_ids"]) for i in set(intents.values())}
+        for intent, dropped in counts[bool(extra)].items():
+            members = [i for i in intents if intents[i] == intent]
+            assert dropped == round(0.1 * len(members)), intent
+            if not extra:
+                ranked = sorted(members, key=value.get)
+                assert {d for d in info["dropped_ids"] if intents[d] == intent} == set(ranked[:dropped])
+    assert counts[True] == counts[False] and sum(counts[False].values()) > 0
+
     result = runner.invoke(main, ["validate", str(tiny_run), "--n", "2", "--subsets", "2", "--solver", "cg",
                                   "--cg-iterations", "5", "--max-iter", "10", "--out", str(tmp_path / "val")])
     assert result.exit_code == 0, result.output

@@ -97,18 +97,21 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
 @click.option("--fraction", type=float, required=True, help="Fraction of training utterances to drop (e.g. 0.05).")
 @click.option("--target", default="both", show_default=True, type=click.Choice(["intent", "slot", "both"]))
 @click.option("--random", "random_", is_flag=True, help="Drop the same number of utterances at random instead.")
+@click.option("--per-intent", is_flag=True,
+              help="Drop the fraction within each intent (keeps the intent distribution; rare intents lose none).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--scores", default=None, help="influence.csv to rank by (default: RUN_DIR/influence/, scored if absent).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/pruned/<name>).")
 @SCOPE
 @DAMPING
 @_errors
-def prune(run_dir, fraction, target, random_, seed, scores, out_dir, scope, damping):
+def prune(run_dir, fraction, target, random_, per_intent, seed, scores, out_dir, scope, damping):
     """Write the pruned training set (folder format, valid/ and test/ copied) and a recipe that
     trains on it."""
     from ..influence.report import prune_run
 
-    info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, scope=scope, damping=damping)
+    info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, per_intent=per_intent, scope=scope,
+                     damping=damping)
     click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training utterances "
                f"({'random' if random_ else 'most harmful for ' + target})")
     if "note" in info:
