@@ -68,6 +68,15 @@ def inference_targets(s: dict) -> list:
     return lines + [""] if lines else []
 
 
+def full_sentence(full: dict, seeds: list) -> float:
+    """The full-data row's mean test sentence accuracy over the pruned row's seeds (all of its
+    seeds when it has no per-seed rows or lacks one of them)."""
+    by_seed = {r["seed"]: r["test"]["sentence_acc"] for r in full.get("per_seed", [])}
+    if seeds and all(s in by_seed for s in seeds):
+        return sum(by_seed[s] for s in seeds) / len(seeds)
+    return full["test"]["sentence_acc"]["mean"]
+
+
 def pruning_table(results: dict) -> list:
     """MTIF vs random pruning vs the full training set, per base run and fraction."""
     groups = {}
@@ -79,7 +88,7 @@ def pruning_table(results: dict) -> list:
     if not groups:
         return []
     lines = ["**Pruning with MTIF** (retrained on the pruned training set; test split, mean ± std over seeds)", "",
-             f"| base | fraction dropped | training set | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs full |",
+             f"| base | fraction dropped | training set | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs full (same seeds) |",
              "|---|---|---|---|" + "---|" * (len(METRICS) + 1)]
     for (base, fraction, target, per_intent), found in sorted(groups.items()):
         full = results[base]
@@ -87,7 +96,7 @@ def pruning_table(results: dict) -> list:
         for kind, name, r in rows:
             dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} utterances" + (")" if kind == "random" else f", target {target})")
             delta = "-" if kind == "full" else \
-                f"{r['test']['sentence_acc']['mean'] - full['test']['sentence_acc']['mean']:+.2f}"
+                f"{r['test']['sentence_acc']['mean'] - full_sentence(full, r['seeds']):+.2f}"
             share = " of each intent" if per_intent and kind != "full" else ""
             lines.append(f"| {base} | {100 * fraction:g} %{share} | {kind}{dropped} | {len(r['seeds'])} | "
                          + " | ".join(fmt(r["test"][k]) for k, _ in METRICS) + f" | {delta} |")

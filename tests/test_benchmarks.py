@@ -49,6 +49,12 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert len(rows) == 6 and [r.split(" | ")[1] for r in rows[3:]] == ["5 %", "5 % of each intent", "5 % of each intent"]
     assert rows[4].endswith("| +0.25 |") and rows[5].endswith("| +0.00 |")
 
+    # a pruned row over fewer seeds is compared with the full row's mean over those seeds
+    results["atis"]["per_seed"] = [{"seed": s, "test": {"sentence_acc": v}} for s, v in ((1, 86.0), (2, 87.5), (3, 87.5))]
+    results["atis_mtif_5pct_per_intent"]["seeds"] = [1]
+    rows = [line for line in render.pruning_table(results) if line.startswith("| atis")]
+    assert rows[4].endswith("| +1.25 |") and rows[1].endswith("| +0.50 |")
+
 
 def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "ROOT", tmp_path)
