@@ -3,12 +3,14 @@ harmful utterances, and on one without as many random utterances; both against t
 
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --seeds 1 2 3
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --per-intent  # *_5pct_per_intent
+    python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.01 --per-intent --methods mtif --seeds 1
 
 RUN_DIR is a trained run of the base recipe (its training set is scored with MTIF if it has no
 influence/influence.csv yet). Writes results/<base>_mtif_<pct>pct.json and
 results/<base>_random_<pct>pct.json through benchmarks/run.py (same seeds, compared with
 results/<base>.json, which must be the full-data run of the same recipe); render.py puts the three
-side by side with the fraction. Interrupted runs continue where they stopped, like run.py.
+side by side with the fraction, and picks the fraction whose MTIF pruning has the best validation
+sentence accuracy. Interrupted runs continue where they stopped, like run.py.
 """
 
 import argparse
@@ -31,12 +33,15 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the random pruning")
     parser.add_argument("--per-intent", action="store_true", help="drop the fraction within each intent")
+    parser.add_argument("--methods", nargs="+", default=["mtif", "random"], choices=["mtif", "random"],
+                        help="which prunings to train (mtif alone to try fractions on validation)")
     args = parser.parse_args(argv)
     if not (RESULTS / f"{args.base}.json").exists():
         parser.error(f"results/{args.base}.json (the full-data run to compare with) does not exist")
 
     pct = f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "")
-    for method, random in (("mtif", False), ("random", True)):
+    for method in args.methods:
+        random = method == "random"
         info = prune_run(args.run_dir, args.fraction, args.target, random=random, seed=args.random_seed,
                          per_intent=args.per_intent)
         print(f"[{method}] dropped {info['dropped']} of {info['dropped'] + info['kept']} -> {info['recipe']}")

@@ -56,6 +56,34 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert rows[4].endswith("| +1.25 |") and rows[1].endswith("| +0.50 |")
 
 
+def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share():
+    def run_with(validation_by_seed, fraction=None, random=False):
+        seeds = sorted(validation_by_seed)
+        r = result(80.0, seeds=seeds, per_seed=[{"seed": s, "validation": {"sentence_acc": v},
+                                                 "test": {"sentence_acc": 80.0}} for s, v in validation_by_seed.items()])
+        if fraction is not None:
+            r.update(compare_to="atis", pruning={"fraction": fraction, "target": "both", "dropped": 10,
+                                                 "random": random, "per_intent": True})
+        return r
+
+    results = {"atis": run_with({1: 91.0, 2: 95.0, 3: 95.0}),
+               "atis_mtif_5pct_per_intent": run_with({1: 91.5, 2: 90.0, 3: 90.0}, 0.05),
+               "atis_random_5pct_per_intent": run_with({1: 99.0}, 0.05, random=True)}
+    assert render.fraction_choice(results) == []  # one fraction tried: nothing to choose
+
+    results["atis_mtif_1pct_per_intent"] = run_with({1: 92.0}, 0.01)
+    (line,) = [line for line in render.fraction_choice(results) if line.startswith("- ")]
+    # compared on seed 1 only (the 1 % row has no other); the random row is never a candidate
+    assert "seeds [1]" in line and "0 % 91.00, 1 % 92.00, 5 % 91.50" in line and line.endswith("chosen fraction: 1 %**")
+
+    results["atis_mtif_1pct_per_intent"] = run_with({1: 90.0}, 0.01)
+    (line,) = [line for line in render.fraction_choice(results) if line.startswith("- ")]
+    assert line.endswith("chosen fraction: 5 %**")
+    results["atis_mtif_5pct_per_intent"] = run_with({1: 90.5}, 0.05)
+    (line,) = [line for line in render.fraction_choice(results) if line.startswith("- ")]
+    assert line.endswith("chosen fraction: 0 %** (no pruning)")
+
+
 def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "ROOT", tmp_path)
     monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
