@@ -123,7 +123,7 @@ def fraction_choice(results: dict) -> list:
         scores = [(fraction, sum(s["validation"]["sentence_acc"] for s in r["per_seed"] if s["seed"] in seeds) / len(seeds))
                   for fraction, r in candidates]
         best = max(scores, key=lambda fs: fs[1])[0]
-        share = "of each intent" if per_intent else "globally"
+        share = "within each intent" if per_intent else "globally"
         lines.append(f"- {base}, MTIF target {target}, dropped {share}: validation sentence accuracy over seeds {seeds}: "
                      + ", ".join(f"{100 * f:g} % {v:.2f}" for f, v in scores)
                      + f" -> **chosen fraction: {100 * best:g} %**" + (" (no pruning)" if best == 0 else ""))
