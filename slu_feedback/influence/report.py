@@ -154,7 +154,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     value = torch.tensor([sum(float(r[f"utterance->{k}"]) for k in targets) for r in rows])
     wanted = int(round(fraction * len(train)))
     intents = train["intent"]
-    groups = defaultdict(list)  # utterance ids by intent (one group of all when not stratified), most negative first
+    groups = defaultdict(list)  # utterance ids by intent (one group of all without per_intent), most negative first
     for i in value.argsort().tolist():
         groups[intents[i] if per_intent else ""].append(i)
     quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
