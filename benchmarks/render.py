@@ -77,14 +77,17 @@ def full_sentence(full: dict, seeds: list) -> float:
     return full["test"]["sentence_acc"]["mean"]
 
 
+def pruned_rows(results: dict):
+    """(name, result, pruning info) of every pruned run whose full-data run is in `results`."""
+    return [(name, r, r["pruning"]) for name, r in results.items() if r.get("pruning") and r.get("compare_to") in results]
+
+
 def pruning_table(results: dict) -> list:
     """MTIF vs random pruning vs the full training set, per base run and fraction."""
     groups = {}
-    for name, r in results.items():
-        if r.get("pruning") and r.get("compare_to") in results:
-            p = r["pruning"]
-            key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False))
-            groups.setdefault(key, {})["random" if p["random"] else "MTIF"] = (name, r)
+    for name, r, p in pruned_rows(results):
+        key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False))
+        groups.setdefault(key, {})["random" if p["random"] else "MTIF"] = (name, r)
     if not groups:
         return []
     lines = ["**Pruning with MTIF** (retrained on the pruned training set; test split, mean ± std over seeds)", "",
@@ -108,9 +111,8 @@ def fraction_choice(results: dict) -> list:
     share, the MTIF fraction (or none, the full set) with the highest validation sentence accuracy,
     over the seeds every candidate was trained with. Shown where more than one fraction was tried."""
     groups = {}
-    for name, r in results.items():
-        p = r.get("pruning")
-        if p and not p["random"] and r.get("compare_to") in results:
+    for _, r, p in pruned_rows(results):
+        if not p["random"]:
             groups.setdefault((r["compare_to"], p["target"], p.get("per_intent", False)), []).append((p["fraction"], r))
     lines = []
     for (base, target, per_intent), rows in sorted(groups.items()):
