@@ -68,6 +68,30 @@ def inference_targets(s: dict) -> list:
     return lines + [""] if lines else []
 
 
+def comparison_table(results: dict) -> list:
+    """Every run with a base (`--compare-to`) beside that base: validation and test sentence
+    accuracy and the intent's calibration, the numbers the variants are chosen and judged by."""
+    pairs = [(name, r, results[r["compare_to"]]) for name, r in results.items()
+             if r.get("compare_to") in results and not r.get("pruning")]
+    if not pairs:
+        return []
+
+    def mean(r, split, key):
+        stat = r[split].get(key)
+        return "-" if stat is None else f"{stat['mean']:.2f}"
+
+    lines = ["**Variants against their base** (mean over each row's seeds; validation picks, test reports)", "",
+             "| run | base | validation sentence (run / base) | test sentence (run / base) | Δ test sentence | "
+             "test intent ECE (run / base) |", "|---|---|---|---|---|---|"]
+    for name, r, base in pairs:
+        delta = r["test"]["sentence_acc"]["mean"] - base["test"]["sentence_acc"]["mean"]
+        lines.append(f"| {name} | {r['compare_to']} | {mean(r, 'validation', 'sentence_acc')} / "
+                     f"{mean(base, 'validation', 'sentence_acc')} | {fmt(r['test']['sentence_acc'])} / "
+                     f"{fmt(base['test']['sentence_acc'])} | {delta:+.2f} | {mean(r, 'test', 'intent_ece')} / "
+                     f"{mean(base, 'test', 'intent_ece')} |")
+    return lines + [""]
+
+
 def full_sentence(full: dict, seeds: list) -> float:
     """The full-data row's mean test sentence accuracy over the pruned row's seeds (all of its
     seeds when it has no per-seed rows or lacks one of them)."""
@@ -140,6 +164,7 @@ def render() -> tuple:
     for dataset in datasets:
         summary += [f"**{dataset.upper()}** (test split, mean ± sample std over seeds; checkpoint chosen on validation)", ""]
         summary += accuracy_table(results, anchors, dataset) + [""]
+    summary += comparison_table(results)
     summary += pruning_table(results)
     summary += fraction_choice(results)
     body = ["# Benchmark results", "",

@@ -56,6 +56,17 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert rows[4].endswith("| +1.25 |") and rows[1].endswith("| +0.50 |")
 
 
+def test_variants_are_listed_beside_their_base_with_validation_test_and_calibration():
+    base = result(74.0, validation={"sentence_acc": stat(76.5)})
+    base["test"]["intent_ece"] = stat(3.1)
+    variant = result(74.5, compare_to="atis_10pct", validation={"sentence_acc": stat(77.25)})
+    pruned = result(80.0, compare_to="atis_10pct", pruning={"fraction": 0.05, "random": False}, validation={})
+    rows = [line for line in render.comparison_table({"atis_10pct": base, "atis_vmtl_10pct": variant, "p": pruned})
+            if line.startswith("| atis_vmtl")]
+    assert rows == ["| atis_vmtl_10pct | atis_10pct | 77.25 / 76.50 | 74.50 ± 0.10 / 74.00 ± 0.10 | +0.50 | - / 3.10 |"]
+    assert render.comparison_table({"atis_10pct": base}) == []
+
+
 def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share():
     def run_with(validation_by_seed, fraction=None, random=False):
         seeds = sorted(validation_by_seed)
