@@ -69,36 +69,36 @@ def inference_targets(s: dict) -> list:
 
 
 def comparison_table(results: dict) -> list:
-    """Every run with a base (`--compare-to`) beside that base: validation and test sentence
-    accuracy and the intent's calibration, the numbers the variants are chosen and judged by."""
+    """Every run with a base (`--compare-to`) beside that base, the base over the run's seeds:
+    validation and test sentence accuracy and the intent's calibration, the numbers the variants
+    are chosen and judged by."""
     pairs = [(name, r, results[r["compare_to"]]) for name, r in results.items()
              if r.get("compare_to") in results and not r.get("pruning")]
     if not pairs:
         return []
 
-    def mean(r, split, key):
-        stat = r[split].get(key)
-        return "-" if stat is None else f"{stat['mean']:.2f}"
+    def pair(r, base, split, key):
+        run, ref = (seed_mean(x, split, key, r["seeds"]) for x in (r, base))
+        return "-" if run is None else f"{run:.2f} / " + ("-" if ref is None else f"{ref:.2f}")
 
-    lines = ["**Variants against their base** (mean over each row's seeds; validation picks, test reports)", "",
-             "| run | base | validation sentence (run / base) | test sentence (run / base) | Δ test sentence | "
-             "test intent ECE (run / base) |", "|---|---|---|---|---|---|"]
+    lines = ["**Variants against their base** (run / base, both over the run's seeds; validation picks, test reports)",
+             "", "| run | base | seeds | validation sentence | test sentence | Δ test sentence | test intent ECE |",
+             "|---|---|---|---|---|---|---|"]
     for name, r, base in pairs:
-        delta = r["test"]["sentence_acc"]["mean"] - base["test"]["sentence_acc"]["mean"]
-        lines.append(f"| {name} | {r['compare_to']} | {mean(r, 'validation', 'sentence_acc')} / "
-                     f"{mean(base, 'validation', 'sentence_acc')} | {fmt(r['test']['sentence_acc'])} / "
-                     f"{fmt(base['test']['sentence_acc'])} | {delta:+.2f} | {mean(r, 'test', 'intent_ece')} / "
-                     f"{mean(base, 'test', 'intent_ece')} |")
+        delta = seed_mean(r, "test", "sentence_acc", r["seeds"]) - seed_mean(base, "test", "sentence_acc", r["seeds"])
+        lines.append(f"| {name} | {r['compare_to']} | {len(r['seeds'])} | {pair(r, base, 'validation', 'sentence_acc')} | "
+                     f"{pair(r, base, 'test', 'sentence_acc')} | {delta:+.2f} | {pair(r, base, 'test', 'intent_ece')} |")
     return lines + [""]
 
 
-def full_sentence(full: dict, seeds: list) -> float:
-    """The full-data row's mean test sentence accuracy over the pruned row's seeds (all of its
-    seeds when it has no per-seed rows or lacks one of them)."""
-    by_seed = {r["seed"]: r["test"]["sentence_acc"] for r in full.get("per_seed", [])}
-    if seeds and all(s in by_seed for s in seeds):
+def seed_mean(result: dict, split: str, key: str, seeds: list):
+    """`result`'s mean of `split`/`key` over `seeds` (over all its seeds when it has no per-seed
+    rows or lacks one of them); None where the metric was not recorded."""
+    by_seed = {r["seed"]: r[split].get(key) for r in result.get("per_seed", [])}
+    if seeds and all(by_seed.get(s) is not None for s in seeds):
         return sum(by_seed[s] for s in seeds) / len(seeds)
-    return full["test"]["sentence_acc"]["mean"]
+    stat = result[split].get(key)
+    return None if stat is None else stat["mean"]
 
 
 def pruned_rows(results: dict):
@@ -123,7 +123,7 @@ def pruning_table(results: dict) -> list:
         for kind, name, r in rows:
             dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} utterances" + (")" if kind == "random" else f", target {target})")
             delta = "-" if kind == "full" else \
-                f"{r['test']['sentence_acc']['mean'] - full_sentence(full, r['seeds']):+.2f}"
+                f"{r['test']['sentence_acc']['mean'] - seed_mean(full, 'test', 'sentence_acc', r['seeds']):+.2f}"
             share = " of each intent" if per_intent and kind != "full" else ""
             lines.append(f"| {base} | {100 * fraction:g} %{share} | {kind}{dropped} | {len(r['seeds'])} | "
                          + " | ".join(fmt(r["test"][k]) for k, _ in METRICS) + f" | {delta} |")

@@ -56,15 +56,24 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert rows[4].endswith("| +1.25 |") and rows[1].endswith("| +0.50 |")
 
 
-def test_variants_are_listed_beside_their_base_with_validation_test_and_calibration():
+def test_variants_are_listed_beside_their_base_over_the_same_seeds():
     base = result(74.0, validation={"sentence_acc": stat(76.5)})
     base["test"]["intent_ece"] = stat(3.1)
     variant = result(74.5, compare_to="atis_10pct", validation={"sentence_acc": stat(77.25)})
     pruned = result(80.0, compare_to="atis_10pct", pruning={"fraction": 0.05, "random": False}, validation={})
-    rows = [line for line in render.comparison_table({"atis_10pct": base, "atis_vmtl_10pct": variant, "p": pruned})
-            if line.startswith("| atis_vmtl")]
-    assert rows == ["| atis_vmtl_10pct | atis_10pct | 77.25 / 76.50 | 74.50 ± 0.10 / 74.00 ± 0.10 | +0.50 | - / 3.10 |"]
+    table = render.comparison_table({"atis_10pct": base, "atis_vmtl_10pct": variant, "p": pruned})
+    rows = [line for line in table if line.startswith("| atis_vmtl")]
+    assert rows == ["| atis_vmtl_10pct | atis_10pct | 3 | 77.25 / 76.50 | 74.50 / 74.00 | +0.50 | - |"]
+    assert not any(line.startswith("| p |") for line in table)  # pruned runs have their own table
     assert render.comparison_table({"atis_10pct": base}) == []
+
+    # a one-seed trial is compared with the base's run of that seed, not the base's mean
+    base["per_seed"] = [{"seed": s, "validation": {"sentence_acc": v}, "test": {"sentence_acc": t, "intent_ece": 3.0}}
+                        for s, v, t in ((1, 78.0, 73.0), (2, 76.0, 74.5), (3, 75.5, 74.5))]
+    trial = result(74.0, compare_to="atis_10pct", seeds=[1], validation={"sentence_acc": stat(77.0)},
+                   per_seed=[{"seed": 1, "validation": {"sentence_acc": 77.0}, "test": {"sentence_acc": 74.0}}])
+    rows = [line for line in render.comparison_table({"atis_10pct": base, "trial": trial}) if line.startswith("| trial")]
+    assert rows == ["| trial | atis_10pct | 1 | 77.00 / 78.00 | 74.00 / 73.00 | +1.00 | - |"]
 
 
 def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share():
