@@ -146,8 +146,7 @@ def fraction_choice(results: dict) -> list:
         seeds = sorted(set.intersection(*(set(r["seeds"]) for _, r in candidates)))
         if not seeds:
             continue
-        scores = [(fraction, sum(s["validation"]["sentence_acc"] for s in r["per_seed"] if s["seed"] in seeds) / len(seeds))
-                  for fraction, r in candidates]
+        scores = [(fraction, seed_mean(r, "validation", "sentence_acc", seeds)) for fraction, r in candidates]
         best = max(scores, key=lambda fs: fs[1])[0]
         share = "within each intent" if per_intent else "globally"
         lines.append(f"- {base}, MTIF target {target}, dropped {share}: validation sentence accuracy over seeds {seeds}: "
