@@ -4,6 +4,7 @@ harmful utterances, and on one without as many random utterances; both against t
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --seeds 1 2 3
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --per-intent  # *_5pct_per_intent
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.01 --per-intent --methods mtif --seeds 1
+    python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.02 --per-intent --unit sample  # *_samples
 
 RUN_DIR is a trained run of the base recipe (its training set is scored with MTIF if it has no
 influence/influence.csv yet). Writes results/<base>_mtif_<pct>pct.json and
@@ -33,21 +34,23 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the random pruning")
     parser.add_argument("--per-intent", action="store_true", help="drop the fraction within each intent")
+    parser.add_argument("--unit", default="utterance", choices=["utterance", "sample"],
+                        help="drop whole utterances, or single samples (an utterance's intent or its slot labels)")
     parser.add_argument("--methods", nargs="+", default=["mtif", "random"], choices=["mtif", "random"],
                         help="which prunings to train (mtif alone to try fractions on validation)")
     args = parser.parse_args(argv)
     if not (RESULTS / f"{args.base}.json").exists():
         parser.error(f"results/{args.base}.json (the full-data run to compare with) does not exist")
 
-    pct = f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "")
+    pct = f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "") + ("_samples" if args.unit == "sample" else "")
     for method in args.methods:
         random = method == "random"
         info = prune_run(args.run_dir, args.fraction, args.target, random=random, seed=args.random_seed,
-                         per_intent=args.per_intent)
+                         per_intent=args.per_intent, unit=args.unit)
         print(f"[{method}] dropped {info['dropped']} of {info['dropped'] + info['kept']} -> {info['recipe']}")
         run.main([info["recipe"], "--seeds", *map(str, args.seeds), "--name", f"{args.base}_{method}_{pct}",
                   "--compare-to", args.base,
-                  "--note", f"{args.base} trained without {info['dropped']} training utterances "
+                  "--note", f"{args.base} trained without {info['dropped']} training {args.unit}s "
                             f"({'at random' if random else 'most harmful by MTIF on ' + args.target}; "
                             f"scored on {Path(args.run_dir).name})"])
 

@@ -110,22 +110,23 @@ def pruning_table(results: dict) -> list:
     """MTIF vs random pruning vs the full training set, per base run and fraction."""
     groups = {}
     for name, r, p in pruned_rows(results):
-        key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False))
+        key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"))
         groups.setdefault(key, {})["random" if p["random"] else "MTIF"] = (name, r)
     if not groups:
         return []
     lines = ["**Pruning with MTIF** (retrained on the pruned training set; test split, mean ± std over seeds)", "",
              f"| base | fraction dropped | training set | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs full (same seeds) |",
              "|---|---|---|---|" + "---|" * (len(METRICS) + 1)]
-    for (base, fraction, target, per_intent), found in sorted(groups.items()):
+    for (base, fraction, target, per_intent, unit), found in sorted(groups.items()):
         full = results[base]
         rows = [("full", base, full)] + [(kind, *found[kind]) for kind in ("MTIF", "random") if kind in found]
         for kind, name, r in rows:
-            dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} utterances" + (")" if kind == "random" else f", target {target})")
+            dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} {unit}s" + (")" if kind == "random" else f", target {target})")
             delta = "-" if kind == "full" else \
                 f"{r['test']['sentence_acc']['mean'] - seed_mean(full, 'test', 'sentence_acc', r['seeds']):+.2f}"
             share = " of each intent" if per_intent and kind != "full" else ""
-            lines.append(f"| {base} | {100 * fraction:g} %{share} | {kind}{dropped} | {len(r['seeds'])} | "
+            samples = " (samples)" if unit == "sample" and kind != "full" else ""
+            lines.append(f"| {base} | {100 * fraction:g} %{share}{samples} | {kind}{dropped} | {len(r['seeds'])} | "
                          + " | ".join(fmt(r["test"][k]) for k, _ in METRICS) + f" | {delta} |")
     return lines + [""]
 
@@ -137,9 +138,10 @@ def fraction_choice(results: dict) -> list:
     groups = {}
     for _, r, p in pruned_rows(results):
         if not p["random"]:
-            groups.setdefault((r["compare_to"], p["target"], p.get("per_intent", False)), []).append((p["fraction"], r))
+            key = (r["compare_to"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"))
+            groups.setdefault(key, []).append((p["fraction"], r))
     lines = []
-    for (base, target, per_intent), rows in sorted(groups.items()):
+    for (base, target, per_intent, unit), rows in sorted(groups.items()):
         if len(rows) < 2:
             continue
         candidates = [(0.0, results[base])] + sorted(rows, key=lambda row: row[0])
@@ -149,7 +151,7 @@ def fraction_choice(results: dict) -> list:
         scores = [(fraction, seed_mean(r, "validation", "sentence_acc", seeds)) for fraction, r in candidates]
         best = max(scores, key=lambda fs: fs[1])[0]
         share = "within each intent" if per_intent else "globally"
-        lines.append(f"- {base}, MTIF target {target}, dropped {share}: validation sentence accuracy over seeds {seeds}: "
+        lines.append(f"- {base}, MTIF target {target}, {unit}s dropped {share}: validation sentence accuracy over seeds {seeds}: "
                      + ", ".join(f"{100 * f:g} % {v:.2f}" for f, v in scores)
                      + f" -> **chosen fraction: {100 * best:g} %**" + (" (no pruning)" if best == 0 else ""))
     return ["Fraction chosen on validation (0 % = the full training set):", ""] + lines + [""] if lines else []

@@ -110,7 +110,7 @@ def pruning_info(recipe_path) -> dict:
         return {}
     info = json.loads(path.read_text())
     return {"pruning": {k: info[k] for k in ("run_dir", "target", "fraction", "random", "seed", "dropped", "kept",
-                                              "negative", "per_intent") if k in info}}
+                                              "negative", "per_intent", "unit") if k in info}}
 
 
 def main(argv=None):

@@ -55,6 +55,14 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     rows = [line for line in render.pruning_table(results) if line.startswith("| atis")]
     assert rows[4].endswith("| +1.25 |") and rows[1].endswith("| +0.50 |")
 
+    # sample-level pruning (an utterance's intent or slot labels) is a group of its own
+    samples = {**per_intent, "unit": "sample"}
+    results.update(atis_mtif_5pct_per_intent_samples=result(87.5, compare_to="atis", pruning={**samples, "random": False}))
+    rows = [line for line in render.pruning_table(results) if line.startswith("| atis")]
+    assert len(rows) == 8 and [r.split(" | ")[2].split(" (")[0] for r in rows].count("full") == 3
+    assert [r.split(" | ")[1:3] for r in rows if "(samples)" in r] == [["5 % of each intent (samples)",
+                                                                       "MTIF (224 samples, target both)"]]
+
 
 def test_variants_are_listed_beside_their_base_over_the_same_seeds():
     base = result(74.0, validation={"sentence_acc": stat(76.5)})

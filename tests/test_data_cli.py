@@ -35,6 +35,17 @@ def test_inspect_sample():
     assert "get_weather" in res.output and "#####" in res.output and "party_size" in res.output
 
 
+def test_inspect_counts_utterances_without_a_task_label(tmp_path):
+    line = '{"tokens": ["play", "jazz"], "slots": %s, "intent": %s}\n'
+    (tmp_path / "train.jsonl").write_text(line % ('null', '"play"') + line % ('["O", "B-genre"]', 'null')
+                                          + line % ('["O", "B-genre"]', '"play"'))
+    for split in ("valid", "test"):
+        (tmp_path / f"{split}.jsonl").write_text(line % ('["O", "B-genre"]', '"play"'))
+    res = run("inspect", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "train: 3 utterances (1 without intent, 1 without slots), 1 intents, 1 slot types" in res.output
+
+
 def test_inspect_single_span_file():
     res = run("inspect", SAMPLE / "spans_example.json")
     assert res.exit_code == 0, res.output

@@ -153,6 +153,52 @@ def test_jsonl_errors_name_line(tmp_path, bad_line, match):
     assert (err.value.path, err.value.line) == (str(p), 3)
 
 
+def test_jsonl_null_marks_a_task_without_labels(tmp_path):
+    """Partial annotation: a null intent or null slots trains the other head only (the loss ignores
+    the missing task); what `slu-influence prune --unit sample` writes."""
+    from slu_feedback.data.features import make_features
+
+    lines = ['{"tokens": ["play", "jazz"], "slots": null, "intent": "play_music"}',
+             '{"tokens": ["wake", "me"], "slots": ["O", "B-who"], "intent": null}',
+             '{"tokens": ["hi"], "tags": ["O"], "intent": "greet"}']
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines if split == "train" else lines[2:]) + "\n")
+    ds = load_splits(tmp_path)
+    assert ds["train"]["slots"] == [None, ["O", "B-who"], ["O"]] and ds["train"]["intent"] == ["play_music", None, "greet"]
+    assert ds["train"][0]["text"] == "play jazz" and ds["train"][1]["offsets"] == [[0, 4], [5, 7]]
+    maps = build_label_maps(ds["train"])
+    assert maps.intents == ["greet", "play_music"] and maps.slots == ["O", "B-who"]
+
+    class WordPerToken:  # each word one sub-token, after [CLS]
+        def __call__(self, batch, **kw):
+            return type("E", (), {"word_ids": lambda _, i: [None, *range(len(batch[i])), None],
+                                  "__getitem__": lambda _, k: [[0] * (len(b) + 2) for b in batch]})()
+    features = make_features(ds["train"][:], WordPerToken(), maps, 64)
+    assert features["intent_label"] == [1, UNKNOWN_ID, 0]
+    assert features["slot_label"] == [[UNKNOWN_ID, UNKNOWN_ID], [0, 1], [0]]
+    assert subsample(ds["train"], 0.5, 0).num_rows >= 2  # None is a stratum like any intent
+
+    write_examples(ds["train"].to_list(), tmp_path / "again.jsonl", "jsonl")
+    assert [e["slots"] for e in read_jsonl(tmp_path / "again.jsonl")] == [None, ["O", "B-who"], ["O"]]
+    with pytest.raises(DataError, match="only the jsonl format"):
+        write_examples(ds["train"].to_list(), tmp_path / "folder" / "train", "folder")
+
+
+def test_jsonl_null_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n{"tokens": ["a"], "slots": null, "intent": null}\n')
+    with pytest.raises(DataError, match="both 'intent' and 'slots' are null") as err:
+        read_jsonl(p)
+    assert (err.value.path, err.value.line) == (str(p), 2)
+    p.write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n')
+    (tmp_path / "test.jsonl").write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n')
+    (tmp_path / "valid.jsonl").write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n'
+                                          '{"tokens": ["b"], "slots": ["O"], "intent": null}\n')
+    with pytest.raises(DataError, match="training split only") as err:
+        load_splits(tmp_path)
+    assert (err.value.path, err.value.line) == (str(tmp_path / "valid.jsonl"), 2)
+
+
 # --- character spans ----------------------------------------------------------------------
 
 SPAN_EX = {"text": "Book a table in Zürich, São Paulo at 8pm!", "intent": "book",

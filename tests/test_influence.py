@@ -3,6 +3,8 @@ per-example gradients, and `slu-influence score|prune|validate` on a tiny traine
 
 import csv
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,6 +179,33 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
                 ranked = sorted(members, key=value.get)
                 assert {d for d in info["dropped_ids"] if intents[d] == intent} == set(ranked[:dropped])
     assert counts[True] == counts[False] and sum(counts[False].values()) > 0
+
+    # --unit sample: drop the most negative single samples (an utterance's intent or its slots),
+    # written as JSONL with null labels; an utterance loses both only if both rank that low
+    dest = tmp_path / "samples"
+    result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--unit", "sample", "--scores",
+                                  str(out / "influence.csv"), "--out", str(dest)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((dest / "prune.json").read_text())
+    assert info["unit"] == "sample" and info["dropped"] == 40 and info["kept"] == 360
+    sample_value = {(int(r["id"]), l): sum(float(r[f"{l}->{k}"]) for k in ("intent", "slot"))
+                    for r in rows for l in ("intent", "slot")}
+    dropped = {(i, l) for i, l in info["dropped_ids"]}
+    assert max(sample_value[d] for d in dropped) <= min(v for d, v in sample_value.items() if d not in dropped)
+    data = load_splits(dest / "data")
+    train = data["train"]
+    both = {i for i, _ in dropped if (i, "intent") in dropped and (i, "slot") in dropped}
+    assert len(train) == 200 - len(both) == info["utterances_kept"]
+    assert train["intent"].count(None) == info["unlabelled"]["intent"] == sum(l == "intent" for _, l in dropped) - len(both)
+    assert sum(s is None for s in train["slots"]) == info["unlabelled"]["slot"] == sum(l == "slot" for _, l in dropped) - len(both)
+    assert len(data["validation"]) == 50 and None not in data["validation"]["intent"]
+    recipe = load_recipe(next(dest.glob("*.yaml")), ["train.epochs=1", f"output_dir={tmp_path / 'retrained'}"])
+    assert recipe["data"]["format"] == "jsonl"
+    from slu_feedback.training.trainer import train  # the partially labelled set trains like any other
+
+    results = json.loads((Path(train(recipe)) / "all_results.json").read_text())
+    assert results["train_examples"] == info["utterances_kept"]
+    assert all(math.isfinite(results["validation"][k]) for k in ("intent_acc", "slot_f1", "sentence_acc"))
 
     result = runner.invoke(main, ["validate", str(tiny_run), "--n", "2", "--subsets", "2", "--solver", "cg",
                                   "--cg-iterations", "5", "--max-iter", "10", "--out", str(tmp_path / "val")])

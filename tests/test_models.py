@@ -218,3 +218,53 @@ def test_gate_logits_get_their_own_learning_rate():
     assert lr_of(load_recipe(None, ["data.path=x", "optim.lr=1e-4", "optim.head_lr=1e-3"])) == ({1e-3}, 1e-3, 1e-4)
     assert lr_of(load_recipe(None, ["data.path=x", "optim.lr=1e-4", "optim.head_lr=1e-3", "optim.gate_lr=0.05"])) \
         == ({0.05}, 1e-3, 1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"slot_decoder": "crf"}, {"feedback": {"iterations": 2}},
+                                    {"head": "vmtl"}])
+def test_a_batch_without_intent_labels_has_a_finite_loss(kwargs):
+    """Partially annotated data (null intent in JSONL; sample-level MTIF pruning) can give a batch
+    with no intent label at all: its intent loss is 0, not NaN, and the slot head still learns."""
+    model = make_model(**kwargs).train()
+    torch.manual_seed(0)
+    loss = model(**make_batch(), intent_labels=torch.full((3,), -100), slot_labels=labels()["slot_labels"]).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any(n.startswith("slot_head") and torch.count_nonzero(g) for n, g in grads.items())
+    if not kwargs:  # without feedback the intent head's only teacher is the intent loss
+        assert all(torch.count_nonzero(g) == 0 for n, g in grads.items() if n.startswith("intent_head"))
+
+
+@pytest.mark.parametrize("decoder", ["softmax", "crf"])
+def test_an_utterance_without_slot_labels_adds_nothing_to_the_slot_loss(decoder):
+    model = make_model(slot_decoder=decoder).eval()
+    with torch.no_grad():  # confident, different outputs per utterance (a fresh head is near uniform)
+        model.slot_head.out.weight.normal_(0, 5.0)
+    no_intents = torch.full((3,), -100)  # the loss is then the slot loss alone
+    slots = labels()["slot_labels"].clone()
+    slots[1] = -100
+    partial = model(**make_batch(), intent_labels=no_intents, slot_labels=slots).loss
+    rows = [0, 2]
+    without = model(**{k: v[rows] for k, v in make_batch().items()}, intent_labels=no_intents[rows],
+                    slot_labels=slots[rows]).loss
+    assert partial.item() == pytest.approx(without.item(), rel=1e-5)
+    assert partial.item() != pytest.approx(model(**make_batch(), intent_labels=no_intents,
+                                                 slot_labels=labels()["slot_labels"]).loss.item(), rel=1e-3)
+
+
+def test_crf_loss_ignores_utterances_without_slot_labels():
+    torch.manual_seed(0)
+    crf = CRF(3)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(3, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool()
+    tags = torch.tensor([[0, 1, 2, -100], [2, 0, 1, 1], [1, 1, -100, -100]])
+    unlabelled = tags.clone()
+    unlabelled[1] = -100
+    expected = crf.neg_log_likelihood(emissions[[0, 2]], tags[[0, 2]], mask[[0, 2]])
+    assert crf.neg_log_likelihood(emissions, unlabelled, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert crf.neg_log_likelihood(emissions, torch.full_like(tags, -100), mask).item() == 0.0

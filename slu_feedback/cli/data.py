@@ -85,9 +85,12 @@ def inspect(path, fmt, top):
     first = next(iter(splits))
     train_intents = set(splits[first]["intent"])
     for name, ds in splits.items():
-        intents, lengths = ds["intent"], [len(t) for t in ds["tokens"]]
-        slot_types = Counter(label for tags in ds["slots"] for label, _, _ in bio_to_spans(tags))
-        click.echo(f"{name}: {len(ds)} utterances, {len(set(intents))} intents, {len(slot_types)} slot types, "
+        intents, lengths = [i for i in ds["intent"] if i is not None], [len(t) for t in ds["tokens"]]
+        slot_types = Counter(label for tags in ds["slots"] if tags is not None for label, _, _ in bio_to_spans(tags))
+        unlabelled = [f"{n} without {task}" for task, n in (("intent", len(ds) - len(intents)),
+                                                            ("slots", ds["slots"].count(None))) if n]
+        click.echo(f"{name}: {len(ds)} utterances{' (' + ', '.join(unlabelled) + ')' if unlabelled else ''}, "
+                   f"{len(set(intents))} intents, {len(slot_types)} slot types, "
                    f"{sum('#' in i for i in intents)} multi-intent, length min/mean/max "
                    f"{min(lengths)}/{sum(lengths) / len(lengths):.1f}/{max(lengths)}")
         if name != first:
@@ -96,9 +99,10 @@ def inspect(path, fmt, top):
                 click.echo(f"  {len(unseen)} utterance(s) with {len(set(unseen))} intent(s) unseen in {first}")
     ds = splits[first]
     click.echo(f"\nintents ({first}):")
-    click.echo("\n".join(_bars(Counter(ds["intent"]), top)))
+    click.echo("\n".join(_bars(Counter(i for i in ds["intent"] if i is not None), top)))
     click.echo(f"\nslot types ({first}, entity counts):")
-    click.echo("\n".join(_bars(Counter(l for tags in ds["slots"] for l, _, _ in bio_to_spans(tags)), top)))
+    click.echo("\n".join(_bars(Counter(l for tags in ds["slots"] if tags is not None for l, _, _ in bio_to_spans(tags)),
+                                top)))
 
 
 @main.command()

@@ -3,6 +3,7 @@
     slu-influence score runs/atis-1 --scope heads --solver cg        # -> runs/atis-1/influence/
     slu-influence prune runs/atis-1 --fraction 0.05 --target both    # -> runs/atis-1/pruned/<name>/
     slu-influence prune runs/atis-1 --fraction 0.05 --random         # same number dropped at random
+    slu-influence prune runs/atis-1 --fraction 0.02 --unit sample    # drop intent or slot labels, not utterances
     slu-influence validate runs/atis-1 --n 40                        # leave-one-out + datamodeling
     torchrun --nproc_per_node 4 -m slu_feedback.cli.influence score runs/atis-1   # sharded gradients
 
@@ -43,7 +44,7 @@ def _errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """MTIF: influence of each training utterance's intent and slot samples on each task's
-    validation loss; pruning of harmful utterances; a check against retraining."""
+    validation loss; pruning of harmful utterances or samples; a check against retraining."""
 
 
 @main.command()
@@ -99,21 +100,26 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
 @click.option("--random", "random_", is_flag=True, help="Drop the same number of utterances at random instead.")
 @click.option("--per-intent", is_flag=True,
               help="Drop the fraction within each intent (keeps the intent distribution; rare intents lose none).")
+@click.option("--unit", default="utterance", show_default=True, type=click.Choice(["utterance", "sample"]),
+              help="Drop whole utterances, or single samples: an utterance's intent label or its slot labels "
+                   "(written as JSONL with a null intent or null slots; the utterance still trains the other head).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--scores", default=None, help="influence.csv to rank by (default: RUN_DIR/influence/, scored if absent).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/pruned/<name>).")
 @SCOPE
 @DAMPING
 @_errors
-def prune(run_dir, fraction, target, random_, per_intent, seed, scores, out_dir, scope, damping):
-    """Write the pruned training set (folder format, valid/ and test/ copied) and a recipe that
-    trains on it."""
+def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, out_dir, scope, damping):
+    """Write the pruned training set (valid/ and test/ copied) and a recipe that trains on it."""
     from ..influence.report import prune_run
 
-    info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, per_intent=per_intent, scope=scope,
-                     damping=damping)
-    click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training utterances "
+    info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, per_intent=per_intent, unit=unit,
+                     scope=scope, damping=damping)
+    click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training {unit}s "
                f"({'random' if random_ else 'most harmful for ' + target})")
+    if unit == "sample":
+        click.echo(f"{info['utterances_kept']} utterances kept: {info['unlabelled']['intent']} without their intent, "
+                   f"{info['unlabelled']['slot']} without their slots; {info['utterances_dropped']} left out")
     if "note" in info:
         click.echo(f"note: {info['note']}", err=True)
     click.echo(f"data: {info['data']}\nrecipe: {info['recipe']}\ntrain it: slu-train {info['recipe']}")

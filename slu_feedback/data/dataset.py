@@ -143,7 +143,13 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
         if where is None:
             names = " or ".join(n + ("/" if format == "folder" else ".jsonl") for n in SPLIT_NAMES[split])
             raise DataError(f"missing {split!r} split: expected {names}", path)
-        out[split] = to_dataset(read_split(where, format, repair_bio))
+        examples = read_split(where, format, repair_bio)
+        if split != "train":
+            partial = next((i for i, ex in enumerate(examples) if ex["intent"] is None or ex["slots"] is None), None)
+            if partial is not None:
+                raise DataError(f"a null intent or slots is allowed in the training split only (the {split} "
+                                "split is scored on both tasks)", where, partial + 1)
+        out[split] = to_dataset(examples)
     return datasets.DatasetDict(out)
 
 
@@ -183,8 +189,8 @@ def build_label_maps(train_split) -> LabelMaps:
     Using train only keeps ids identical however valid/test change, and lets unseen test labels
     be counted as errors rather than silently learned.
     """
-    intents = sorted(set(train_split["intent"]))
-    tags = {t for seq in train_split["slots"] for t in seq}
+    intents = sorted(set(train_split["intent"]) - {None})  # None: an utterance without an intent label
+    tags = {t for seq in train_split["slots"] if seq is not None for t in seq}
     tags.discard("O")
     return LabelMaps(intents=intents, slots=["O"] + sorted(tags))
 
@@ -203,7 +209,7 @@ def subsample(split: datasets.Dataset, fraction: float, seed: int) -> datasets.D
         by_intent[intent].append(i)
     rng = random.Random(seed)
     keep = []
-    for intent in sorted(by_intent):
+    for intent in sorted(by_intent, key=str):  # str: None (no intent label) sorts as "None"
         idx = by_intent[intent]
         keep.extend(rng.sample(idx, max(1, round(fraction * len(idx)))))
     return split.select(sorted(keep))

@@ -10,6 +10,8 @@ import math
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .dataset import UNKNOWN_ID
+
 FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", "slot_label"]
 
 
@@ -31,11 +33,11 @@ def encode_words(tokenizer, batch_tokens: list, max_length: int) -> dict:
 def make_features(examples: dict, tokenizer, label_maps, max_length: int) -> dict:
     """`datasets.map` function (batched): add model inputs and label ids to a batch of examples."""
     features = encode_words(tokenizer, examples["tokens"], max_length)
-    features["intent_label"] = [label_maps.intent_id(x) for x in examples["intent"]]
+    features["intent_label"] = [label_maps.intent_id(x) for x in examples["intent"]]  # None -> ignored
     features["slot_label"] = [
-        [label_maps.slot_id(tag) for tag in tags[: len(index)]]
+        [UNKNOWN_ID] * len(index) if tags is None else [label_maps.slot_id(tag) for tag in tags[: len(index)]]
         for tags, index in zip(examples["slots"], features["word_index"])
-    ]
+    ]  # an utterance without slot labels (None) is ignored by the slot loss
     return features
 
 

@@ -5,6 +5,9 @@ Every reader returns a list of plain dicts::
     {"tokens": [...], "slots": [...], "intent": str, "text": str, "offsets": [[start, end], ...]}
 
 ``slots`` are word-level IOB2 tags, ``offsets`` the character span of each token in ``text``.
+In word-level JSONL a training utterance may say ``"intent": null`` or ``"slots": null``: it is not
+labelled for that task and trains the other head only (partial annotation; what sample-level MTIF
+pruning writes). Such an example carries ``None`` in that field.
 Problems are raised as DataError naming the file and the 1-based line, so a user can fix the file.
 """
 
@@ -72,8 +75,13 @@ def bio_to_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def _check_example(tokens, slots, intent, path, line, repair_bio) -> dict:
-    """Validate one word-level example; shared by the folder and JSONL readers."""
+def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=()) -> dict:
+    """Validate one word-level example; shared by the folder and JSONL readers. `unlabelled`
+    names the tasks ("intent", "slots") the example has no label for: they come back as None."""
+    if unlabelled:
+        example = _check_example(tokens, ["O"] * len(tokens) if "slots" in unlabelled else slots,
+                                 "unlabelled" if "intent" in unlabelled else intent, path, line, repair_bio)
+        return {**example, **{task: None for task in unlabelled}}
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise DataError("'tokens' must be a list of strings", path, line)
     if not isinstance(slots, list) or not all(isinstance(t, str) for t in slots):
@@ -187,7 +195,8 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
 
 
 def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
-    """Read word-level JSONL: one ``{"tokens", "slots" (or "tags"), "intent"}`` object a line."""
+    """Read word-level JSONL: one ``{"tokens", "slots" (or "tags"), "intent"}`` object a line;
+    ``null`` for the intent or the slots marks a task the utterance is not labelled for."""
     path = Path(path)
     examples = []
     for i, line in enumerate(_read_lines(path), start=1):
@@ -196,12 +205,14 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
         obj = _loads(line, path, i)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", path, i)
-        slots = obj.get("slots", obj.get("tags"))
-        missing = [k for k, v in (("tokens", obj.get("tokens")), ("slots", slots), ("intent", obj.get("intent")))
-                   if v is None]
+        slot_key = "slots" if "slots" in obj or "tags" not in obj else "tags"
+        missing = [k for k in ("tokens", slot_key, "intent") if k not in obj or (k == "tokens" and obj[k] is None)]
         if missing:
             raise DataError(f"missing key(s): {', '.join(missing)}", path, i)
-        examples.append(_check_example(obj["tokens"], slots, obj["intent"], path, i, repair_bio))
+        unlabelled = tuple(task for task, key in (("intent", "intent"), ("slots", slot_key)) if obj[key] is None)
+        if len(unlabelled) == 2:
+            raise DataError("both 'intent' and 'slots' are null: the utterance teaches nothing", path, i)
+        examples.append(_check_example(obj["tokens"], obj[slot_key], obj["intent"], path, i, repair_bio, unlabelled))
     if not examples:
         raise DataError("no examples in file", path)
     return examples
@@ -335,6 +346,10 @@ def write_examples(examples: Iterable[dict], path: str | os.PathLike, format: st
     """Write examples as ``folder`` (path = a split folder), ``jsonl`` or ``spans`` (a JSON list)."""
     path = Path(path)
     examples = list(examples)
+    partial = next((i for i, ex in enumerate(examples) if ex["intent"] is None or ex["slots"] is None), None)
+    if partial is not None and format != "jsonl":
+        raise DataError(f"example {partial + 1} is not labelled for every task (null intent or slots); only the "
+                        f"jsonl format can hold that, not {format}", path)
     if format == "folder":
         path.mkdir(parents=True, exist_ok=True)
         columns = {"seq.in": [" ".join(ex["tokens"]) for ex in examples],
@@ -345,7 +360,8 @@ def write_examples(examples: Iterable[dict], path: str | os.PathLike, format: st
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "jsonl":
-        lines = [json.dumps({"tokens": list(ex["tokens"]), "slots": list(ex["slots"]), "intent": ex["intent"]},
+        lines = [json.dumps({"tokens": list(ex["tokens"]), "slots": None if ex["slots"] is None else list(ex["slots"]),
+                             "intent": ex["intent"]},
                             ensure_ascii=False) for ex in examples]
         path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
     elif format == "spans":

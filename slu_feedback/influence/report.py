@@ -126,14 +126,19 @@ def read_scores(path) -> list:
 
 
 def prune_run(run_dir, fraction: float, target: str = "both", random: bool = False, seed: int = 0, scores=None,
-              out_dir=None, per_intent: bool = False, **score_kw) -> dict:
-    """Drop the `fraction` of training utterances with the most negative influence on the target
-    task(s) (the sum over the utterance's intent and slot samples, and over both targets for
-    `both`), or as many at random; write
-    the dataset (folder format: train/ pruned, valid/ and test/ copied) and a recipe training on it.
+              out_dir=None, per_intent: bool = False, unit: str = "utterance", **score_kw) -> dict:
+    """Drop the `fraction` of training utterances (unit "utterance") or of training samples (unit
+    "sample": an utterance's intent label and its slot labels are two samples, METHODS.md section 3)
+    with the most negative influence on the target task(s), or as many at random; write the dataset
+    and a recipe training on it.
+
+    An utterance's influence is the sum over its two samples; with target `both` a value is summed
+    over both targets. Utterance pruning writes the folder format; sample pruning writes JSONL in
+    which a dropped sample is a null intent or null slots (the utterance then trains the other head
+    only) and an utterance with both samples dropped is left out. valid/ and test/ are copied.
 
     `per_intent` drops the fraction within each intent (none from an intent with fewer than
-    1 / (2 * fraction) utterances), random pruning then the same count per intent: on ATIS the
+    1 / (2 * fraction) candidates), random pruning then the same count per intent: on ATIS the
     global ranking dropped two thirds of several rare intents (atis_aircraft, atis_flight_time,
     atis_ground_fare), whose examples share a large negative score."""
     run_dir = Path(run_dir)
@@ -141,6 +146,8 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         raise ValueError(f"--fraction must be in (0, 1), got {fraction}")
     if target not in ("intent", "slot", "both"):
         raise ValueError(f"--target must be intent, slot or both, not {target!r}")
+    if unit not in ("utterance", "sample"):
+        raise ValueError(f"--unit must be utterance or sample, not {unit!r}")
     recipe = run_recipe(run_dir)
     splits = run_splits(recipe)
     train = splits["train"]
@@ -151,16 +158,17 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     if len(rows) != len(train):
         raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")
     targets = TASKS if target == "both" else (target,)
-    value = torch.tensor([sum(float(r[f"utterance->{k}"]) for k in targets) for r in rows])
-    wanted = int(round(fraction * len(train)))
+    sources = ["utterance"] if unit == "utterance" else list(TASKS)
+    value = torch.tensor([[sum(float(r[f"{source}->{k}"]) for k in targets) for source in sources] for r in rows])
+    candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
+    wanted = int(round(fraction * len(candidates)))
     intents = train["intent"]
-    groups = defaultdict(list)  # utterance ids by intent (one group of all without per_intent), most negative first
-    for i in value.argsort().tolist():
-        groups[intents[i] if per_intent else ""].append(i)
+    groups = defaultdict(list)  # candidates by intent (one group of all without per_intent), most negative first
+    for c in value.flatten().argsort().tolist():
+        groups[intents[candidates[c][0]] if per_intent else ""].append(c)
     quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
-    ranked = [i for g, ids in groups.items() for i in ids[:quota[g]]]
-    count = len(ranked)
-    negative = int((value[ranked] < 0).sum()) if ranked else 0
+    ranked = [c for g, ids in groups.items() for c in ids[:quota[g]]]
+    negative = int((value.flatten()[ranked] < 0).sum()) if ranked else 0
     if random:  # as many from each group, at random
         generator = torch.Generator().manual_seed(seed)
         drop = set()
@@ -169,27 +177,42 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
             drop.update(pool[j] for j in torch.randperm(len(pool), generator=generator)[:quota[g]].tolist())
     else:
         drop = set(ranked)
-    name = f"{'random' if random else 'pruned'}-{target}-{100 * fraction:g}pct{'-per-intent' if per_intent else ''}"
+    dropped = defaultdict(set)  # utterance id -> its dropped samples
+    for c in drop:
+        dropped[candidates[c][0]].add(candidates[c][1])
+    name = (f"{'random' if random else 'pruned'}-{target}-{100 * fraction:g}pct{'-per-intent' if per_intent else ''}"
+            f"{'-samples' if unit == 'sample' else ''}")
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned" / name
     data_dir = out_dir / "data"
-    kept = [ex for i, ex in enumerate(train) if i not in drop]
-    write_examples(kept, data_dir / "train", "folder")
-    write_examples(splits["validation"], data_dir / "valid", "folder")
-    write_examples(splits["test"], data_dir / "test", "folder")
+    kept = []
+    for i, ex in enumerate(train):
+        gone = dropped.get(i, set())
+        if "utterance" in gone or len(gone) == len(TASKS):
+            continue
+        kept.append({**ex, **({"intent": None} if "intent" in gone else {}), **({"slots": None} if "slot" in gone else {})})
+    format = "folder" if unit == "utterance" else "jsonl"
+    for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        examples = kept if split == "train" else splits[split]
+        write_examples(examples, data_dir / (stem if format == "folder" else stem + ".jsonl"), format)
     new = {k: v for k, v in recipe.items() if k not in ("recipe_dir", "recipe_name")}
-    new["data"] = {**new["data"], "path": str(data_dir.resolve()), "format": "folder", "train_fraction": 1.0}
+    new["data"] = {**new["data"], "path": str(data_dir.resolve()), "format": format, "train_fraction": 1.0}
     new["output_dir"] = None
     recipe_file = out_dir / f"{name}.yaml"
-    header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {len(train)} training utterances "
+    header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {len(candidates)} training {unit}s "
               f"dropped ({'at random' if random else 'most negative MTIF on ' + target}"
               f"{', the same share of each intent' if per_intent else ''}, seed {seed})\n")
     recipe_file.write_text(header + yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
     info = {"run_dir": str(run_dir), "target": target, "fraction": fraction, "random": random, "seed": seed,
-            "per_intent": per_intent,
-            "requested": wanted, "dropped": len(drop), "kept": len(kept), "negative": int((value < 0).sum()),
-            "dropped_ids": sorted(drop), "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
-    if negative < count and not random:
-        info["note"] = (f"only {negative} of the {count} lowest-ranked utterances have negative influence on "
+            "per_intent": per_intent, "unit": unit, "requested": wanted, "dropped": len(drop),
+            "kept": len(candidates) - len(drop), "negative": int((value < 0).sum()),
+            "utterances_kept": len(kept), "utterances_dropped": len(train) - len(kept),
+            "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
+            "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
+    if unit == "sample":
+        info["unlabelled"] = {task: sum(1 for ex in kept if ex[field] is None)
+                              for task, field in (("intent", "intent"), ("slot", "slots"))}
+    if negative < len(ranked) and not random:
+        info["note"] = (f"only {negative} of the {len(ranked)} lowest-ranked {unit}s have negative influence on "
                         f"{target}; the others were dropped as the least helpful")
     (out_dir / "prune.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info

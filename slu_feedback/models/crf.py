@@ -12,9 +12,12 @@ class CRF(nn.Module):
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
 
     def neg_log_likelihood(self, emissions, tags, mask):
-        """Mean over the batch of -log p(tags | emissions). Tags at masked positions are ignored."""
+        """Mean over the labelled utterances of -log p(tags | emissions). Tags at masked positions are
+        ignored; an utterance whose tags are all -100 has no slot labels and adds nothing."""
+        labelled = ((tags != -100) & mask).any(1).float()
         tags = tags.clamp(min=0)  # -100 (unknown tag / padding) -> any valid index; masked below
-        return (self._log_partition(emissions, mask) - self._score(emissions, tags, mask)).mean()
+        nll = self._log_partition(emissions, mask) - self._score(emissions, tags, mask)
+        return (nll * labelled).sum() / labelled.sum().clamp(min=1)
 
     def _score(self, emissions, tags, mask):
         batch = torch.arange(emissions.shape[0], device=emissions.device)

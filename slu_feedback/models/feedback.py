@@ -111,6 +111,14 @@ def step_sizes(intent_probs: list, slot_probs: list, word_mask: torch.Tensor) ->
     return torch.stack([torch.stack(intent_steps), torch.stack(slot_steps)])
 
 
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions (label -100 is ignored), and 0 rather than
+    F.cross_entropy's NaN when a batch has none (partially annotated data: every utterance in a
+    batch may lack this task's label)."""
+    total = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
+
 def convergence_loss(steps: torch.Tensor, rho: float = 1.0) -> torch.Tensor:
     """L_conv = sum_t [ sum_{k>=2} relu(delta_t^k - rho * delta_t^{k-1}) + delta_t^K ].
 

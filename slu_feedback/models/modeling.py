@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 from .config import SLUConfig
 from .crf import CRF, bio_transitions, viterbi_decode
 from .encoders import build_encoder
-from .feedback import FeedbackGate, Head, convergence_loss, step_sizes
+from .feedback import FeedbackGate, Head, convergence_loss, labelled_cross_entropy, step_sizes
 from . import vmtl as vmtl_lib
 
 
@@ -249,7 +249,7 @@ class SLUModel(PreTrainedModel):
     def slot_loss(self, slot_logits, slot_labels, word_mask):
         if self.crf is not None:
             return self.crf.neg_log_likelihood(slot_logits, slot_labels, word_mask)
-        return F.cross_entropy(slot_logits.flatten(0, 1), slot_labels.flatten(), ignore_index=-100)
+        return labelled_cross_entropy(slot_logits.flatten(0, 1), slot_labels.flatten())
 
     def compute_loss(self, all_intent, all_slot, steps, intent_labels, slot_labels, word_mask, posteriors=None):
         """sum_k w_k (CE_intent^k + CE_slot^k) + lambda_conv * L_conv.
@@ -271,7 +271,7 @@ class SLUModel(PreTrainedModel):
         weights = self.iteration_weights(len(all_intent) - 1)
         loss = 0.0
         for w, intent_logits, slot_logits in zip(weights, all_intent, all_slot):
-            intent_ce = F.cross_entropy(intent_logits, intent_labels, ignore_index=-100)
+            intent_ce = labelled_cross_entropy(intent_logits, intent_labels)
             slot_ce = self.slot_loss(slot_logits, slot_labels, word_mask)
             loss = loss + w * (c.intent_loss_weight * intent_ce + c.slot_loss_weight * slot_ce)
         return loss, {"intent": intent_ce.item(), "slot": slot_ce.item()}

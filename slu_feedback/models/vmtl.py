@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feedback import infused_hidden
+from .feedback import infused_hidden, labelled_cross_entropy
 
 LOGVAR_OFFSET = -4.0
 LOGVAR_RANGE = (-12.0, 4.0)
@@ -350,8 +350,8 @@ def iteration_loss(intent: Posterior, slot: Posterior, intent_labels, slot_label
     other datasets' posteriors on this input (None where a peer is not attached)."""
     z_intent, z_slot = intent.sample_z(samples), slot.sample_z(samples)
     intent_logits, slot_logits = intent.sample_logits(z_intent), slot.sample_logits(z_slot)
-    intent_ce = F.cross_entropy(intent_logits.flatten(0, -2), intent_labels.repeat(samples), ignore_index=-100)
-    slot_ce = F.cross_entropy(slot_logits.flatten(0, -2), slot_labels.repeat(samples, 1).flatten(), ignore_index=-100)
+    intent_ce = labelled_cross_entropy(intent_logits.flatten(0, -2), intent_labels.repeat(samples))
+    slot_ce = labelled_cross_entropy(slot_logits.flatten(0, -2), slot_labels.repeat(samples, 1).flatten())
     kl_intent = task_kl(intent, [slot, *peers], alpha["latent", "intent"], word_mask, z_intent, form)
     kl_slot = task_kl(slot, [intent, *peers], alpha["latent", "slot"], word_mask, z_slot, form)
     return intent_ce, slot_ce, kl_intent, kl_slot
