@@ -122,12 +122,18 @@ def test_evaluation_is_deterministic_and_counts_iterations():
     assert torch.equal(out.intent_logits, out.all_intent_logits[1])
 
 
-def test_crf_matches_brute_force():
+def random_crf(num_tags: int) -> CRF:
+    """A CRF with random (not zero) start, end and transition scores; seeds torch with 0."""
     torch.manual_seed(0)
-    crf = CRF(3)
+    crf = CRF(num_tags)
     with torch.no_grad():
         for p in crf.parameters():
             p.normal_()
+    return crf
+
+
+def test_crf_matches_brute_force():
+    crf = random_crf(3)
     emissions = torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
 
@@ -255,11 +261,7 @@ def test_an_utterance_without_slot_labels_adds_nothing_to_the_slot_loss(decoder)
 
 
 def test_crf_loss_ignores_utterances_without_slot_labels():
-    torch.manual_seed(0)
-    crf = CRF(3)
-    with torch.no_grad():
-        for p in crf.parameters():
-            p.normal_()
+    crf = random_crf(3)
     emissions = torch.randn(3, 4, 3)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool()
     tags = torch.tensor([[0, 1, 2, -100], [2, 0, 1, 1], [1, 1, -100, -100]])
