@@ -191,7 +191,9 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     sample_value = {(int(r["id"]), l): sum(float(r[f"{l}->{k}"]) for k in ("intent", "slot"))
                     for r in rows for l in ("intent", "slot")}
     dropped = {(i, l) for i, l in info["dropped_ids"]}
-    assert max(sample_value[d] for d in dropped) <= min(v for d, v in sample_value.items() if d not in dropped)
+    # the most negative samples, but for those kept as the last example of a label
+    skipped = [d for d, v in sample_value.items() if d not in dropped and v < max(sample_value[d] for d in dropped)]
+    assert len(skipped) <= info["kept_for_labels"]
     data = load_splits(dest / "data")
     train = data["train"]
     both = {i for i, _ in dropped if (i, "intent") in dropped and (i, "slot") in dropped}
@@ -199,6 +201,19 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     assert train["intent"].count(None) == info["unlabelled"]["intent"] == sum(l == "intent" for _, l in dropped) - len(both)
     assert sum(s is None for s in train["slots"]) == info["unlabelled"]["slot"] == sum(l == "slot" for _, l in dropped) - len(both)
     assert len(data["validation"]) == 50 and None not in data["validation"]["intent"]
+    # no label loses its last training example, however much is pruned (MTIF and random alike)
+    from slu_feedback.data.dataset import build_label_maps
+    from slu_feedback.influence.slu import run_recipe, run_splits
+
+    full_labels = build_label_maps(run_splits(run_recipe(tiny_run))["train"])
+    for extra in ([], ["--random"]):
+        heavy = tmp_path / f"samples-most{extra}"
+        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.9", "--unit", "sample", "--scores",
+                                      str(out / "influence.csv"), "--out", str(heavy), *extra])
+        assert result.exit_code == 0, result.output
+        heavy_info = json.loads((heavy / "prune.json").read_text())
+        assert heavy_info["kept_for_labels"] > 0 and heavy_info["dropped"] == 360
+        assert build_label_maps(load_splits(heavy / "data")["train"]) == full_labels
     recipe = load_recipe(next(dest.glob("*.yaml")), ["train.epochs=1", f"output_dir={tmp_path / 'retrained'}"])
     assert recipe["data"]["format"] == "jsonl"
     from slu_feedback.training.trainer import train  # the partially labelled set trains like any other

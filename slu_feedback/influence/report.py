@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -125,6 +125,27 @@ def read_scores(path) -> list:
         return list(csv.DictReader(f))
 
 
+class LabelKeeper:
+    """Sample-level pruning never takes the last training example of a label: a sample is released
+    only if every intent or slot tag it carries keeps another utterance labelled with it (else the
+    label would leave the vocabulary, and its validation and test occurrences could not be learned;
+    on ATIS, 2 % of samples per intent would otherwise remove 6 of 120 slot tags)."""
+
+    def __init__(self, train):
+        self.intents, self.slots = train["intent"], train["slots"]
+        self.count = Counter(("intent", x) for x in self.intents)
+        self.count.update(("slot", tag) for tags in self.slots for tag in set(tags))
+        self.refused = 0
+
+    def release(self, i: int, task: str) -> bool:
+        labels = {("intent", self.intents[i])} if task == "intent" else {("slot", t) for t in self.slots[i]}
+        if any(self.count[label] <= 1 for label in labels):
+            self.refused += 1
+            return False
+        self.count.subtract(labels)
+        return True
+
+
 def prune_run(run_dir, fraction: float, target: str = "both", random: bool = False, seed: int = 0, scores=None,
               out_dir=None, per_intent: bool = False, unit: str = "utterance", **score_kw) -> dict:
     """Drop the `fraction` of training utterances (unit "utterance") or of training samples (unit
@@ -135,7 +156,8 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     An utterance's influence is the sum over its two samples; with target `both` a value is summed
     over both targets. Utterance pruning writes the folder format; sample pruning writes JSONL in
     which a dropped sample is a null intent or null slots (the utterance then trains the other head
-    only) and an utterance with both samples dropped is left out. valid/ and test/ are copied.
+    only) and an utterance with both samples dropped is left out; no label loses its last example
+    (`LabelKeeper`), for MTIF and random pruning alike. valid/ and test/ are copied.
 
     `per_intent` drops the fraction within each intent (none from an intent with fewer than
     1 / (2 * fraction) candidates), random pruning then the same count per intent: on ATIS the
@@ -167,16 +189,27 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     for c in value.flatten().argsort().tolist():
         groups[intents[candidates[c][0]] if per_intent else ""].append(c)
     quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
-    ranked = [c for g, ids in groups.items() for c in ids[:quota[g]]]
-    negative = int((value.flatten()[ranked] < 0).sum()) if ranked else 0
+    keeper = LabelKeeper(train) if unit == "sample" else None
+
+    def take(order: list, n: int) -> list:  # the first n candidates of `order` the keeper lets go
+        out = []
+        for c in order:
+            if len(out) == n:
+                break
+            if keeper is None or keeper.release(*candidates[c]):
+                out.append(c)
+        return out
+
     if random:  # as many from each group, at random
         generator = torch.Generator().manual_seed(seed)
-        drop = set()
+        drop = []
         for g, ids in sorted(groups.items()):
             pool = sorted(ids)
-            drop.update(pool[j] for j in torch.randperm(len(pool), generator=generator)[:quota[g]].tolist())
+            drop += take([pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()], quota[g])
     else:
-        drop = set(ranked)
+        drop = [c for g, ids in sorted(groups.items()) for c in take(ids, quota[g])]
+    negative = int((value.flatten()[drop] < 0).sum()) if drop else 0
+    drop = set(drop)
     dropped = defaultdict(set)  # utterance id -> its dropped samples
     for c in drop:
         dropped[candidates[c][0]].add(candidates[c][1])
@@ -211,8 +244,9 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     if unit == "sample":
         info["unlabelled"] = {task: sum(1 for ex in kept if ex[field] is None)
                               for task, field in (("intent", "intent"), ("slot", "slots"))}
-    if negative < len(ranked) and not random:
-        info["note"] = (f"only {negative} of the {len(ranked)} lowest-ranked {unit}s have negative influence on "
+        info["kept_for_labels"] = keeper.refused
+    if negative < len(drop) and not random:
+        info["note"] = (f"only {negative} of the {len(drop)} lowest-ranked {unit}s have negative influence on "
                         f"{target}; the others were dropped as the least helpful")
     (out_dir / "prune.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
