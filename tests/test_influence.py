@@ -218,9 +218,21 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     assert recipe["data"]["format"] == "jsonl"
     from slu_feedback.training.trainer import train  # the partially labelled set trains like any other
 
-    results = json.loads((Path(train(recipe)) / "all_results.json").read_text())
+    retrained = Path(train(recipe))
+    results = json.loads((retrained / "all_results.json").read_text())
     assert results["train_examples"] == info["utterances_kept"]
     assert all(math.isfinite(results["validation"][k]) for k in ("intent_acc", "slot_f1", "sentence_acc"))
+    # and such a run is scored and pruned again: its missing samples are no candidates, nulls stay JSONL
+    for extra in (["--unit", "sample", "--per-intent"], []):
+        again = tmp_path / f"again{extra}"
+        result = runner.invoke(main, ["prune", str(retrained), "--fraction", "0.1", "--out", str(again), *extra])
+        assert result.exit_code == 0, result.output
+        again_info = json.loads((again / "prune.json").read_text())
+        n = info["utterances_kept"]
+        labelled = 2 * n - info["unlabelled"]["intent"] - info["unlabelled"]["slot"] if extra else n
+        assert again_info["dropped"] + again_info["kept"] == labelled
+        again_train = load_splits(again / "data")["train"]
+        assert (again / "data" / "train.jsonl").is_file() and None in list(again_train["intent"]) + list(again_train["slots"])
 
     result = runner.invoke(main, ["validate", str(tiny_run), "--n", "2", "--subsets", "2", "--solver", "cg",
                                   "--cg-iterations", "5", "--max-iter", "10", "--out", str(tmp_path / "val")])

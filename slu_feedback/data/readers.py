@@ -79,6 +79,8 @@ def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=())
     """Validate one word-level example; shared by the folder and JSONL readers. `unlabelled`
     names the tasks ("intent", "slots") the example has no label for: they come back as None."""
     if unlabelled:
+        if not isinstance(tokens, list):
+            raise DataError("'tokens' must be a list of strings", path, line)
         example = _check_example(tokens, ["O"] * len(tokens) if "slots" in unlabelled else slots,
                                  "unlabelled" if "intent" in unlabelled else intent, path, line, repair_bio)
         return {**example, **{task: None for task in unlabelled}}

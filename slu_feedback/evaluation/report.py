@@ -33,6 +33,9 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
         model, tokenizer = load_run(run_dir)
     splits = load_splits(resolve_data_path(path, base_dir), format=fmt)
     raw = splits[split]
+    if None in raw["intent"] or None in raw["slots"]:
+        raise ValueError(f"the {split} split has utterances without an intent or slot labels (null in JSONL); "
+                         "only fully labelled splits can be scored")
     config = model.config
     labels = LabelMaps(config.intent_labels, config.slot_labels)
     loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)

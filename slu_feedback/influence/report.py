@@ -134,7 +134,7 @@ class LabelKeeper:
     def __init__(self, train):
         self.intents, self.slots = train["intent"], train["slots"]
         self.count = Counter(("intent", x) for x in self.intents)
-        self.count.update(("slot", tag) for tags in self.slots for tag in set(tags))
+        self.count.update(("slot", tag) for tags in self.slots if tags is not None for tag in set(tags))
         self.refused = 0
 
     def release(self, i: int, task: str) -> bool:
@@ -183,11 +183,14 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     sources = ["utterance"] if unit == "utterance" else list(TASKS)
     value = torch.tensor([[sum(float(r[f"{source}->{k}"]) for k in targets) for source in sources] for r in rows])
     candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
-    wanted = int(round(fraction * len(candidates)))
-    intents = train["intent"]
+    intents, slots = train["intent"], train["slots"]
+    labelled = [source == "utterance" or (intents if source == "intent" else slots)[i] is not None
+                for i, source in candidates]  # a run trained on partial labels: its missing samples are no candidates
+    wanted = int(round(fraction * sum(labelled)))
     groups = defaultdict(list)  # candidates by intent (one group of all without per_intent), most negative first
     for c in value.flatten().argsort().tolist():
-        groups[intents[candidates[c][0]] if per_intent else ""].append(c)
+        if labelled[c]:
+            groups[str(intents[candidates[c][0]]) if per_intent else ""].append(c)
     quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
     keeper = LabelKeeper(train) if unit == "sample" else None
 
@@ -219,11 +222,12 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     data_dir = out_dir / "data"
     kept = []
     for i, ex in enumerate(train):
-        gone = dropped.get(i, set())
+        gone = dropped.get(i, set()) | {task for task, field in (("intent", "intent"), ("slot", "slots"))
+                                        if ex[field] is None}  # dropped now, or missing already
         if "utterance" in gone or len(gone) == len(TASKS):
             continue
         kept.append({**ex, **({"intent": None} if "intent" in gone else {}), **({"slots": None} if "slot" in gone else {})})
-    format = "folder" if unit == "utterance" else "jsonl"
+    format = "folder" if unit == "utterance" and None not in intents and None not in slots else "jsonl"
     for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
         examples = kept if split == "train" else splits[split]
         write_examples(examples, data_dir / (stem if format == "folder" else stem + ".jsonl"), format)
@@ -231,13 +235,13 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     new["data"] = {**new["data"], "path": str(data_dir.resolve()), "format": format, "train_fraction": 1.0}
     new["output_dir"] = None
     recipe_file = out_dir / f"{name}.yaml"
-    header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {len(candidates)} training {unit}s "
+    header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {sum(labelled)} training {unit}s "
               f"dropped ({'at random' if random else 'most negative MTIF on ' + target}"
               f"{', the same share of each intent' if per_intent else ''}, seed {seed})\n")
     recipe_file.write_text(header + yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
     info = {"run_dir": str(run_dir), "target": target, "fraction": fraction, "random": random, "seed": seed,
             "per_intent": per_intent, "unit": unit, "requested": wanted, "dropped": len(drop),
-            "kept": len(candidates) - len(drop), "negative": int((value < 0).sum()),
+            "kept": sum(labelled) - len(drop), "negative": int((value < 0).sum()),
             "utterances_kept": len(kept), "utterances_dropped": len(train) - len(kept),
             "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
             "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}

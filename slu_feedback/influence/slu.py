@@ -93,7 +93,8 @@ class TaskLosses(nn.Module):
         crf = self.model.crf
         if crf is not None:
             tags = labels.clamp(min=0)
-            slot = crf._log_partition(slot_logits, word_mask) - crf._score(slot_logits, tags, word_mask)
+            labelled = ((labels != -100) & word_mask).any(1).to(slot_logits.dtype)  # no slot labels: no slot loss
+            slot = (crf._log_partition(slot_logits, word_mask) - crf._score(slot_logits, tags, word_mask)) * labelled
         else:
             ce = F.cross_entropy(slot_logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
             counted = (labels != -100).to(ce.dtype)
