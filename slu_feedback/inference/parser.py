@@ -10,9 +10,9 @@ A joint run (`slu-train recipes/atis_snips_joint.yaml`) holds one head pair per 
 encoder: the parser runs the encoder once and every dataset's heads, answers with the dataset whose
 intent is most confident and says which (`"dataset"`), or uses the one it is given
 (`SLUParser.from_pretrained(run, dataset="atis")`). The heads' top probabilities are compared as
-they are: they are not calibrated against each other (the heads have different numbers of
-intents), so an utterance outside every dataset's domain gets an arbitrary dataset; pass the
-dataset where it is known.
+they are: each head has seen only its own dataset and can be confidently wrong on another's
+utterances (on the ATIS test set a joint ATIS+SNIPS run routed 69 of 893 utterances to the SNIPS
+heads, README "Several datasets in one model"); pass the dataset where it is known.
 
 With the VMTL Bayesian head (`model.head: vmtl`), results also carry `intent_uncertainty` and a
 slot `uncertainty`: the predictive entropy (nats) of the intent distribution, and the mean over a
