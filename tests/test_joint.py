@@ -193,6 +193,50 @@ def test_joint_model_shares_one_encoder_and_registers_each_parameter_once():
     assert not models["a"].training and not torch.allclose(joint(dataset="a", **batch).intent_logits, before)
 
 
+def test_other_datasets_weight_teaches_the_other_heads_to_be_unsure():
+    """With train.other_datasets_weight, a batch of dataset a also trains b's intent head towards
+    no preference (KL(uniform || p)); without it b's heads get no gradient from a's batch."""
+    from slu_feedback.models import SLUConfig, SLUModel
+    from slu_feedback.models.joint import JointSLUModel, uniform_kl
+    from transformers import BertConfig
+
+    encoder = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32).to_dict()
+    batch = {"input_ids": torch.randint(1, 50, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+             "word_index": torch.tensor([[1, 2, 3], [1, 2, 4]]), "word_mask": torch.ones(2, 3, dtype=torch.bool),
+             "intent_labels": torch.tensor([0, 1]), "slot_labels": torch.tensor([[0, 1, 2], [0, 0, 1]])}
+    assert uniform_kl(torch.zeros(2, 5)).item() == pytest.approx(0.0, abs=1e-7)
+    assert uniform_kl(torch.tensor([[9.0, 0.0, 0.0]])).item() > 1.0
+    grads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        models = {name: SLUModel(SLUConfig(encoder="tiny", encoder_config=encoder, intent_labels=intents,
+                                           slot_labels=["O", "B-x", "I-x"], head_hidden=8))
+                  for name, intents in (("a", ["i", "j"]), ("b", ["k", "l", "m"]))}
+        joint = JointSLUModel(models, other_datasets_weight=weight).train()
+        out = joint(dataset="a", **batch)
+        out.loss.backward()
+        grads[weight] = [p.grad for n, p in joint.heads["b"].named_parameters() if n.startswith("intent_head")]
+        if weight:
+            assert out.loss_parts["other_datasets"] > 0
+    assert all(g is None for g in grads[0.0])
+    assert grads[1.0] and all(g is not None and torch.count_nonzero(g) for g in grads[1.0])
+
+
+def test_joint_training_with_other_datasets_weight_logs_its_loss(tiny_encoder, domain_data, tmp_path):
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.training.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, tmp_path / "run") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=1",
+        "train.other_datasets_weight=0.5"])
+    run = train(recipe)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"step"' in line]
+    logged = [r["loss_other_datasets"] for r in steps if r.get("type") == "step"]
+    assert logged and all(v >= 0 for v in logged)
+    assert SLUParser.from_pretrained(run)("play some jazz")["dataset"] in DOMAINS
+
+
 def test_dataset_names_must_be_usable_as_run_folders(tiny_recipe, domain_data, tmp_path):
     import shutil
 

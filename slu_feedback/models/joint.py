@@ -10,22 +10,37 @@ of its dataset and the intent and slot tasks of every other dataset, all on the 
 (METHODS.md section 2: four tasks for ATIS+SNIPS). Each model gets the others as `vmtl_peers`;
 its config names them (`vmtl.peer_tasks`), so a dataset's folder reloads on its own.
 
+`train.other_datasets_weight` (default 0) also teaches every dataset's intent head that the other
+datasets' utterances are not its own, so that a joint parser can route by confidence.
+
 The per-dataset models are kept in a plain dict; only the shared encoder and each model's other
 children are registered here, so every parameter appears once in `state_dict()` (checkpoints and
 `accelerator.save_state` never see the encoder twice).
 """
 
 import json
+import math
 from pathlib import Path
 
+import torch
 from torch import nn
 
 JOINT_FILE = "joint.json"  # in a joint run directory: {"datasets": [names]}
 
 
+def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(uniform || softmax(logits)): 0 when a head has no preference."""
+    return (-logits.log_softmax(-1).mean(-1) - math.log(logits.shape[-1])).mean()
+
+
 class JointSLUModel(nn.Module):
-    def __init__(self, models: dict):
+    def __init__(self, models: dict, other_datasets_weight: float = 0.0):
+        """`other_datasets_weight` > 0: in training, the other datasets' intent heads also see each
+        batch and are taught to have no preference on it (loss KL(uniform || p), outlier exposure).
+        Each head otherwise sees only its own dataset and can be confidently wrong on another's
+        utterances, which misleads the parser's choice of the most confident head."""
         super().__init__()
+        self.other_datasets_weight = other_datasets_weight
         if len(models) < 2:
             raise ValueError("a joint model needs at least two datasets")
         first = next(iter(models.values()))
@@ -38,7 +53,18 @@ class JointSLUModel(nn.Module):
             model.vmtl_peers = {other: m for other, m in models.items() if other != name}
 
     def forward(self, dataset: str, **batch):
-        return self.models[dataset](**batch)
+        model = self.models[dataset]
+        if not (self.training and self.other_datasets_weight > 0):
+            return model(**batch)
+        features = model.encode(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+        out = model(**batch, features=features)
+        inputs = {k: v for k, v in batch.items() if not k.endswith("_labels")}
+        others = sum(uniform_kl(other(**inputs, features=features).intent_logits)
+                     for name, other in self.models.items() if name != dataset)
+        if out.loss is not None:
+            out.loss = out.loss + self.other_datasets_weight * others
+            out.loss_parts["other_datasets"] = others.item()
+        return out
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -59,6 +59,9 @@ DEFAULTS = {
         "num_workers": 0,
         "group_by_length": True,  # batches of similar length: less padding, faster CPU epochs
         "log_every": 50,
+        # joint runs: weight of teaching each dataset's intent head to have no preference on the
+        # other datasets' utterances (so the parser's most confident head is the right dataset's)
+        "other_datasets_weight": 0.0,
     },
 }
 

@@ -220,7 +220,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     models = {name: SLUModel.from_encoder(
         build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name)),
         encoder_path, tokenizer=tokenizer) for name, (_, labels) in parts.items()}
-    model = JointSLUModel(models) if joint else models[""]
+    model = JointSLUModel(models, train_cfg["other_datasets_weight"]) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
 
     max_length = recipe["data"]["max_length"]
