@@ -91,6 +91,19 @@ def comparison_table(results: dict) -> list:
     return lines + [""]
 
 
+def routing_table(results: dict) -> list:
+    """Joint runs: how often the parser, given no dataset, answers a test utterance with its own
+    dataset's heads (`test.routing_acc`, measured by run.py or backfilled by routing.py)."""
+    rows = [(name, r) for name, r in sorted(results.items()) if "routing_acc" in r["test"]]
+    if not rows:
+        return []
+    lines = ["**Joint parser routing** (test utterances answered by their own dataset's heads, no dataset given)",
+             "", "| run | dataset | seeds | routed to its own heads (%) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['dataset']} | {r['test']['routing_acc']['n']} | {fmt(r['test']['routing_acc'])} |"
+              for name, r in rows]
+    return lines + [""]
+
+
 def seed_mean(result: dict, split: str, key: str, seeds: list):
     """`result`'s mean of `split`/`key` over `seeds` (over all its seeds when it has no per-seed
     rows or lacks one of them); None where the metric was not recorded."""
@@ -166,6 +179,7 @@ def render() -> tuple:
         summary += [f"**{dataset.upper()}** (test split, mean ± sample std over seeds; checkpoint chosen on validation)", ""]
         summary += accuracy_table(results, anchors, dataset) + [""]
     summary += comparison_table(results)
+    summary += routing_table(results)
     summary += pruning_table(results)
     summary += fraction_choice(results)
     body = ["# Benchmark results", "",

@@ -30,6 +30,7 @@ from slu_feedback.training.trainer import train  # noqa: E402
 
 METRICS = ("intent_acc", "slot_f1", "slot_f1_strict", "sentence_acc")
 CALIBRATION = ("intent_ece", "intent_nll")  # ECE in percent (15 bins, top-1), NLL in nats
+OPTIONAL = CALIBRATION + ("routing_acc",)  # summarised over the seeds that measured them
 
 
 def calibration(metrics: dict) -> dict:
@@ -56,7 +57,22 @@ def run_seed(recipe_path, overrides, seed: int, run_dir: Path) -> dict:
     recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
     resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
     run_dir = train(recipe, resume=resume)
-    return {name: score_run(run_dir / name, seed) for name in joint_datasets(run_dir) or [""]}
+    rows = {name: score_run(run_dir / name, seed) for name in joint_datasets(run_dir) or [""]}
+    add_routing(run_dir, rows)
+    return rows
+
+
+def add_routing(run_dir: Path, rows: dict) -> None:
+    """Joint runs: `test.routing_acc`, the percentage of each dataset's test utterances that the
+    joint parser, given no dataset, answers with that dataset's heads."""
+    names = joint_datasets(run_dir)
+    if not names:
+        return
+    parser = SLUParser.from_pretrained(run_dir)
+    for name in names:
+        predictions = (run_dir / name / "eval_test" / "predictions.jsonl").read_text().splitlines()
+        answers = parser([json.loads(x)["text"] for x in predictions], batch_size=64)
+        rows[name]["test"]["routing_acc"] = 100 * sum(a.get("dataset") == name for a in answers) / len(answers)
 
 
 def score_run(run_dir: Path, seed: int) -> dict:
@@ -85,9 +101,9 @@ def score_run(run_dir: Path, seed: int) -> dict:
 
 
 def summarise(rows: list) -> dict:
-    def split(name):  # calibration only over the seeds that measured it (rows from older runs lack it)
+    def split(name):  # calibration and routing only over the seeds that measured them (older rows lack them)
         out = {k: mean_std([r[name][k] for r in rows]) for k in METRICS}
-        for k in CALIBRATION:
+        for k in OPTIONAL:
             values = [r[name][k] for r in rows if k in r[name]]
             if values:
                 out[k] = mean_std(values)

@@ -133,3 +133,16 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     run.main([recipe, "--seeds", "1", "--fresh"])
     assert seen == [True, False], "without --fresh the run resumes; with it, it starts from an empty directory"
     assert json.loads((tmp_path / "results" / "atis.json").read_text())["seeds"] == [1]
+
+
+def test_routing_is_summarised_over_the_seeds_that_measured_it_and_rendered():
+    row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 90.0 for k in run.METRICS},
+           "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0}, "peak_memory_mb": 1}
+    rows = [{**row, "test": {**row["test"], "routing_acc": v}} for v in (92.0, 94.0)] + [row]
+    summary = run.summarise(rows)["test"]["routing_acc"]
+    assert summary["mean"] == 93.0 and summary["n"] == 2
+    joint = result(86.0, dataset="atis")
+    joint["test"]["routing_acc"] = {"mean": 92.27, "std": 0.5, "n": 3}
+    table = render.routing_table({"atis_snips_joint_atis": joint, "atis": result(87.0)})
+    assert table[-2] == "| atis_snips_joint_atis | atis | 3 | 92.27 ± 0.50 |" and len(table) == 6
+    assert render.routing_table({"atis": result(87.0)}) == []

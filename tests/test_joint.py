@@ -223,6 +223,26 @@ def test_other_datasets_weight_teaches_the_other_heads_to_be_unsure():
     assert grads[1.0] and all(g is not None and torch.count_nonzero(g) for g in grads[1.0])
 
 
+def test_benchmark_measures_how_the_joint_parser_routes_each_dataset(joint_run):
+    import sys
+
+    from conftest import REPO
+    from slu_feedback.evaluation.report import evaluate_run
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import run as bench_run
+
+    rows = {name: {"test": {}} for name in DOMAINS}
+    for name in DOMAINS:
+        evaluate_run(joint_run / name, "test")
+    bench_run.add_routing(joint_run, rows)
+    parser = SLUParser.from_pretrained(joint_run)
+    for name in DOMAINS:
+        texts = load_splits(SAMPLE)["test"].filter(lambda ex: ex["intent"] in DOMAINS[name])["text"]
+        expected = 100 * sum(r["dataset"] == name for r in parser(texts)) / len(texts)
+        assert rows[name]["test"]["routing_acc"] == pytest.approx(expected)
+
+
 def test_joint_training_with_other_datasets_weight_logs_its_loss(tiny_encoder, domain_data, tmp_path):
     from conftest import REPO, tiny_overrides
     from slu_feedback.training.recipe import load_recipe
