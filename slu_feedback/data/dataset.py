@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from .errors import DataError
-from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json, read_text
+from .readers import FORMATS, first_partial, read_folder_split, read_jsonl, read_span_json, read_text
 
 SPLITS = ("train", "validation", "test")
 # folder / file stems accepted for each split, in the order they are tried
@@ -145,7 +145,7 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
             raise DataError(f"missing {split!r} split: expected {names}", path)
         examples = read_split(where, format, repair_bio)
         if split != "train":
-            partial = next((i for i, ex in enumerate(examples) if ex["intent"] is None or ex["slots"] is None), None)
+            partial = first_partial(examples)
             if partial is not None:
                 raise DataError(f"a null intent or slots is allowed in the training split only (the {split} "
                                 "split is scored on both tasks)", where, partial + 1)

@@ -344,11 +344,16 @@ def _spans_record(ex: dict) -> dict:
     return {"text": text, "intent": ex["intent"], "entities": entities}
 
 
+def first_partial(examples) -> int | None:
+    """Index of the first example without an intent or without slot labels (None), else None."""
+    return next((i for i, ex in enumerate(examples) if ex["intent"] is None or ex["slots"] is None), None)
+
+
 def write_examples(examples: Iterable[dict], path: str | os.PathLike, format: str) -> None:
     """Write examples as ``folder`` (path = a split folder), ``jsonl`` or ``spans`` (a JSON list)."""
     path = Path(path)
     examples = list(examples)
-    partial = next((i for i, ex in enumerate(examples) if ex["intent"] is None or ex["slots"] is None), None)
+    partial = first_partial(examples)
     if partial is not None and format != "jsonl":
         raise DataError(f"example {partial + 1} is not labelled for every task (null intent or slots); only the "
                         f"jsonl format can hold that, not {format}", path)

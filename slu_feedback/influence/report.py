@@ -24,6 +24,7 @@ from .mtif import compute_mtif, influence_vectors, leave_one_out, score_chunks
 from .slu import TASKS, build_problem, run_recipe, run_splits
 
 PAIRS = [(l, k) for l in TASKS for k in TASKS]  # (source, target)
+FIELD = {"intent": "intent", "slot": "slots"}  # a task's label field in an example
 
 
 def default_solver(problem, solver: str) -> str:
@@ -184,8 +185,9 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     value = torch.tensor([[sum(float(r[f"{source}->{k}"]) for k in targets) for source in sources] for r in rows])
     candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
     intents, slots = train["intent"], train["slots"]
-    labelled = [source == "utterance" or (intents if source == "intent" else slots)[i] is not None
-                for i, source in candidates]  # a run trained on partial labels: its missing samples are no candidates
+    labels = {"intent": intents, "slot": slots}
+    # a run trained on partial labels: its missing samples are no candidates
+    labelled = [source == "utterance" or labels[source][i] is not None for i, source in candidates]
     wanted = int(round(fraction * sum(labelled)))
     groups = defaultdict(list)  # candidates by intent (one group of all without per_intent), most negative first
     for c in value.flatten().argsort().tolist():
@@ -222,11 +224,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     data_dir = out_dir / "data"
     kept = []
     for i, ex in enumerate(train):
-        gone = dropped.get(i, set()) | {task for task, field in (("intent", "intent"), ("slot", "slots"))
-                                        if ex[field] is None}  # dropped now, or missing already
+        gone = dropped.get(i, set()) | {task for task, field in FIELD.items() if ex[field] is None}  # or missing
         if "utterance" in gone or len(gone) == len(TASKS):
             continue
-        kept.append({**ex, **({"intent": None} if "intent" in gone else {}), **({"slots": None} if "slot" in gone else {})})
+        kept.append({**ex, **{FIELD[task]: None for task in gone}})
     format = "folder" if unit == "utterance" and None not in intents and None not in slots else "jsonl"
     for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
         examples = kept if split == "train" else splits[split]
@@ -246,8 +247,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
             "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
             "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
     if unit == "sample":
-        info["unlabelled"] = {task: sum(1 for ex in kept if ex[field] is None)
-                              for task, field in (("intent", "intent"), ("slot", "slots"))}
+        info["unlabelled"] = {task: sum(1 for ex in kept if ex[field] is None) for task, field in FIELD.items()}
         info["kept_for_labels"] = keeper.refused
     if negative < len(drop) and not random:
         info["note"] = (f"only {negative} of the {len(drop)} lowest-ranked {unit}s have negative influence on "
