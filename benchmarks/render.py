@@ -10,8 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT  # noqa: E402
+
+FIGURE = ROOT / "benchmarks" / "variants.png"
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = [("intent_acc", "intent acc"), ("slot_f1", "slot F1"), ("sentence_acc", "sentence acc")]
@@ -114,6 +121,47 @@ def seed_mean(result: dict, split: str, key: str, seeds: list):
     return None if stat is None else stat["mean"]
 
 
+def paired_differences(results: dict, split: str = "test", key: str = "sentence_acc") -> list:
+    """(run, base, {seed: run - base}) for every run with a base, over the seeds both were
+    trained with: a seed's difference cancels what that seed does to both, so the spread of these
+    points against zero says whether a change is more than seed noise."""
+    rows = []
+    for name, r in sorted(results.items(), key=lambda item: (dataset_of(item[1]), item[0])):
+        base = results.get(r.get("compare_to") or "")
+        if not base:
+            continue
+        ours, ref = ({s["seed"]: s[split].get(key) for s in x.get("per_seed", [])} for x in (r, base))
+        deltas = {s: ours[s] - ref[s] for s in sorted(ours) if ours[s] is not None and ref.get(s) is not None}
+        if deltas:
+            rows.append((name, r["compare_to"], deltas))
+    return rows
+
+
+def plot_paired_differences(results: dict, out_path) -> bool:
+    """One row per run with a base: each seed's difference in sentence accuracy (validation left,
+    test right) and their mean. Returns False (and writes nothing) when no run has a base."""
+    panels = [(split, paired_differences(results, split)) for split in ("validation", "test")]
+    names = list(dict.fromkeys(f"{name} vs {base}" for _, rows in panels for name, base, _ in rows))
+    if not names:
+        return False
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * len(names) + 1.5), sharey=True)
+    for ax, (split, rows) in zip(axes, panels):
+        for name, base, by_seed in rows:
+            deltas, y = list(by_seed.values()), names.index(f"{name} vs {base}")
+            ax.scatter(deltas, [y] * len(deltas), s=12, color="tab:blue", alpha=0.6)
+            ax.scatter([sum(deltas) / len(deltas)], [y], marker="|", s=200, color="black")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set(title=f"{split}: run - base, points of sentence accuracy", xlabel="dots: one seed each; bar: mean")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def pruned_rows(results: dict):
     """(name, result, pruning info) of every pruned run whose full-data run is in `results`."""
     return [(name, r, r["pruning"]) for name, r in results.items() if r.get("pruning") and r.get("compare_to") in results]
@@ -189,6 +237,8 @@ def render() -> tuple:
             "Timings (s/epoch, utterances/s at batch 1 and 32) are from a shared 2-core CPU and are noisy;",
             "compare speed only as ratios measured side by side in one run (see the speed rows below).", ""]
     body += summary
+    if plot_paired_differences(results, FIGURE):
+        body += [f"![Per-seed differences against the base run]({FIGURE.name})", ""]
     body += ["## Per-run details", ""]
     for name, r in results.items():
         body += [f"### {name}", "", f"- command: `{r['command']}`", f"- commit: `{r['commit']}`, date {r['date']}",

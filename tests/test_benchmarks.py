@@ -146,3 +146,19 @@ def test_routing_is_summarised_over_the_seeds_that_measured_it_and_rendered():
     table = render.routing_table({"atis_snips_joint_atis": joint, "atis": result(87.0)})
     assert table[-2] == "| atis_snips_joint_atis | atis | 3 | 92.27 ± 0.50 |" and len(table) == 6
     assert render.routing_table({"atis": result(87.0)}) == []
+
+
+def test_paired_differences_are_per_seed_over_the_seeds_both_runs_have(tmp_path):
+    def per_seed(*values):
+        return [{"seed": s, "test": {"sentence_acc": v}, "validation": {}} for s, v in values]
+    base = result(87.0, per_seed=per_seed((1, 86.0), (2, 87.0), (3, 88.0)))
+    variant = result(87.5, compare_to="atis", per_seed=per_seed((1, 87.0), (3, 87.5)))
+    orphan = result(90.0, compare_to="missing", per_seed=per_seed((1, 90.0)))
+    results = {"atis": base, "atis_feedback": variant, "orphan": orphan}
+    assert render.paired_differences(results) == [("atis_feedback", "atis", {1: 1.0, 3: -0.5})]
+    assert render.paired_differences(results, "validation") == []  # not recorded: no row, no crash
+
+    figure = tmp_path / "variants.png"
+    assert render.plot_paired_differences(results, figure) and figure.stat().st_size > 1000
+    assert not render.plot_paired_differences({"atis": base}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
