@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import render  # noqa: E402
 import run  # noqa: E402
@@ -162,3 +164,21 @@ def test_paired_differences_are_per_seed_over_the_seeds_both_runs_have(tmp_path)
     assert render.plot_paired_differences(results, figure) and figure.stat().st_size > 1000
     assert not render.plot_paired_differences({"atis": base}, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_influence_transfer_compares_validation_and_test_targets_sample_by_sample():
+    import torch
+
+    import influence_transfer
+
+    rows = [{"intent->intent": "-1", "intent->slot": "0", "slot->intent": "0", "slot->slot": "2"},
+            {"intent->intent": "3", "intent->slot": "1", "slot->intent": "-4", "slot->slot": "0"}]
+    assert influence_transfer.sample_values(rows).tolist() == [-1.0, 2.0, 4.0, -4.0]
+
+    test = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    same = influence_transfer.compare(test.clone(), test, 0.02)
+    assert same["selected"] == 20 and same["overlap"] == 1.0 and same["test_gain_share"] == pytest.approx(1.0)
+    assert same["spearman"] == pytest.approx(1.0)
+    assert same["predicted_change"]["test_loss_test_chosen"] < same["predicted_change"]["test_loss_random"]
+    opposite = influence_transfer.compare(-test, test, 0.02)  # what validation calls harmful helps test most
+    assert opposite["overlap"] == 0.0 and opposite["test_gain_share"] < 0 and opposite["spearman"] == pytest.approx(-1.0)

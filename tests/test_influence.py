@@ -139,6 +139,20 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     assert len(summary["top"]["slot"]["most_harmful"]) == 10 and (out / "histogram.png").stat().st_size > 0
     # with feedback the heads are coupled: between-task influence is not identically zero
     assert any(float(r["intent->slot"]) != 0 for r in rows)
+    assert summary["target_split"] == "validation"
+
+    # the test split as target: a diagnostic, other values, and prune refuses to rank by it
+    on_test = tmp_path / "influence-test"
+    result = runner.invoke(main, ["score", str(tiny_run), "--solver", "cg", "--cg-iterations", "5", "--out",
+                                  str(on_test), "--target-split", "test"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((on_test / "summary.json").read_text())["target_split"] == "test"
+    test_rows = list(csv.DictReader((on_test / "influence.csv").open()))
+    assert [r["id"] for r in test_rows] == [r["id"] for r in rows]
+    assert any(t["intent->intent"] != v["intent->intent"] for t, v in zip(test_rows, rows))
+    result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--scores",
+                                  str(on_test / "influence.csv"), "--out", str(tmp_path / "refused")])
+    assert result.exit_code != 0 and "test split" in result.output and not (tmp_path / "refused").exists()
 
     sizes = {}
     for extra in ([], ["--random"]):

@@ -56,9 +56,12 @@ def main():
 @click.option("--cg-iterations", default=1000, show_default=True, help="cg: maximum iterations.")
 @click.option("--lissa-depth", default=1000, show_default=True, help="lissa: recursion depth.")
 @click.option("--float32", is_flag=True, help="Compute in float32 (default float64).")
+@click.option("--target-split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
+              help="Whose loss the influence is on. test is a diagnostic (does what helps validation help test?): "
+                   "prune refuses such scores; write them elsewhere with --out.")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
 @_errors
-def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_depth, float32, out_dir):
+def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_depth, float32, target_split, out_dir):
     """Write influence.csv (one row per training utterance), summary.json (task relatedness
     matrix, top-10 helpful/harmful per task) and histogram.png."""
     import torch
@@ -75,7 +78,7 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
             click.echo(f"== {name} ==")
         run = f"{run_dir}/{name}" if name else run_dir
         summary = score_run(run, out_dir, scope, solver, damping, batch_size,
-                            torch.float32 if float32 else torch.float64, **kw)
+                            torch.float32 if float32 else torch.float64, target_split=target_split, **kw)
         if summary:  # the main process reports
             report_score(summary, scope, damping, out_dir or f"{run}/influence")
 
@@ -86,7 +89,8 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
                f"solver {info['solver']}, damping {damping}: {summary['seconds']['total']:.1f}s")
     if info.get("warning"):
         click.echo(f"warning: {info['warning']}", err=True)
-    click.echo("mean influence (rows: source samples, columns: target task; positive = helps)")
+    click.echo(f"mean influence on the {summary['target_split']} losses (rows: source samples, columns: target task; "
+               "positive = helps)")
     click.echo(f"{'':>10} {'intent':>12} {'slot':>12}")
     for source, row in summary["relatedness_mean"].items():
         click.echo(f"{source:>10} {row['intent']:12.3e} {row['slot']:12.3e}")

@@ -48,8 +48,12 @@ def _distributed():
 
 
 def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto", damping: float = 0.01,
-              batch_size: int = 64, dtype=torch.float64, progress: bool = True, **solver_kw) -> dict:
+              batch_size: int = 64, dtype=torch.float64, progress: bool = True, target_split: str = "validation",
+              **solver_kw) -> dict:
     """MTIF for every training utterance of a run; writes influence.csv, summary.json, histogram.png.
+
+    `target_split="test"` scores against the test losses instead: a diagnostic of whether what helps
+    validation also helps test (benchmarks/influence_transfer.py); prune_run refuses such scores.
 
     Under torchrun / accelerate launch each process scores a strided share of the training chunks
     (the cheap solves are repeated on every process) and the main process writes the results."""
@@ -57,7 +61,7 @@ def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto",
     out_dir = Path(out_dir) if out_dir else run_dir / "influence"
     rank, world, gather, device = _distributed()
     started = time.perf_counter()
-    problem, splits, model = build_problem(run_dir, scope, batch_size, dtype, device)
+    problem, splits, model = build_problem(run_dir, scope, batch_size, dtype, device, target_split=target_split)
     cached = time.perf_counter()
     solver = default_solver(problem, solver)
     s, info = influence_vectors(problem, damping, solver, progress=progress and rank == 0, **solver_kw)
@@ -73,7 +77,7 @@ def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto",
         return {}
     summary = write_scores(out_dir, splits["train"], table, {
         "run_dir": str(run_dir), "scope": scope, "n_params": problem.size, "n_train": problem.n,
-        "n_valid": problem.n_valid, "parameters": problem.names, "solver": info, "seconds": timing,
+        "target_split": target_split, "n_valid": problem.n_valid, "parameters": problem.names, "solver": info, "seconds": timing,
         "feedback_iterations": model.config.feedback["iterations"], "slot_decoder": model.config.slot_decoder})
     return summary
 
@@ -102,8 +106,9 @@ def write_scores(out_dir: Path, train, table: torch.Tensor, meta: dict) -> dict:
         order = utterance[:, k].argsort(descending=True).tolist()
         top[task] = {"most_helpful": [row(i, k) for i in order[:10]],
                      "most_harmful": [row(i, k) for i in reversed(order[-10:])]}
+    split = meta.get("target_split", "validation")
     summary = {**meta, "sign": "positive = the sample helps the target task (removing it would raise that task's "
-                               "validation loss); column l->k = influence of task l's sample on task k",
+                               f"{split} loss); column l->k = influence of task l's sample on task k",
                "relatedness_mean": relatedness, "relatedness_sum": totals,
                "negative_fraction": {f"{l}->{k}": (table[:, a, b] < 0).float().mean().item()
                                      for a, l in enumerate(TASKS) for b, k in enumerate(TASKS)},
@@ -114,7 +119,7 @@ def write_scores(out_dir: Path, train, table: torch.Tensor, meta: dict) -> dict:
         values = table[:, TASKS.index(l), TASKS.index(k)].numpy()
         ax.hist(values, bins=40, color="tab:blue" if l == k else "tab:orange")
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set(title=f"{l} samples -> {k} validation loss", xlabel="MTIF (positive = helps)", ylabel="utterances")
+        ax.set(title=f"{l} samples -> {k} {split} loss", xlabel="MTIF (positive = helps)", ylabel="utterances")
     fig.tight_layout()
     fig.savefig(out_dir / "histogram.png", dpi=100)
     plt.close(fig)
@@ -177,6 +182,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     scores_file = Path(scores) if scores else run_dir / "influence" / "influence.csv"
     if not scores_file.exists():
         score_run(run_dir, scores_file.parent, **score_kw)
+    summary_file = scores_file.parent / "summary.json"
+    if summary_file.exists() and json.loads(summary_file.read_text()).get("target_split") == "test":
+        raise ValueError(f"{scores_file} was scored against the test split (a diagnostic); pruning by it would pick "
+                         "the training data on test. Score against validation: slu-influence score RUN_DIR")
     rows = read_scores(scores_file)
     if len(rows) != len(train):
         raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")

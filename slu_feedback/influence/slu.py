@@ -141,8 +141,9 @@ def scope_parameters(module: TaskLosses) -> dict:
 
 
 def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=torch.float64, device="cpu",
-                  model=None, tokenizer=None, splits=None) -> tuple:
-    """(Problem, training split, model) for a trained run: the encoder features are cached once."""
+                  model=None, tokenizer=None, splits=None, target_split: str = "validation") -> tuple:
+    """(Problem, splits, model) for a trained run: the encoder features are cached once. The target
+    losses V_k are those of `target_split` (validation; test only as a diagnostic, see score_run)."""
     if model is None:
         model, tokenizer = load_run(run_dir)
     recipe = run_recipe(run_dir)
@@ -160,7 +161,9 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
         loader = make_loader(featurize(splits[split], tokenizer, labels, max_length), batch_size, tokenizer, False)
         return cache_features(model, loader, scope, dtype, device)
 
-    train, valid = chunks("train"), chunks("validation")
+    if target_split not in ("validation", "test"):
+        raise ValueError(f"target split must be validation or test, not {target_split!r}")
+    train, valid = chunks("train"), chunks(target_split)
     model.to(dtype)
     module = TaskLosses(model, scope)
     params = scope_parameters(module)
