@@ -77,7 +77,8 @@ def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto",
         return {}
     summary = write_scores(out_dir, splits["train"], table, {
         "run_dir": str(run_dir), "scope": scope, "n_params": problem.size, "n_train": problem.n,
-        "target_split": target_split, "n_valid": problem.n_valid, "parameters": problem.names, "solver": info, "seconds": timing,
+        "target_split": target_split, "n_valid": problem.n_valid, "parameters": problem.names, "solver": info,
+        "seconds": timing,
         "feedback_iterations": model.config.feedback["iterations"], "slot_decoder": model.config.slot_decoder})
     return summary
 
