@@ -27,16 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance  # noqa: E402
 
 from slu_feedback.influence.mtif import pearson, spearman  # noqa: E402
-from slu_feedback.influence.report import read_scores, score_run  # noqa: E402
-from slu_feedback.influence.slu import run_recipe  # noqa: E402
-
-TASKS = ("intent", "slot")
+from slu_feedback.influence.report import read_scores, score_run, source_scores  # noqa: E402
+from slu_feedback.influence.slu import TASKS, run_recipe  # noqa: E402
 
 
 def sample_values(rows: list) -> torch.Tensor:
     """(2n,) influence of every sample (utterance i's intent sample, then its slot sample) on the
     sum of both tasks' target losses; positive = the sample helps."""
-    return torch.tensor([sum(float(r[f"{l}->{k}"]) for k in TASKS) for r in rows for l in TASKS], dtype=torch.float64)
+    return source_scores(rows, TASKS, TASKS, torch.float64).flatten()
 
 
 def compare(valid: torch.Tensor, test: torch.Tensor, fraction: float) -> dict:
@@ -44,6 +42,7 @@ def compare(valid: torch.Tensor, test: torch.Tensor, fraction: float) -> dict:
     k = max(1, int(round(fraction * len(valid))))
     by_valid, by_test = valid.argsort()[:k], test.argsort()[:k]  # most harmful first
     best = test[by_test].sum().item()  # predicted test-loss change of the best possible k removals
+    random = k * test.mean().item()  # ... and of k removals at random, on average
     return {
         "samples": len(valid), "selected": k, "fraction": fraction,
         "spearman": spearman(valid, test), "pearson": pearson(valid, test),
@@ -52,9 +51,9 @@ def compare(valid: torch.Tensor, test: torch.Tensor, fraction: float) -> dict:
             "validation_loss_valid_chosen": valid[by_valid].sum().item(),
             "test_loss_valid_chosen": test[by_valid].sum().item(),
             "test_loss_test_chosen": best,
-            "test_loss_random": k * test.mean().item(),
+            "test_loss_random": random,
         },
-        "test_gain_share": (test[by_valid].sum().item() - k * test.mean().item()) / (best - k * test.mean().item()),
+        "test_gain_share": (test[by_valid].sum().item() - random) / (best - random),
     }
 
 

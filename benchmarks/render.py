@@ -10,13 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT  # noqa: E402
+
+from slu_feedback.evaluation.plots import plt  # noqa: E402  (matplotlib with the Agg backend)
 
 FIGURE = ROOT / "benchmarks" / "variants.png"
 

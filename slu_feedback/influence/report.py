@@ -132,6 +132,13 @@ def read_scores(path) -> list:
         return list(csv.DictReader(f))
 
 
+def source_scores(rows: list, sources, targets, dtype=None) -> torch.Tensor:
+    """(n, len(sources)) from influence.csv rows: each source column (a task's sample, or
+    `utterance`) summed over the target tasks."""
+    return torch.tensor([[sum(float(r[f"{source}->{k}"]) for k in targets) for source in sources] for r in rows],
+                        dtype=dtype)
+
+
 class LabelKeeper:
     """Sample-level pruning never takes the last training example of a label: a sample is released
     only if every intent or slot tag it carries keeps another utterance labelled with it (else the
@@ -192,7 +199,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")
     targets = TASKS if target == "both" else (target,)
     sources = ["utterance"] if unit == "utterance" else list(TASKS)
-    value = torch.tensor([[sum(float(r[f"{source}->{k}"]) for k in targets) for source in sources] for r in rows])
+    value = source_scores(rows, sources, targets)
     candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
     intents, slots = train["intent"], train["slots"]
     labels = {"intent": intents, "slot": slots}
