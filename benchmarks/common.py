@@ -19,8 +19,8 @@ def git_commit() -> str:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "slu_feedback", "recipes"], cwd=ROOT).returncode
         return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # a source copy without .git (e.g. sent to a GPU machine)
+        return os.environ.get("SLU_BENCH_COMMIT", "unknown")
 
 
 def machine() -> dict:

@@ -52,33 +52,34 @@ def throughput(parser, texts: list, batch_size: int, limit: int) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
-def run_seed(recipe_path, overrides, seed: int, run_dir: Path) -> dict:
-    """Train one seed; {dataset: row} ({"": row} unless the recipe is joint)."""
+def run_seed(recipe_path, overrides, seed: int, run_dir: Path, device: str = "auto") -> dict:
+    """Train one seed; {dataset: row} ({"": row} unless the recipe is joint). Evaluation and
+    inference speed run on `device` (training goes where Accelerate puts it)."""
     recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
     resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
     run_dir = train(recipe, resume=resume)
-    rows = {name: score_run(run_dir / name, seed) for name in joint_datasets(run_dir) or [""]}
-    add_routing(run_dir, rows)
+    rows = {name: score_run(run_dir / name, seed, device) for name in joint_datasets(run_dir) or [""]}
+    add_routing(run_dir, rows, device)
     return rows
 
 
-def add_routing(run_dir: Path, rows: dict) -> None:
+def add_routing(run_dir: Path, rows: dict, device: str = "auto") -> None:
     """Joint runs: `test.routing_acc`, the percentage of each dataset's test utterances that the
     joint parser, given no dataset, answers with that dataset's heads."""
     names = joint_datasets(run_dir)
     if not names:
         return
-    parser = SLUParser.from_pretrained(run_dir)
+    parser = SLUParser.from_pretrained(run_dir, device)
     for name in names:
         predictions = (run_dir / name / "eval_test" / "predictions.jsonl").read_text().splitlines()
         answers = parser([json.loads(x)["text"] for x in predictions], batch_size=64)
         rows[name]["test"]["routing_acc"] = 100 * sum(a.get("dataset") == name for a in answers) / len(answers)
 
 
-def score_run(run_dir: Path, seed: int) -> dict:
+def score_run(run_dir: Path, seed: int, device: str = "auto") -> dict:
     results = json.loads((run_dir / "all_results.json").read_text())
-    test = evaluate_run(run_dir, "test")
-    parser = SLUParser.from_pretrained(run_dir)
+    test = evaluate_run(run_dir, "test", device=device)
+    parser = SLUParser.from_pretrained(run_dir, device)
     texts = [json.loads(x)["text"] for x in (Path(test["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
     row = {
         "seed": seed,
@@ -91,6 +92,7 @@ def score_run(run_dir: Path, seed: int) -> dict:
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "inference_utt_per_s": {"batch_1": throughput(parser, texts, 1, 200),
                                 "batch_32": throughput(parser, texts, 32, len(texts))},
+        "inference_device": str(parser.device),
         "gate_probabilities": results.get("gate_probabilities"),
     }
     if "prior_weights" in results:  # VMTL head: prior mixture weights at the best epoch
@@ -137,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--name", help="results name (default: the recipe's file name)")
     parser.add_argument("--compare-to", help="results name of the base model this row is compared with")
     parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
+    parser.add_argument("--device", default="auto",
+                        help="where evaluation and the inference speed run: auto (a GPU if torch sees one), cpu, cuda")
     parser.add_argument("--fresh", action="store_true",
                         help="redo every seed: ignore the results file and delete the seeds' run directories")
     args = parser.parse_intermixed_args(argv)  # overrides may come after the options
@@ -156,7 +160,7 @@ def main(argv=None):
         run_dir = ROOT / "runs" / "bench" / name / f"seed{seed}"
         if args.fresh:  # a finished or stale run there would be resumed, whatever the recipe says now
             shutil.rmtree(run_dir, ignore_errors=True)
-        by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir)
+        by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir, args.device)
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,

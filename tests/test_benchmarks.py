@@ -122,7 +122,7 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     (stale / "trainer_state.json").write_text("{}")
     seen = []
 
-    def fake_run_seed(recipe, overrides, seed, run_dir):
+    def fake_run_seed(recipe, overrides, seed, run_dir, device="auto"):
         seen.append((run_dir / "checkpoint").exists())
         scores = {k: 90.0 for k in run.METRICS}
         return {"": {"seed": seed, "test": scores, "validation": scores, "train_seconds_per_epoch": 1.0,

@@ -102,6 +102,26 @@ def test_parse_cli_names_a_broken_run(tmp_path):
     assert result.exit_code == 1 and "not a trained run" in result.output
 
 
+def test_device_option_resolves_or_says_why(trained_feedback_run):
+    from slu_feedback.models import RunError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    with pytest.raises(RunError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RunError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
+    runner = CliRunner()
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--text", "play music", "--json", "--device", "cpu"])
+    assert result.exit_code == 0 and json.loads(result.output.strip().splitlines()[-1])["intent"], result.output
+    result = runner.invoke(eval_main, [str(trained_feedback_run), "--split", "validation", "--device", "gpu0"])
+    assert result.exit_code == 1 and "unknown device 'gpu0'" in result.output
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--quantize", "--device", "cuda", "--text", "hi"])
+    assert result.exit_code == 1 and "--quantize" in result.output and "CPU" in result.output
+
+
 def test_same_seed_same_weights_and_resume_matches(tiny_recipe, tmp_path):
     a = train(tiny_recipe(f"output_dir={tmp_path / 'a'}", "model.slot_decoder=crf", "model.feedback.iterations=1"))
     b = train(tiny_recipe(f"output_dir={tmp_path / 'b'}", "model.slot_decoder=crf", "model.feedback.iterations=1"))

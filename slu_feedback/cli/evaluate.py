@@ -13,7 +13,9 @@ import click
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
               help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")
-def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode):
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
+def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
     intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
@@ -25,25 +27,28 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
             raise click.ClickException("--data and --out apply to one dataset: pass RUN_DIR/<dataset> of a joint run")
         for name in names:
             click.echo(f"== {name} ==")
-            evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode)
+            evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode, device)
         return
-    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode)
+    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device)
 
 
-def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode):
+def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
-    from ..models import RunError, load_run
+    from ..models import RunError, load_run, resolve_device
 
+    if quantize and device not in ("auto", "cpu"):
+        raise click.ClickException("--quantize evaluates an int8 copy on the CPU: drop --device or use --device cpu")
     try:
+        device = resolve_device("cpu" if quantize else device)
         model = tokenizer = None
         if predict_mode is not None:
-            model, tokenizer = load_run(run_dir)
+            model, tokenizer = load_run(run_dir, device)
             if model.config.head != "vmtl":
                 raise click.ClickException("--predict applies to runs with model.head=vmtl only")
             model.config.vmtl["predict"] = predict_mode
         report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, model=model, tokenizer=tokenizer,
-                              quantize=quantize)
+                              quantize=quantize, device=device)
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     m = report["metrics"]

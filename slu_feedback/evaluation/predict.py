@@ -20,7 +20,10 @@ def predict(model, dataloader, accelerator=None, iterations=None, keep_iteration
     out = {"intent": [], "intent_probs": [], "slots": [], "iterations": [], "intent_0": [], "slots_0": []}
     step_sum, count = None, 0
     disable = accelerator is not None and not accelerator.is_local_main_process
+    device = next(raw.parameters()).device
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=disable):
+        if accelerator is None:  # a prepared loader places batches itself
+            batch = {k: v.to(device) for k, v in batch.items()}
         inputs = {k: v for k, v in batch.items() if k not in ("intent_labels", "slot_labels")}
         if dataset is not None:
             inputs["dataset"] = dataset

@@ -24,13 +24,14 @@ def run_data_path(run_dir: Path):
 
 
 def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
-                 iterations=None, model=None, tokenizer=None, quantize: bool = False) -> dict:
-    """Score `run_dir` on `split`; write metrics.json, predictions.jsonl and PNGs (intent confusion,
-    intent reliability diagram) into `out_dir`."""
+                 iterations=None, model=None, tokenizer=None, quantize: bool = False, device: str = "cpu") -> dict:
+    """Score `run_dir` on `split` (on `device`, unless a loaded `model` is given); write
+    metrics.json, predictions.jsonl and PNGs (intent confusion, intent reliability diagram) into
+    `out_dir`."""
     run_dir = Path(run_dir)
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
     if model is None:
-        model, tokenizer = load_run(run_dir)
+        model, tokenizer = load_run(run_dir, device)
     splits = load_splits(resolve_data_path(path, base_dir), format=fmt)
     raw = splits[split]
     if None in raw["intent"] or None in raw["slots"]:

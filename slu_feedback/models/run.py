@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -15,8 +16,30 @@ class RunError(ValueError):
     pass
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is the first GPU when torch sees one (CUDA, then Apple MPS), else the CPU; any other
+    name ("cpu", "cuda", "cuda:1", "mps") must be usable here, or a RunError says why."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RunError(f"device {name!r}: Apple MPS is not available here; use --device cpu")
+    return device
+
+
 def load_run(run_dir, device: str = "cpu"):
-    """Return (model in eval mode, tokenizer) from a run directory or any `save_pretrained` folder."""
+    """Return (model in eval mode on `device`, see resolve_device, and tokenizer) from a run
+    directory or any `save_pretrained` folder."""
+    device = resolve_device(device)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
