@@ -15,12 +15,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def git_commit() -> str:
+    """HEAD (+ "-dirty" when the code or recipes differ from it); SLU_BENCH_COMMIT overrides it for a
+    copy of the tree whose git metadata lags behind (a tree sent to a GPU machine)."""
+    if os.environ.get("SLU_BENCH_COMMIT"):
+        return os.environ["SLU_BENCH_COMMIT"]
     try:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "slu_feedback", "recipes"], cwd=ROOT).returncode
         return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):  # a source copy without .git (e.g. sent to a GPU machine)
-        return os.environ.get("SLU_BENCH_COMMIT", "unknown")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> dict:

@@ -33,7 +33,7 @@ step train_base 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/base
 step train_feedback 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/feedback model.feedback.iterations=3
 step train_vmtl 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/vmtl model.head=vmtl
 step train_crf 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/crf model.slot_decoder=crf
-step train_bilstm 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/bilstm model.encoder_type=bilstm
+step train_bilstm 75 python3 -m slu_feedback.cli.train $Q output_dir=/tmp/r/bilstm model.encoder_type=bilstm model.tokenizer=/tmp/minilm
 step train_bf16_feedback 75 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no \
   -m slu_feedback.cli.train $Q output_dir=/tmp/r/bf16 model.feedback.iterations=3
 step train_bf16_crf 75 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no \
