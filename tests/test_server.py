@@ -87,7 +87,7 @@ def test_health_model_and_openapi(client, parser, trained_run):
     assert info["feedback"]["iterations"] == 2 and info["encoder_type"] == "hf"
     assert set(info["gate_probabilities"]) == {"slot_to_intent", "intent_to_slot"}
     assert info["metrics"] == json.loads((Path(trained_run) / "all_results.json").read_text())
-    assert info["limits"]["max_texts"] == 8 and info["quantized"] is False
+    assert info["limits"]["max_texts"] == 8 and info["quantized"] is False and info["device"] == "cpu"
     schema = client.get("/openapi.json").json()
     assert {"/parse", "/health", "/model"} <= set(schema["paths"])
     docs = client.get("/docs")
@@ -289,3 +289,7 @@ def test_serve_cli_rejects_a_broken_run(tmp_path):
 
     result = CliRunner().invoke(main, [str(tmp_path), "--port", str(free_port())])
     assert result.exit_code == 1 and "not a trained run" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path), "--device", "gpu0"])
+    assert result.exit_code == 1 and "unknown device 'gpu0'" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path), "--quantize", "--device", "cuda"])
+    assert result.exit_code == 1 and "--quantize" in result.output

@@ -9,6 +9,8 @@ import click
               help="Address to bind. Loopback by default; 0.0.0.0 exposes the API (no authentication) to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--quantize", is_flag=True, help="Serve a dynamically int8-quantised copy (CPU).")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Utterances per forward pass.")
 @click.option("--wait-ms", default=5.0, show_default=True, type=click.FloatRange(0),
               help="How long a batch waits for more requests to join.")
@@ -18,7 +20,7 @@ import click
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads (default: torch's choice).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def main(run_dir, host, port, quantize, max_batch, wait_ms, max_texts, max_chars, max_body_kb, threads, log_level):
+def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, max_chars, max_body_kb, threads, log_level):
     """Serve a trained run: POST /parse, GET /health, GET /model, the OpenAPI page at /docs and a
     web page at /. Concurrent requests are micro-batched."""
     try:
@@ -31,6 +33,8 @@ def main(run_dir, host, port, quantize, max_batch, wait_ms, max_texts, max_chars
     from ..inference.server import LOOPBACK, ServerSettings, serve
     from ..models import RunError
 
+    if quantize and device not in ("auto", "cpu"):
+        raise click.ClickException("--quantize serves an int8 copy on the CPU: drop --device or use --device cpu")
     if threads:
         torch.set_num_threads(threads)
     if host not in LOOPBACK:
@@ -39,7 +43,8 @@ def main(run_dir, host, port, quantize, max_batch, wait_ms, max_texts, max_chars
     settings = ServerSettings(max_batch=max_batch, wait_ms=wait_ms, max_texts=max_texts, max_chars=max_chars,
                               max_body_bytes=max_body_kb * 1024)
     try:
-        serve(run_dir, host, port, quantize=quantize, settings=settings, log_level=log_level)
+        serve(run_dir, host, port, quantize=quantize, settings=settings, log_level=log_level,
+              device="cpu" if quantize else device)
     except RunError as error:
         raise click.ClickException(str(error)) from None
 

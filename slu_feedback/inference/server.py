@@ -275,7 +275,7 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
         "pooling": config.pooling, "head_hidden": config.head_hidden,
         "intents": list(config.intent_labels), "slot_types": slot_types, "slot_tags": list(config.slot_labels),
         "feedback": dict(config.feedback), "gate_probabilities": parser.model.gate_probabilities(),
-        "quantized": quantized, "max_length": parser.max_length,
+        "quantized": quantized, "device": str(parser.device), "max_length": parser.max_length,
         "limits": asdict(settings),
         "metrics": None,
     }
@@ -292,10 +292,10 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, quantize: bool = False,
-          settings: ServerSettings | None = None, log_level: str = "info"):
-    """Load `run_dir` and serve it with uvicorn until interrupted."""
+          settings: ServerSettings | None = None, log_level: str = "info", device: str = "cpu"):
+    """Load `run_dir` on `device` and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    parser = SLUParser.from_pretrained(run_dir, quantize=quantize)
+    parser = SLUParser.from_pretrained(run_dir, device=device, quantize=quantize)
     app = create_app(parser, run_dir, settings, quantized=quantize)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
