@@ -211,3 +211,33 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_re
     run = Path(recipe["output_dir"])
     assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 1
     assert (run / "model.safetensors").exists()
+
+
+def test_checkpoint_keeps_lstm_weights_that_cudnn_keeps_in_one_buffer(tmp_path):
+    """On a GPU, cuDNN makes an LSTM's weights views of one flat buffer; save_state must still
+    write every one of them, or a BiLSTM run cannot resume."""
+    from slu_feedback.models import SLUConfig, SLUModel
+    from slu_feedback.training.trainer import new_accelerator, save_checkpoint
+
+    def bilstm(seed):
+        torch.manual_seed(seed)
+        return SLUModel(SLUConfig(encoder_type="bilstm", vocab_size=50, embedding_dim=8, lstm_hidden=8, head_hidden=8,
+                                  intent_labels=["a", "b"], slot_labels=["O", "B-x", "I-x"]))
+
+    model = bilstm(0)
+    lstm = list(model.encoder.lstm.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in lstm])
+    offset = 0
+    for p in lstm:  # what LSTM.flatten_parameters does on CUDA
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    accelerator = new_accelerator(1, joint=False)
+    prepared, _ = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    save_checkpoint(accelerator, tmp_path / "checkpoint", {"epoch": 1})
+
+    fresh = bilstm(1)
+    accelerator = new_accelerator(1, joint=False)
+    fresh, _ = accelerator.prepare(fresh, torch.optim.AdamW(fresh.parameters()))
+    accelerator.load_state(str(tmp_path / "checkpoint"))
+    for (name, a), b in zip(prepared.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -186,17 +186,38 @@ def param_groups(model, recipe: dict) -> list:
     return list(groups.values())
 
 
+def new_accelerator(grad_accum: int, joint: bool, **kwargs) -> Accelerator:
+    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that; and
+    # its batches come from several loaders, so accumulation counts steps, not loader ends
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint else []
+    accumulation = GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=not joint)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, kwargs_handlers=handlers, **kwargs)
+    accelerator.register_save_state_pre_hook(copy_shared_views)
+    return accelerator
+
+
+def copy_shared_views(models, weights, output_dir) -> None:
+    """On a GPU, cuDNN keeps an LSTM's weights as views of one flat buffer; `save_state` would take
+    them for shared tensors and keep only one (the BiLSTM could not resume). Save each view as
+    its own copy."""
+    for state in weights:
+        seen = set()
+        for name, tensor in state.items():
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = (tensor.device, tensor.untyped_storage().data_ptr())
+            if storage in seen:
+                state[name] = tensor.clone()
+            seen.add(storage)
+
+
 def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop_after_epoch: int | None = None) -> Path:
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
     interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended."""
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
-    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that; and
-    # its batches come from several loaders, so accumulation counts steps, not loader ends
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint else []
-    accumulation = GradientAccumulationPlugin(num_steps=train_cfg["grad_accum"], sync_with_dataloader=not joint)
-    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, kwargs_handlers=handlers)
+    accelerator = new_accelerator(train_cfg["grad_accum"], joint)
     if recipe["output_dir"]:
         run_dir = Path(recipe["output_dir"])
     elif resume:
