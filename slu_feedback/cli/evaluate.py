@@ -2,6 +2,8 @@
 
 import click
 
+from . import DEVICE, inference_device
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -13,8 +15,7 @@ import click
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
               help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
+@DEVICE
 def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
@@ -35,12 +36,10 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
 def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
-    from ..models import RunError, load_run, resolve_device
+    from ..models import RunError, load_run
 
-    if quantize and device not in ("auto", "cpu"):
-        raise click.ClickException("--quantize evaluates an int8 copy on the CPU: drop --device or use --device cpu")
+    device = inference_device(device, quantize)
     try:
-        device = resolve_device("cpu" if quantize else device)
         model = tokenizer = None
         if predict_mode is not None:
             model, tokenizer = load_run(run_dir, device)

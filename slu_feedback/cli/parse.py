@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from . import DEVICE, inference_device
+
 HELP = """Type an utterance and press Enter to parse it.
   :help      this text
   :explain   toggle showing the prediction at every feedback iteration
@@ -56,17 +58,15 @@ def emit(results, as_json: bool, explain: bool) -> None:
 @click.option("--top-k", default=3, show_default=True)
 @click.option("--quantize", is_flag=True, help="Dynamic int8 quantisation of the Linear layers (CPU; faster, slightly less accurate).")
 @click.option("--dataset", default=None, help="Joint runs: answer with this dataset's heads (default: the most confident).")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
+@DEVICE
 def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quantize, dataset, device):
     """Parse utterances with a trained run: intent, its probability, top-k intents and slot spans."""
     from ..inference.parser import SLUParser
     from ..models import RunError
 
-    if quantize and device not in ("auto", "cpu"):
-        raise click.ClickException("--quantize makes an int8 copy for the CPU: drop --device or use --device cpu")
+    device = inference_device(device, quantize)
     try:
-        parser = SLUParser.from_pretrained(run_dir, device="cpu" if quantize else device, top_k=top_k,
+        parser = SLUParser.from_pretrained(run_dir, device=device, top_k=top_k,
                                            quantize=quantize, dataset=dataset)
     except RunError as error:
         raise click.ClickException(str(error)) from None

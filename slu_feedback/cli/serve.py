@@ -2,6 +2,8 @@
 
 import click
 
+from . import DEVICE, inference_device
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -9,8 +11,7 @@ import click
               help="Address to bind. Loopback by default; 0.0.0.0 exposes the API (no authentication) to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--quantize", is_flag=True, help="Serve a dynamically int8-quantised copy (CPU).")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
+@DEVICE
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Utterances per forward pass.")
 @click.option("--wait-ms", default=5.0, show_default=True, type=click.FloatRange(0),
               help="How long a batch waits for more requests to join.")
@@ -33,8 +34,7 @@ def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, m
     from ..inference.server import LOOPBACK, ServerSettings, serve
     from ..models import RunError
 
-    if quantize and device not in ("auto", "cpu"):
-        raise click.ClickException("--quantize serves an int8 copy on the CPU: drop --device or use --device cpu")
+    device = inference_device(device, quantize)
     if threads:
         torch.set_num_threads(threads)
     if host not in LOOPBACK:
@@ -44,7 +44,7 @@ def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, m
                               max_body_bytes=max_body_kb * 1024)
     try:
         serve(run_dir, host, port, quantize=quantize, settings=settings, log_level=log_level,
-              device="cpu" if quantize else device)
+              device=device)
     except RunError as error:
         raise click.ClickException(str(error)) from None
 
