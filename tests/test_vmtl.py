@@ -365,8 +365,12 @@ def test_a_tiny_vmtl_model_trains_evaluates_and_parses(tiny_recipe):
     m = report["metrics"]
     assert 0 <= m["intent_ece"] <= 1 and m["intent_nll"] > 0
     assert (run / "eval_test" / "reliability.png").stat().st_size > 0
-    result = CliRunner().invoke(eval_main, [str(run), "--split", "test", "--predict", "mc", "--out", str(run / "mc")])
+    result = CliRunner().invoke(eval_main, [str(run), "--split", "test", "--predict", "mean", "--out", str(run / "mean")])
     assert result.exit_code == 0, result.output
+    # the default (vmtl.predict: mc) averages sampled weights; mean uses the posterior means
+    mc_scores = [json.loads(x)["intent_score"] for x in (run / "eval_test" / "predictions.jsonl").read_text().splitlines()]
+    mean_scores = [json.loads(x)["intent_score"] for x in (run / "mean" / "predictions.jsonl").read_text().splitlines()]
+    assert len(mc_scores) == len(mean_scores) and mc_scores != mean_scores
 
     parser = SLUParser.from_pretrained(run)
     parsed = parser(["play some jazz by miles davis", ""])
