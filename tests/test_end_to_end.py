@@ -63,6 +63,13 @@ def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == report["n"] == 50
     assert sum(r["error"] for r in rows) == round(report["n"] * (1 - report["metrics"]["sentence_acc"]))
+    # the counts agree with a separate evaluation that stops at iteration 0 (no feedback)
+    before = evaluate_run(trained_feedback_run, "test", iterations=0, out_dir=out.parent / "eval_k0")
+    rows_0 = [json.loads(x) for x in (Path(before["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
+    frame = lambda r: (r["pred_intent"], r["pred_slots"])  # noqa: E731
+    assert fb["changed"] == sum(frame(a) != frame(b) for a, b in zip(rows_0, rows))
+    assert fb["fixed"] == sum(a["error"] and not b["error"] for a, b in zip(rows_0, rows))
+    assert fb["broken"] == sum(b["error"] and not a["error"] for a, b in zip(rows_0, rows))
     result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation"])
     assert result.exit_code == 0, result.output
     assert "sentence accuracy" in result.output and "fixed" in result.output
