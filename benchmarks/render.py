@@ -239,7 +239,8 @@ def render() -> tuple:
     body += ["## Per-run details", ""]
     for name, r in results.items():
         body += [f"### {name}", "", f"- command: `{r['command']}`", f"- commit: `{r['commit']}`, date {r['date']}",
-                 f"- machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}",
+                 f"- machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)"
+                 + (f", GPU {r['machine']['gpu']}" if r["machine"].get("gpu") else "") + f", torch {r['machine']['torch']}",
                  f"- seeds: {r['seeds']}; best epochs: {[s['best_epoch'] for s in r['per_seed']]}",
                  "- validation: " + ", ".join(f"{label} {fmt(r['validation'][k])}" for k, label in METRICS),
                  f"- strict IOB2 slot F1 (test): {fmt(r['test']['slot_f1_strict'])}",
