@@ -253,3 +253,56 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "val" / "validate.json").read_text())
     assert len(report["loo"]) == 4 and (tmp_path / "val" / "validate.png").exists()
+
+
+@pytest.mark.e2e
+def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
+    from slu_feedback.cli.influence import main
+    from slu_feedback.evaluation.report import evaluate_run
+    from slu_feedback.influence.refit import Refitter
+    from slu_feedback.models import load_run
+
+    tiny_run = tiny_run_factory("model.head_hidden=8")  # softmax heads without feedback: a quick fit
+    refitter = Refitter(tiny_run, max_iter=30, progress=False)
+    p = refitter.problem
+
+    def slope(w):  # largest gradient entry of the damped objective
+        w = w.clone().requires_grad_(True)
+        objective = p.objective(w) + 0.5 * refitter.damping * ((w - refitter.anchor) ** 2).sum()
+        return torch.autograd.grad(objective, w)[0].abs().max()
+
+    assert slope(refitter.w_full) < slope(refitter.anchor) / 20  # fitted towards the stationary point
+
+    drops = {kind: refitter.select(0.1, random=kind == "random", unit="sample") for kind in ("mtif", "random")}
+    assert len(drops["mtif"]) == len(drops["random"]) == 40  # 10 % of 400 samples
+    assert drops["mtif"] != drops["random"]
+    changes = {}
+    for kind, drop in drops.items():
+        w_new, report = refitter.refit(drop)
+        assert report["dropped"] == 40 and sum(report["dropped_by_task"].values()) == 40
+        changes[kind] = report["validation_loss_change"]
+    # dropping the samples MTIF ranks most harmful lowers the validation losses, as predicted;
+    # the same number at random does not lower them as much
+    mtif = changes["mtif"]
+    assert sum(mtif["predicted"].values()) < 0 and sum(mtif["actual"].values()) < 0
+    assert sum(mtif["actual"].values()) < sum(changes["random"]["actual"].values())
+    _, unchanged = refitter.refit([])
+    assert unchanged["validation_loss_change"]["actual"] == {"intent": 0.0, "slot": 0.0}
+
+    # the refitted heads are saved as a run that loads and evaluates; the encoder is the source's
+    out = refitter.save(w_new, tmp_path / "refit", report)
+    model, _ = load_run(out)
+    source, _ = load_run(tiny_run)
+    for name, value in p.unflatten(w_new).items():
+        assert torch.allclose(model.get_parameter(name.removeprefix("model.")), value.float(), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.parameters(), source.encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), source.parameters()))
+    assert 0 <= evaluate_run(out, "validation", out_dir=tmp_path / "eval")["metrics"]["sentence_acc"] <= 1
+    assert json.loads((out / "refit.json").read_text())["source_run"] == str(tiny_run)
+
+    result = CliRunner().invoke(main, ["refit", str(tiny_run), "--fraction", "0.05", "--per-intent", "--max-iter",
+                                       "3", "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "predicted" in result.output and (tmp_path / "cli" / "model.safetensors").exists()
+    assert (tmp_path / "cli" / "influence" / "influence.csv").exists()
+    assert json.loads((tmp_path / "cli" / "refit.json").read_text())["per_intent"] is True

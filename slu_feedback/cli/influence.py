@@ -1,10 +1,11 @@
-"""`slu-influence score|prune|validate RUN_DIR`: MTIF data attribution (METHODS.md section 3).
+"""`slu-influence score|prune|refit|validate RUN_DIR`: MTIF data attribution (METHODS.md section 3).
 
     slu-influence score runs/atis-1 --scope heads --solver cg        # -> runs/atis-1/influence/
     slu-influence prune runs/atis-1 --fraction 0.05 --target both    # -> runs/atis-1/pruned/<name>/
     slu-influence prune runs/atis-1 --fraction 0.05 --random         # same number dropped at random
     slu-influence prune runs/atis-1 --fraction 0.02 --unit sample    # drop intent or slot labels, not utterances
     slu-influence validate runs/atis-1 --n 40                        # leave-one-out + datamodeling
+    slu-influence refit runs/atis-1 --fraction 0.02 --per-intent     # drop samples, refit the heads: a new run
     torchrun --nproc_per_node 4 -m slu_feedback.cli.influence score runs/atis-1   # sharded gradients
 
 A joint run (one head pair per dataset) is scored per dataset: `score RUN` scores each
@@ -127,6 +128,37 @@ def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, ou
     if "note" in info:
         click.echo(f"note: {info['note']}", err=True)
     click.echo(f"data: {info['data']}\nrecipe: {info['recipe']}\ntrain it: slu-train {info['recipe']}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--fraction", type=float, required=True,
+              help="Fraction of training samples (or utterances) to drop, e.g. 0.02; 0 refits on the full set.")
+@click.option("--target", default="both", show_default=True, type=click.Choice(["intent", "slot", "both"]))
+@click.option("--random", "random_", is_flag=True, help="Drop the same number at random instead.")
+@click.option("--per-intent", is_flag=True, help="Drop the fraction within each intent.")
+@click.option("--unit", default="sample", show_default=True, type=click.Choice(["utterance", "sample"]),
+              help="Drop single samples (an utterance's intent label or its slot labels) or whole utterances.")
+@click.option("--seed", default=0, show_default=True, help="Seed of --random.")
+@DAMPING
+@click.option("--max-iter", default=500, show_default=True, help="L-BFGS iterations per fit.")
+@click.option("--out", "out_dir", default=None, help="Output run directory (default: RUN_DIR/refit/<name>).")
+@_errors
+def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, max_iter, out_dir):
+    """Prune within MTIF's scope: fit the heads on the fixed encoder (scope heads) to convergence,
+    score MTIF there, drop the most harmful samples and refit the heads without them. Writes a run
+    directory (slu-eval, slu-parse load it) with refit.json (predicted and actual change of each
+    task's validation loss) and the scores in influence/. Minutes, not a training run."""
+    from ..influence.refit import refit_run
+
+    info = refit_run(run_dir, out_dir, fraction, target, random_, seed, per_intent, unit, damping, max_iter)
+    change = info["validation_loss_change"]
+    click.echo(f"dropped {info['dropped']} training {unit}s ({'random' if random_ else 'most harmful for ' + target}); "
+               f"heads refitted in {info['seconds']:.1f}s")
+    for task in ("intent", "slot"):
+        click.echo(f"{task:>7} validation loss change: predicted {change['predicted'][task]:+.3e}  "
+                   f"actual {change['actual'][task]:+.3e}")
+    click.echo(f"run: {info['out_dir']}\nevaluate it: slu-eval {info['out_dir']} --split validation")
 
 
 @main.command()

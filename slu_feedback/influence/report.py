@@ -160,6 +160,47 @@ class LabelKeeper:
         return True
 
 
+def select_drops(rows: list, train, fraction: float, target: str = "both", random: bool = False, seed: int = 0,
+                 per_intent: bool = False, unit: str = "utterance") -> dict:
+    """Which candidates to drop (see prune_run): `drop` indexes `candidates`, a list of
+    (utterance id, "utterance" | task) in the order of `value.flatten()`."""
+    targets = TASKS if target == "both" else (target,)
+    sources = ["utterance"] if unit == "utterance" else list(TASKS)
+    value = source_scores(rows, sources, targets)
+    candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
+    intents, slots = train["intent"], train["slots"]
+    labels = {"intent": intents, "slot": slots}
+    # a run trained on partial labels: its missing samples are no candidates
+    labelled = [source == "utterance" or labels[source][i] is not None for i, source in candidates]
+    wanted = int(round(fraction * sum(labelled)))
+    groups = defaultdict(list)  # candidates by intent (one group of all without per_intent), most negative first
+    for c in value.flatten().argsort().tolist():
+        if labelled[c]:
+            groups[str(intents[candidates[c][0]]) if per_intent else ""].append(c)
+    quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
+    keeper = LabelKeeper(train) if unit == "sample" else None
+
+    def take(order: list, n: int) -> list:  # the first n candidates of `order` the keeper lets go
+        out = []
+        for c in order:
+            if len(out) == n:
+                break
+            if keeper is None or keeper.release(*candidates[c]):
+                out.append(c)
+        return out
+
+    if random:  # as many from each group, at random
+        generator = torch.Generator().manual_seed(seed)
+        drop = []
+        for g, ids in sorted(groups.items()):
+            pool = sorted(ids)
+            drop += take([pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()], quota[g])
+    else:
+        drop = [c for g, ids in sorted(groups.items()) for c in take(ids, quota[g])]
+    return {"drop": drop, "candidates": candidates, "value": value, "keeper": keeper, "wanted": wanted,
+            "labelled": labelled}
+
+
 def prune_run(run_dir, fraction: float, target: str = "both", random: bool = False, seed: int = 0, scores=None,
               out_dir=None, per_intent: bool = False, unit: str = "utterance", **score_kw) -> dict:
     """Drop the `fraction` of training utterances (unit "utterance") or of training samples (unit
@@ -197,39 +238,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     rows = read_scores(scores_file)
     if len(rows) != len(train):
         raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")
-    targets = TASKS if target == "both" else (target,)
-    sources = ["utterance"] if unit == "utterance" else list(TASKS)
-    value = source_scores(rows, sources, targets)
-    candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
+    chosen = select_drops(rows, train, fraction, target, random, seed, per_intent, unit)
+    drop, candidates, value, keeper = chosen["drop"], chosen["candidates"], chosen["value"], chosen["keeper"]
+    wanted, labelled = chosen["wanted"], chosen["labelled"]
     intents, slots = train["intent"], train["slots"]
-    labels = {"intent": intents, "slot": slots}
-    # a run trained on partial labels: its missing samples are no candidates
-    labelled = [source == "utterance" or labels[source][i] is not None for i, source in candidates]
-    wanted = int(round(fraction * sum(labelled)))
-    groups = defaultdict(list)  # candidates by intent (one group of all without per_intent), most negative first
-    for c in value.flatten().argsort().tolist():
-        if labelled[c]:
-            groups[str(intents[candidates[c][0]]) if per_intent else ""].append(c)
-    quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
-    keeper = LabelKeeper(train) if unit == "sample" else None
-
-    def take(order: list, n: int) -> list:  # the first n candidates of `order` the keeper lets go
-        out = []
-        for c in order:
-            if len(out) == n:
-                break
-            if keeper is None or keeper.release(*candidates[c]):
-                out.append(c)
-        return out
-
-    if random:  # as many from each group, at random
-        generator = torch.Generator().manual_seed(seed)
-        drop = []
-        for g, ids in sorted(groups.items()):
-            pool = sorted(ids)
-            drop += take([pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()], quota[g])
-    else:
-        drop = [c for g, ids in sorted(groups.items()) for c in take(ids, quota[g])]
     negative = int((value.flatten()[drop] < 0).sum()) if drop else 0
     drop = set(drop)
     dropped = defaultdict(set)  # utterance id -> its dropped samples
