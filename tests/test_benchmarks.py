@@ -182,3 +182,27 @@ def test_influence_transfer_compares_validation_and_test_targets_sample_by_sampl
     assert same["predicted_change"]["test_loss_test_chosen"] < same["predicted_change"]["test_loss_random"]
     opposite = influence_transfer.compare(-test, test, 0.02)  # what validation calls harmful helps test most
     assert opposite["overlap"] == 0.0 and opposite["test_gain_share"] < 0 and opposite["spearman"] == pytest.approx(-1.0)
+
+
+def test_refit_table_puts_mtif_random_and_full_side_by_side():
+    def split(sentence):
+        return {"intent_acc": stat(97.0), "slot_f1": stat(95.0), "sentence_acc": stat(sentence)}
+
+    def refit(dropped, predicted, actual):
+        return {"dropped": dropped, "validation_loss_change": {"predicted": {"intent": predicted, "slot": 0.0},
+                                                               "actual": {"intent": actual, "slot": -0.001}}}
+
+    variants = {"trained": (90.0, 87.0, None), "full": (90.5, 87.25, refit(0, 0.0, 0.0)),
+                "mtif_2pct": (91.0, 87.5, refit(180, -0.02, -0.01)), "random_2pct": (90.25, 86.75, refit(180, 0.0, 0.002))}
+    seeds = [{"seed": s, "variants": {n: {"refit": x} if x else {} for n, (_, _, x) in variants.items()}} for s in (1, 2)]
+    refits = {"refit_atis": {"base": "atis", "seeds": [1, 2], "chosen_fraction": 0.02, "per_seed": seeds,
+                             "validation_sentence_by_fraction": {"0": 90.5, "2": 91.0},
+                             "variants": {n: {"validation": split(v), "test": split(t)} for n, (v, t, _) in variants.items()}}}
+    lines = render.refit_table(refits)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["mtif_2pct"].split(" | ")[1] == "180"
+    assert "| +0.25 | -0.0200 / -0.0110 |" in rows["mtif_2pct"]  # Δ against the full refit, losses summed over tasks
+    assert "| -0.50 | +0.0000 / +0.0010 |" in rows["random_2pct"]
+    assert rows["full (refitted on every sample)"].endswith("| - | - |")
+    assert any("0 % 90.50, 2 % 91.00 -> **chosen fraction: 2 %**" in line for line in lines)
+    assert render.refit_table({}) == []
