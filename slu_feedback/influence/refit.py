@@ -15,13 +15,14 @@ minutes, not a training run.
 import json
 import shutil
 import time
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from ..models import load_run
 from .mtif import converge, influence_vectors, score_chunks
-from .report import select_drops, write_scores
+from .report import pruning_name, select_drops, write_scores
 from .slu import TASKS, build_problem
 
 COPIED = ("recipe.yaml", "label_maps.json", "metrics.jsonl", "all_results.json")  # kept from the source run
@@ -55,21 +56,12 @@ class Refitter:
             "solver": self.solver, "at": "heads refitted to convergence on the full training set",
             "seconds": self.seconds})
 
-    def rows(self) -> list:
-        """The scores as influence.csv rows (what `select_drops` ranks)."""
-        out = []
-        for i in range(self.problem.n):
-            row = {f"{l}->{k}": float(self.table[i, a, b]) for a, l in enumerate(TASKS) for b, k in enumerate(TASKS)}
-            row.update({f"utterance->{k}": float(self.table[i, :, b].sum()) for b, k in enumerate(TASKS)})
-            out.append(row)
-        return out
-
     def select(self, fraction: float, target: str = "both", random: bool = False, seed: int = 0,
                per_intent: bool = False, unit: str = "sample") -> list:
         """[(utterance id, "utterance" | task)] to drop, chosen as `slu-influence prune` chooses."""
         if fraction == 0:
             return []
-        chosen = select_drops(self.rows(), self.train, fraction, target, random, seed, per_intent, unit)
+        chosen = select_drops(self.table.cpu(), self.train, fraction, target, random, seed, per_intent, unit)
         return [chosen["candidates"][c] for c in chosen["drop"]]
 
     def refit(self, drop: list) -> tuple:
@@ -92,11 +84,16 @@ class Refitter:
                                              "actual": dict(zip(TASKS, actual))}}
         return w, report
 
+    @cached_property
+    def source_run(self) -> tuple:
+        """(float32 model, tokenizer) of the run, loaded once: `save` overwrites the scope's parameters."""
+        return load_run(self.run_dir)
+
     def save(self, w, out_dir, report: dict | None = None) -> Path:
         """A run directory with the refitted heads (float32, `save_pretrained`), the source run's
         tokenizer, recipe and label maps, and refit.json."""
         out_dir = Path(out_dir)
-        model, tokenizer = load_run(self.run_dir)
+        model, tokenizer = self.source_run
         with torch.no_grad():
             for name, value in self.problem.unflatten(w).items():
                 model.get_parameter(name.removeprefix("model.")).copy_(value.to(torch.float32))
@@ -122,8 +119,7 @@ def refit_run(run_dir, out_dir=None, fraction: float = 0.02, target: str = "both
     if unit not in ("utterance", "sample"):
         raise ValueError(f"--unit must be utterance or sample, not {unit!r}")
     refitter = Refitter(run_dir, damping, max_iter=max_iter, progress=progress)
-    name = f"refit-{'random' if random else 'mtif'}-{target}-{100 * fraction:g}pct" \
-           f"{'-per-intent' if per_intent else ''}{'-samples' if unit == 'sample' else ''}"
+    name = f"refit-{'random' if random else 'mtif'}-{pruning_name(target, fraction, per_intent, unit)}"
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "refit" / name
     refitter.write_scores(out_dir / "influence")
     drop = refitter.select(fraction, target, random, seed, per_intent, unit)

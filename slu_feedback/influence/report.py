@@ -139,6 +139,18 @@ def source_scores(rows: list, sources, targets, dtype=None) -> torch.Tensor:
                         dtype=dtype)
 
 
+def table_scores(table: torch.Tensor, sources, targets) -> torch.Tensor:
+    """source_scores from an (n, sources, targets) influence table instead of influence.csv rows."""
+    k = [TASKS.index(t) for t in targets]
+    columns = [table[:, :, k].sum(1) if s == "utterance" else table[:, TASKS.index(s), k] for s in sources]
+    return torch.stack([c.sum(-1) for c in columns], 1).to(torch.float32)
+
+
+def pruning_name(target: str, fraction: float, per_intent: bool, unit: str) -> str:
+    """The part of a pruned set's (or refit's) name after its method: `both-2pct-per-intent-samples`."""
+    return f"{target}-{100 * fraction:g}pct{'-per-intent' if per_intent else ''}{'-samples' if unit == 'sample' else ''}"
+
+
 class LabelKeeper:
     """Sample-level pruning never takes the last training example of a label: a sample is released
     only if every intent or slot tag it carries keeps another utterance labelled with it (else the
@@ -160,14 +172,15 @@ class LabelKeeper:
         return True
 
 
-def select_drops(rows: list, train, fraction: float, target: str = "both", random: bool = False, seed: int = 0,
+def select_drops(scores, train, fraction: float, target: str = "both", random: bool = False, seed: int = 0,
                  per_intent: bool = False, unit: str = "utterance") -> dict:
-    """Which candidates to drop (see prune_run): `drop` indexes `candidates`, a list of
-    (utterance id, "utterance" | task) in the order of `value.flatten()`."""
+    """Which candidates to drop (see prune_run), from influence.csv rows or an (n, T, T) table:
+    `drop` indexes `candidates`, a list of (utterance id, "utterance" | task) in the order of
+    `value.flatten()`."""
     targets = TASKS if target == "both" else (target,)
     sources = ["utterance"] if unit == "utterance" else list(TASKS)
-    value = source_scores(rows, sources, targets)
-    candidates = [(i, source) for i in range(len(rows)) for source in sources]  # in the order of value.flatten()
+    value = table_scores(scores, sources, targets) if torch.is_tensor(scores) else source_scores(scores, sources, targets)
+    candidates = [(i, source) for i in range(len(value)) for source in sources]  # in the order of value.flatten()
     intents, slots = train["intent"], train["slots"]
     labels = {"intent": intents, "slot": slots}
     # a run trained on partial labels: its missing samples are no candidates
@@ -247,8 +260,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     dropped = defaultdict(set)  # utterance id -> its dropped samples
     for c in drop:
         dropped[candidates[c][0]].add(candidates[c][1])
-    name = (f"{'random' if random else 'pruned'}-{target}-{100 * fraction:g}pct{'-per-intent' if per_intent else ''}"
-            f"{'-samples' if unit == 'sample' else ''}")
+    name = f"{'random' if random else 'pruned'}-{pruning_name(target, fraction, per_intent, unit)}"
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned" / name
     data_dir = out_dir / "data"
     kept = []
