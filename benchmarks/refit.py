@@ -13,8 +13,11 @@ the full training set (`full`), MTIF is scored there, and the heads are refitted
 `--fraction` of samples MTIF ranks most harmful (`mtif`) or as many random ones (`random`), the
 same share of each intent (--per-intent, the default) and never the last example of a label. Every
 variant is evaluated on validation and test. The fraction is chosen on the mean validation
-sentence accuracy of the MTIF refits (with the full refit as 0 %); test reports. Seeds already in
-the results file are skipped, so an interrupted run continues.
+sentence accuracy of the MTIF refits (with the full refit as 0 %); test reports. Each variant's
+mean task losses on validation and test are recorded too (MTIF's own quantity: does a pruning that
+lowers the validation loss lower the test loss?). Seeds already in the results file are skipped, so
+an interrupted run continues; `--losses-only` adds the losses to rows written before they were
+recorded, from the saved refits.
 """
 
 import argparse
@@ -28,6 +31,7 @@ from common import RESULTS, ROOT, mean_std, provenance  # noqa: E402
 
 from slu_feedback.evaluation.report import evaluate_run  # noqa: E402
 from slu_feedback.influence.refit import Refitter  # noqa: E402
+from slu_feedback.influence.slu import TASKS, split_losses  # noqa: E402
 from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import train  # noqa: E402
 
@@ -38,6 +42,16 @@ def scores(run_dir: Path, out: Path) -> dict:
     """Validation and test metrics of a run (percent)."""
     return {split: {k: 100 * evaluate_run(run_dir, split, out_dir=out / f"eval_{split}")["metrics"][k] for k in METRICS}
             for split in ("validation", "test")}
+
+
+def add_losses(row: dict) -> dict:
+    """Every variant's mean task losses on validation and test (the heads as trained are the run itself)."""
+    run_dir = Path(row["run_dir"])
+    dirs = [run_dir if name == "trained" else run_dir / "refit" / name for name in row["variants"]]
+    for split in ("validation", "test"):
+        for name, losses in zip(row["variants"], split_losses(dirs, split)):
+            row["variants"][name].setdefault("loss", {})[split] = dict(zip(TASKS, losses))
+    return row
 
 
 def run_seed(recipe: str, overrides: list, seed: int, run_dir: Path, fractions: list, per_intent: bool,
@@ -61,7 +75,7 @@ def run_seed(recipe: str, overrides: list, seed: int, run_dir: Path, fractions: 
               f"{row['variants'][name]['validation']['sentence_acc']:.2f}, test {row['variants'][name]['test']['sentence_acc']:.2f}",
               flush=True)
     row["seconds"]["total"] = time.perf_counter() - started
-    return row
+    return add_losses(row)
 
 
 def summarise(rows: list, fractions: list) -> dict:
@@ -70,6 +84,12 @@ def summarise(rows: list, fractions: list) -> dict:
                       for split in ("validation", "test")} for name in names}
     candidates = {0.0: "full", **{f: f"mtif_{100 * f:g}pct" for f in fractions}}
     chosen = max(candidates, key=lambda f: summary[candidates[f]]["validation"]["sentence_acc"]["mean"])
+    for name in names:
+        if all("loss" in r["variants"][name] for r in rows):  # summed over the tasks, change from the full refit
+            for split in ("validation", "test"):
+                change = [sum(r["variants"][name]["loss"][split].values()) - sum(r["variants"]["full"]["loss"][split].values())
+                          for r in rows]
+                summary[name][split]["loss_change"] = mean_std(change)
     return {"variants": summary, "chosen_fraction": chosen,
             "validation_sentence_by_fraction": {f"{100 * f:g}": summary[n]["validation"]["sentence_acc"]["mean"]
                                                 for f, n in candidates.items()}}
@@ -85,10 +105,19 @@ def main(argv=None):
     parser.add_argument("--whole-set", action="store_true", help="rank over the whole set, not within each intent")
     parser.add_argument("--damping", type=float, default=0.01)
     parser.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per fit")
+    parser.add_argument("--losses-only", action="store_true",
+                        help="add the validation and test losses to the file's rows that lack them, from the saved refits")
     args = parser.parse_intermixed_args(argv)
 
     out = RESULTS / f"refit_{args.base}.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
+    if args.losses_only:
+        rows = [r if all("loss" in v for v in r["variants"].values()) else add_losses(r) for r in previous["per_seed"]]
+        fractions = previous["settings"]["fractions"]
+        out.write_text(json.dumps({**previous, **summarise(rows, fractions), "per_seed": rows,
+                                   "losses_added_by": provenance()}, indent=1) + "\n")
+        print(f"-> {out} (losses of seeds {[r['seed'] for r in rows]})")
+        return
     rows = [r for r in previous.get("per_seed", []) if r["seed"] in args.seeds]
     for seed in args.seeds:
         if any(r["seed"] == seed for r in rows):

@@ -228,8 +228,8 @@ def refit_table(refits: dict) -> list:
         lines += [f"**Pruning within MTIF's scope** (`{name}`: heads refitted on the fixed encoder of the `{r['base']}` "
                   f"runs, seeds {seeds}; mean ± std over seeds)", "",
                   f"| variant | samples dropped | validation sentence | test {' | test '.join(label for _, label in METRICS)} "
-                  "| Δ test sentence vs full | validation loss change, predicted / actual |",
-                  "|---|---|---|" + "---|" * (len(METRICS) + 2)]
+                  "| Δ test sentence vs full | validation loss change, predicted / actual | test loss change |",
+                  "|---|---|---|" + "---|" * (len(METRICS) + 3)]
         for variant, stats in v.items():
             refits_ = [s["variants"][variant].get("refit") for s in r["per_seed"]]
             dropped = "-" if variant == "trained" else f"{sum(x['dropped'] for x in refits_) / len(refits_):.0f}"
@@ -239,9 +239,11 @@ def refit_table(refits: dict) -> list:
             if variant not in ("trained", "full"):
                 pred, act = ([sum(x["validation_loss_change"][kind].values()) for x in refits_] for kind in ("predicted", "actual"))
                 change = f"{sum(pred) / len(pred):+.4f} / {sum(act) / len(act):+.4f}"
+            test_loss = stats["test"].get("loss_change")  # vs the full refit, summed over tasks
+            test_loss = "-" if variant == "full" or not test_loss else f"{test_loss['mean']:+.4f} ± {test_loss['std']:.4f}"
             label = {"trained": "trained (as saved by slu-train)", "full": "full (refitted on every sample)"}.get(variant, variant)
             lines.append(f"| {label} | {dropped} | {fmt(stats['validation']['sentence_acc'])} | "
-                         + " | ".join(fmt(stats["test"][k]) for k, _ in METRICS) + f" | {delta} | {change} |")
+                         + " | ".join(fmt(stats["test"][k]) for k, _ in METRICS) + f" | {delta} | {change} | {test_loss} |")
         by_fraction = ", ".join(f"{f} % {x:.2f}" for f, x in r["validation_sentence_by_fraction"].items())
         best = r["chosen_fraction"]
         lines += ["", f"Validation sentence accuracy of the MTIF refits by fraction: {by_fraction} -> **chosen fraction: "

@@ -260,6 +260,7 @@ def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
     from slu_feedback.cli.influence import main
     from slu_feedback.evaluation.report import evaluate_run
     from slu_feedback.influence.refit import Refitter
+    from slu_feedback.influence.slu import split_losses
     from slu_feedback.models import load_run
 
     tiny_run = tiny_run_factory("model.head_hidden=8")  # softmax heads without feedback: a quick fit
@@ -299,6 +300,17 @@ def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), source.parameters()))
     assert 0 <= evaluate_run(out, "validation", out_dir=tmp_path / "eval")["metrics"]["sentence_acc"] <= 1
     assert json.loads((out / "refit.json").read_text())["source_run"] == str(tiny_run)
+
+    # the saved runs' losses on a split are MTIF's: the full refit's validation loss, and the
+    # pruned refit's moved by the actual change of its report (float32 saving aside)
+    full = refitter.save(refitter.w_full, tmp_path / "full")
+    (full_loss, pruned_loss) = split_losses([full, out], "validation")
+    assert full_loss == pytest.approx(refitter.valid_full, abs=1e-5)
+    actual = [report["validation_loss_change"]["actual"][t] for t in ("intent", "slot")]
+    assert [b - a for a, b in zip(full_loss, pruned_loss)] == pytest.approx(actual, abs=1e-5)
+    assert actual != pytest.approx([0, 0], abs=1e-4)
+    with pytest.raises(ValueError, match="another encoder"):
+        split_losses([full, tiny_run_factory()], "test")
 
     result = CliRunner().invoke(main, ["refit", str(tiny_run), "--fraction", "0.05", "--per-intent", "--max-iter",
                                        "3", "--out", str(tmp_path / "cli")])

@@ -176,3 +176,28 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
     kept = {k: v for k, v, u in zip(problem.names, params.values(), used) if u}
     problem = Problem(kept, loss_fn, train, valid, TASKS, (c.intent_loss_weight, c.slot_loss_weight))
     return problem, splits, model
+
+
+def split_losses(run_dirs, split: str = "test", batch_size: int = 64, dtype=torch.float64) -> list:
+    """[(intent, slot) mean loss on `split`] of runs that share one encoder (a run and its refits):
+    the per-example task losses MTIF uses, so a refit's change of the test loss can be set beside its
+    predicted and actual change of the validation loss. The features are cached once, with the first
+    run's encoder; a run whose encoder differs is refused."""
+    run_dirs = [Path(r) for r in run_dirs]
+    model, tokenizer = load_run(run_dirs[0])
+    recipe = run_recipe(run_dirs[0])
+    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
+    loader = make_loader(featurize(run_splits(recipe)[split], tokenizer, labels, recipe["data"]["max_length"]),
+                         batch_size, tokenizer, False)
+    chunks = cache_features(model, loader, "heads", dtype, "cpu")
+    encoder = [p.detach().clone() for p in model.encoder.parameters()]
+    losses = []
+    for run_dir in run_dirs:
+        model, _ = load_run(run_dir)
+        if not all(torch.equal(a, b) for a, b in zip(model.encoder.parameters(), encoder)):
+            raise ValueError(f"{run_dir} has another encoder than {run_dirs[0]}: its features are not the cached ones")
+        module = TaskLosses(model.to(dtype), "heads")
+        with torch.no_grad():
+            total = sum(module(chunk).sum(0) for chunk in chunks)
+        losses.append((total / sum(len(c["index"]) for c in chunks)).tolist())
+    return losses
