@@ -48,9 +48,8 @@ def add_losses(row: dict) -> dict:
     """Every variant's mean task losses on validation and test (the heads as trained are the run itself)."""
     run_dir = Path(row["run_dir"])
     dirs = [run_dir if name == "trained" else run_dir / "refit" / name for name in row["variants"]]
-    for split in ("validation", "test"):
-        for name, losses in zip(row["variants"], split_losses(dirs, split)):
-            row["variants"][name].setdefault("loss", {})[split] = dict(zip(TASKS, losses))
+    for name, losses in zip(row["variants"], split_losses(dirs, ("validation", "test"))):
+        row["variants"][name]["loss"] = {split: dict(zip(TASKS, values)) for split, values in losses.items()}
     return row
 
 

@@ -304,13 +304,13 @@ def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
     # the saved runs' losses on a split are MTIF's: the full refit's validation loss, and the
     # pruned refit's moved by the actual change of its report (float32 saving aside)
     full = refitter.save(refitter.w_full, tmp_path / "full")
-    (full_loss, pruned_loss) = split_losses([full, out], "validation")
+    full_loss, pruned_loss = (losses["validation"] for losses in split_losses([full, out], ["validation"]))
     assert full_loss == pytest.approx(refitter.valid_full, abs=1e-5)
     actual = [report["validation_loss_change"]["actual"][t] for t in ("intent", "slot")]
     assert [b - a for a, b in zip(full_loss, pruned_loss)] == pytest.approx(actual, abs=1e-5)
     assert actual != pytest.approx([0, 0], abs=1e-4)
     with pytest.raises(ValueError, match="another encoder"):
-        split_losses([full, tiny_run_factory()], "test")
+        split_losses([full, tiny_run_factory()])
 
     result = CliRunner().invoke(main, ["refit", str(tiny_run), "--fraction", "0.05", "--per-intent", "--max-iter",
                                        "3", "--out", str(tmp_path / "cli")])

@@ -129,6 +129,13 @@ def cache_features(model, loader, scope: str, dtype, device, start: int = 0) -> 
     return chunks
 
 
+def split_chunks(model, tokenizer, split, max_length: int, scope: str, batch_size: int, dtype, device) -> list:
+    """A dataset split as cached feature chunks (featurize, batch, one pass of the fixed encoder)."""
+    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
+    loader = make_loader(featurize(split, tokenizer, labels, max_length), batch_size, tokenizer, False)
+    return cache_features(model, loader, scope, dtype, device)
+
+
 def scope_parameters(module: TaskLosses) -> dict:
     """Candidate scope parameters (names as in `module`): everything outside the encoder, plus the
     last encoder layer for `heads+last`."""
@@ -154,16 +161,11 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
     if scope == "heads+last":
         model.encoder.model.set_attn_implementation("eager")  # vmap-friendly attention for per-example grads
     model.to(device)
-    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
     max_length = recipe["data"]["max_length"]
-
-    def chunks(split):
-        loader = make_loader(featurize(splits[split], tokenizer, labels, max_length), batch_size, tokenizer, False)
-        return cache_features(model, loader, scope, dtype, device)
-
     if target_split not in ("validation", "test"):
         raise ValueError(f"target split must be validation or test, not {target_split!r}")
-    train, valid = chunks("train"), chunks(target_split)
+    train, valid = (split_chunks(model, tokenizer, splits[split], max_length, scope, batch_size, dtype, device)
+                    for split in ("train", target_split))
     model.to(dtype)
     module = TaskLosses(model, scope)
     params = scope_parameters(module)
@@ -178,26 +180,25 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
     return problem, splits, model
 
 
-def split_losses(run_dirs, split: str = "test", batch_size: int = 64, dtype=torch.float64) -> list:
-    """[(intent, slot) mean loss on `split`] of runs that share one encoder (a run and its refits):
+def split_losses(run_dirs, splits=("test",), batch_size: int = 64, dtype=torch.float64) -> list:
+    """[{split: (intent, slot) mean loss}] of runs that share one encoder (a run and its refits):
     the per-example task losses MTIF uses, so a refit's change of the test loss can be set beside its
     predicted and actual change of the validation loss. The features are cached once, with the first
     run's encoder; a run whose encoder differs is refused."""
     run_dirs = [Path(r) for r in run_dirs]
-    model, tokenizer = load_run(run_dirs[0])
+    source, tokenizer = load_run(run_dirs[0])
     recipe = run_recipe(run_dirs[0])
-    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
-    loader = make_loader(featurize(run_splits(recipe)[split], tokenizer, labels, recipe["data"]["max_length"]),
-                         batch_size, tokenizer, False)
-    chunks = cache_features(model, loader, "heads", dtype, "cpu")
-    encoder = [p.detach().clone() for p in model.encoder.parameters()]
+    data = run_splits(recipe)
+    chunks = {split: split_chunks(source, tokenizer, data[split], recipe["data"]["max_length"], "heads", batch_size,
+                                  dtype, "cpu") for split in splits}
+    encoder = [p.detach().clone() for p in source.encoder.parameters()]
     losses = []
     for run_dir in run_dirs:
-        model, _ = load_run(run_dir)
+        model = source if run_dir == run_dirs[0] else load_run(run_dir)[0]
         if not all(torch.equal(a, b) for a, b in zip(model.encoder.parameters(), encoder)):
             raise ValueError(f"{run_dir} has another encoder than {run_dirs[0]}: its features are not the cached ones")
         module = TaskLosses(model.to(dtype), "heads")
         with torch.no_grad():
-            total = sum(module(chunk).sum(0) for chunk in chunks)
-        losses.append((total / sum(len(c["index"]) for c in chunks)).tolist())
+            losses.append({split: (sum(module(c).sum(0) for c in cs) / sum(len(c["index"]) for c in cs)).tolist()
+                           for split, cs in chunks.items()})
     return losses
