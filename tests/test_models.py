@@ -156,6 +156,25 @@ def test_crf_matches_brute_force():
     assert decoded[0, :3].tolist() == best[0] and decoded[1].tolist() == best[1]
 
 
+def test_crf_partition_matches_logsumexp_recursion_at_large_scores():
+    """The matrix-product forward algorithm equals the plain logsumexp recursion, also where scores
+    span hundreds of nats (where a naive exp would overflow), with finite gradients."""
+    crf = random_crf(6)
+    with torch.no_grad():
+        crf.transitions.mul_(30)
+    emissions = (torch.randn(3, 7, 6) * 100).requires_grad_()
+    mask = torch.arange(7)[None] < torch.tensor([7, 4, 1])[:, None]
+    alpha = crf.start + emissions[:, 0]
+    for i in range(1, 7):
+        nxt = torch.logsumexp(alpha.unsqueeze(2) + crf.transitions + emissions[:, i].unsqueeze(1), dim=1)
+        alpha = torch.where(mask[:, i].unsqueeze(1), nxt, alpha)
+    expected = torch.logsumexp(alpha + crf.end, dim=1)
+    actual = crf._log_partition(emissions, mask)
+    assert torch.allclose(actual, expected, rtol=1e-5)
+    grad, = torch.autograd.grad(actual.sum(), emissions)
+    assert torch.isfinite(grad).all() and torch.allclose(grad.sum(2)[mask], torch.ones(int(mask.sum())), atol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"slot_decoder": "crf", "feedback": {"iterations": 2}},
                                     {"encoder_type": "bilstm", "vocab_size": 50, "embedding_dim": 8, "lstm_hidden": 8,
                                      "feedback": {"iterations": 1, "gate": "fixed:1"}}])
