@@ -1,9 +1,11 @@
 """Overhead of an option, measured side by side in one process: training step time and inference
 throughput (batch 32) of the base model vs the same model with K feedback iterations
-(`--variant feedback`) or with the VMTL Bayesian head (`--variant vmtl`).
+(`--variant feedback`), with the VMTL Bayesian head (`--variant vmtl`) or with the CRF slot decoder
+(`--variant crf`).
 
     python benchmarks/speed.py --data atis --iterations 3      # -> results/speed_feedback_atis_hf.json
     python benchmarks/speed.py --data atis --variant vmtl      # -> results/speed_vmtl_atis_hf.json
+    python benchmarks/speed.py --data atis --variant crf       # -> results/speed_crf_atis_hf.json
 
 The two models share the encoder weights and see the same batches; steps alternate between them
 so that machine noise hits both alike. Reports medians and their ratio.
@@ -27,11 +29,14 @@ from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import build_model_config, load_data, load_tokenizer  # noqa: E402
 
 
-TARGETS = {"feedback": "training step ratio <= 1.15, inference ratio >= 0.85", "vmtl": "training step ratio <= 1.5"}
+TARGETS = {"feedback": "training step ratio <= 1.15, inference ratio >= 0.85", "vmtl": "training step ratio <= 1.5",
+           "crf": "none; the ATIS epoch target is <= 45 s"}
+WHAT = {"vmtl": "VMTL head (training: MC samples of the recipe defaults)", "crf": "CRF slot decoder"}
 
 
-def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str, head: str = "deterministic"):
-    model_cfg = {**recipe["model"], "encoder_type": encoder_type, "head": head,
+def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str, head: str = "deterministic",
+          slot_decoder: str = "softmax"):
+    model_cfg = {**recipe["model"], "encoder_type": encoder_type, "head": head, "slot_decoder": slot_decoder,
                  "feedback": {**recipe["model"]["feedback"], "iterations": iterations}}
     config = build_model_config(model_cfg, label_maps, tokenizer)
     torch.manual_seed(0)
@@ -42,7 +47,7 @@ def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str, hea
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="atis")
-    parser.add_argument("--variant", default="feedback", choices=["feedback", "vmtl"])
+    parser.add_argument("--variant", default="feedback", choices=["feedback", "vmtl", "crf"])
     parser.add_argument("--iterations", type=int, default=3, help="feedback iterations (--variant feedback)")
     parser.add_argument("--encoder-type", default="hf", choices=["hf", "bilstm"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model")
@@ -56,9 +61,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     batches = [b for _, b in zip(range(args.steps + 3), make_loader(features, 32, tokenizer, shuffle=True))]
     other = args.variant
+    variants = {"feedback": {"iterations": args.iterations}, "vmtl": {"head": "vmtl"}, "crf": {"slot_decoder": "crf"}}
     models = {"base": build(recipe, label_maps, tokenizer, 0, args.encoder_type),
-              other: build(recipe, label_maps, tokenizer, args.iterations, args.encoder_type) if other == "feedback"
-              else build(recipe, label_maps, tokenizer, 0, args.encoder_type, head="vmtl")}
+              other: build(recipe, label_maps, tokenizer, **{"iterations": 0, **variants[other]},
+                           encoder_type=args.encoder_type)}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
 
     train_times = {k: [] for k in models}
@@ -94,7 +100,7 @@ def main(argv=None):
         "inference_batch32_utt_per_s_median": infer,
         "inference_throughput_ratio": infer[other] / infer["base"],
     }
-    what = f"K = {args.iterations}" if other == "feedback" else "VMTL head (training: MC samples of the recipe defaults)"
+    what = f"K = {args.iterations}" if other == "feedback" else WHAT[other]
     result["summary_markdown"] = (
         f"{args.data}, {args.encoder_type} encoder, {what}, {args.steps} alternating steps per model: "
         f"training step {step['base']:.3f} s (base) vs {step[other]:.3f} s ({other}), ratio "
