@@ -131,6 +131,18 @@ def pruning_info(recipe_path) -> dict:
                                               "negative", "per_intent", "unit") if k in info}}
 
 
+def seeds_last(argv: list) -> list:
+    """Move `--seeds N ...` to the end, so that `--seeds 1 2 3 optim.lr=2e-4` keeps the override
+    (argparse's nargs="+" would read it as a seed). Overrides may then come anywhere."""
+    argv = list(argv)
+    if "--seeds" not in argv:
+        return argv
+    i = j = argv.index("--seeds")
+    while j + 1 < len(argv) and argv[j + 1].isdigit():
+        j += 1
+    return argv[:i] + argv[j + 1:] + argv[i:j + 1]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -143,7 +155,7 @@ def main(argv=None):
                         help="where evaluation and the inference speed run: auto (a GPU if torch sees one), cpu, cuda")
     parser.add_argument("--fresh", action="store_true",
                         help="redo every seed: ignore the results file and delete the seeds' run directories")
-    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
+    args = parser.parse_intermixed_args(seeds_last(sys.argv[1:] if argv is None else argv))
 
     name = args.name or Path(args.recipe).stem
     paths = load_recipe(args.recipe, args.overrides)["data"]["path"]

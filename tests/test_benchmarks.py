@@ -137,6 +137,24 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     assert json.loads((tmp_path / "results" / "atis.json").read_text())["seeds"] == [1]
 
 
+def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    seen = []
+
+    def fake_run_seed(recipe, overrides, seed, run_dir, device="auto"):
+        seen.append((list(overrides), seed))
+        scores = {k: 90.0 for k in run.METRICS}
+        return {"": {"seed": seed, "test": scores, "validation": scores, "train_seconds_per_epoch": 1.0,
+                     "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 1.0}, "peak_memory_mb": 1.0}}
+
+    monkeypatch.setattr(run, "run_seed", fake_run_seed)
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "atis.yaml")
+    run.main([recipe, "--seeds", "1", "2", "optim.lr=2e-4", "--name", "atis_x"])
+    run.main([recipe, "train.epochs=2", "--seeds", "3"])
+    assert seen == [(["optim.lr=2e-4"], 1), (["optim.lr=2e-4"], 2), (["train.epochs=2"], 3)]
+
+
 def test_routing_is_summarised_over_the_seeds_that_measured_it_and_rendered():
     row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 90.0 for k in run.METRICS},
            "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0}, "peak_memory_mb": 1}
