@@ -137,6 +137,25 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     assert json.loads((tmp_path / "results" / "atis.json").read_text())["seeds"] == [1]
 
 
+def test_foundation_targets_judge_the_candidate_chosen_on_validation():
+    def candidate(validation, slot_f1, seeds=(1, 2, 3)):
+        r = result(88.0, seeds=list(seeds), validation={"sentence_acc": stat(validation)})
+        r["test"].update(intent_acc=stat(97.6), slot_f1=stat(slot_f1))
+        return r
+
+    results = {"atis": candidate(91.5, 95.495), "atis_crf": candidate(91.6, 95.52),
+               "atis_lr2e-4": candidate(99.0, 90.0, seeds=[1]), "atis_feedback": candidate(95.0, 99.0)}
+    (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
+    cells = row.split(" | ")
+    assert cells[1] == "atis_crf", "best validation among candidates with 3+ seeds; non-candidates ignored"
+    assert "atis 91.50" in cells[3] and "lr2e-4" not in cells[3] and "feedback" not in cells[3]
+    assert cells[5] == "95.520 >= 95.5" and row.endswith("| 3 of 3 |")
+    results["atis"]["validation"]["sentence_acc"] = stat(91.7)
+    (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
+    assert row.split(" | ")[1] == "atis" and "95.495 < 95.5" in row and row.endswith("| 2 of 3 |")
+    assert render.foundation_table({"atis_feedback": candidate(95.0, 99.0)}) == []
+
+
 def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "ROOT", tmp_path)
     monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
