@@ -34,7 +34,7 @@ TARGETS = {"feedback": "training step ratio <= 1.15, inference ratio >= 0.85", "
 WHAT = {"vmtl": "VMTL head (training: MC samples of the recipe defaults)", "crf": "CRF slot decoder"}
 
 
-def build(recipe, label_maps, tokenizer, iterations: int, encoder_type: str, head: str = "deterministic",
+def build(recipe, label_maps, tokenizer, encoder_type: str, iterations: int = 0, head: str = "deterministic",
           slot_decoder: str = "softmax"):
     model_cfg = {**recipe["model"], "encoder_type": encoder_type, "head": head, "slot_decoder": slot_decoder,
                  "feedback": {**recipe["model"]["feedback"], "iterations": iterations}}
@@ -62,9 +62,8 @@ def main(argv=None):
     batches = [b for _, b in zip(range(args.steps + 3), make_loader(features, 32, tokenizer, shuffle=True))]
     other = args.variant
     variants = {"feedback": {"iterations": args.iterations}, "vmtl": {"head": "vmtl"}, "crf": {"slot_decoder": "crf"}}
-    models = {"base": build(recipe, label_maps, tokenizer, 0, args.encoder_type),
-              other: build(recipe, label_maps, tokenizer, **{"iterations": 0, **variants[other]},
-                           encoder_type=args.encoder_type)}
+    models = {"base": build(recipe, label_maps, tokenizer, args.encoder_type),
+              other: build(recipe, label_maps, tokenizer, args.encoder_type, **variants[other])}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
 
     train_times = {k: [] for k in models}
