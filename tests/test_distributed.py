@@ -92,7 +92,7 @@ def test_same_global_batch_is_equivalent_to_one_process(distributed_run, tiny_re
     # the schedule (warm-up then linear decay to 0 at the last update) must not depend on the process count
     assert [r["lr"] for r in ddp_steps] == pytest.approx([r["lr"] for r in one_steps])
     assert ddp_steps[-1]["lr"] == pytest.approx(0.0) and ddp_steps[len(ddp_steps) // 2]["lr"] > 0
-    for run in (distributed_run, single):  # both learn; train_loss is rank 0's running mean under DDP
+    for run in (distributed_run, single):  # both learn; under DDP train_loss is the mean over the processes
         losses = [r["train_loss"] for r in rows(run, "epoch")]
         assert losses[-1] < losses[0], (run, losses)
     ddp_val, one_val = (json.loads((r / "all_results.json").read_text())["validation"] for r in (distributed_run, single))

@@ -243,6 +243,19 @@ def test_benchmark_measures_how_the_joint_parser_routes_each_dataset(joint_run):
         assert rows[name]["test"]["routing_acc"] == pytest.approx(expected)
 
 
+def test_joint_accumulation_restarts_each_epoch_and_ends_it_with_an_update(tiny_encoder, domain_data, tmp_path):
+    """13 batches an epoch with grad_accum 4: four updates an epoch (the last of one batch), as the
+    learning-rate schedule assumes, and no gradient carried into validation or the next epoch."""
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.training.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, tmp_path / "run") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=2", "train.grad_accum=4"])
+    run = train(recipe)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["type"] == "epoch"] == [4, 8]
+
+
 def test_joint_training_with_other_datasets_weight_logs_its_loss(tiny_encoder, domain_data, tmp_path):
     from conftest import REPO, tiny_overrides
     from slu_feedback.training.recipe import load_recipe

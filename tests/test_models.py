@@ -102,6 +102,24 @@ def test_gate_is_hard_and_deterministic_at_evaluation():
         FeedbackGate(4, (16, 8, 3), "fixed:3")
 
 
+@pytest.mark.parametrize("gate", ["gumbel", "soft", "fixed:1"])
+def test_every_trainable_parameter_gets_a_gradient(gate):
+    """What DDP with find_unused_parameters=False (single-dataset runs) needs: a fixed gate's unused
+    logits are frozen, not left trainable without a gradient."""
+    model = make_model(feedback={"iterations": 2, "gate": gate}).train()
+    model(**make_batch(), **labels()).loss.backward()
+    idle = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert idle == []
+    assert model.slot_to_intent.beta.requires_grad == (gate != "fixed:1")
+
+
+def test_a_model_without_feedback_refuses_to_iterate():
+    with pytest.raises(ValueError, match="max_iterations needs feedback.iterations"):
+        make_model(feedback={"iterations": 0, "max_iterations": 2})
+    with pytest.raises(ValueError, match="trained without feedback"):
+        make_model().eval()(**make_batch(), iterations=2)
+
+
 def test_feedback_model_gates_receive_gradient_from_the_loss():
     model = make_model(feedback={"iterations": 2}).train()
     out = model(**make_batch(), **labels())

@@ -31,20 +31,24 @@ def predict(model, dataloader, accelerator=None, iterations=None, keep_iteration
         probs = result.intent_logits.softmax(-1)
         slot_ids = raw.decode_slots(result.slot_logits, batch["word_mask"])
         lengths = batch["word_mask"].sum(1)
-        pieces = [probs, slot_ids, lengths, result.iterations]
+        # per-example JS step sizes, batch first so that they are gathered (and de-duplicated) with the rest
+        steps = None if result.steps is None else result.steps.permute(2, 0, 1)  # (batch, tasks, K)
+        pieces = [probs, slot_ids, lengths, result.iterations] + ([] if steps is None else [steps])
         if keep_iterations:
             pieces += [result.all_intent_logits[0].argmax(-1), raw.decode_slots(result.all_slot_logits[0], batch["word_mask"])]
         if accelerator is not None:
             pieces = accelerator.gather_for_metrics(
                 [accelerator.pad_across_processes(p, dim=1) if p.dim() > 1 else p for p in pieces])
         probs, slot_ids, lengths, used = pieces[:4]
+        if steps is not None:
+            steps = pieces.pop(4)
         out["intent_probs"].extend(probs.cpu().tolist())
         out["intent"].extend(probs.argmax(-1).cpu().tolist())
         out["slots"].extend(row[:n].tolist() for row, n in zip(slot_ids.cpu(), lengths.cpu()))
         out["iterations"].extend(used.cpu().tolist())
-        if result.steps is not None:  # (tasks, K, batch) JS step sizes; summed for the mean per iteration
-            step_sum = result.steps.sum(-1) if step_sum is None else step_sum + result.steps.sum(-1)
-            count += result.steps.shape[-1]
+        if steps is not None:  # summed over examples for the mean step per task and iteration
+            step_sum = steps.sum(0) if step_sum is None else step_sum + steps.sum(0)
+            count += steps.shape[0]
         if keep_iterations:
             out["intent_0"].extend(pieces[4].cpu().tolist())
             out["slots_0"].extend(row[:n].tolist() for row, n in zip(pieces[5].cpu(), lengths.cpu()))

@@ -87,6 +87,9 @@ class SLUConfig(PreTrainedConfig):
             raise ValueError(f"slot_decoder must be 'softmax' or 'crf', not {slot_decoder!r}")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        if self.feedback["max_iterations"] and not self.feedback["iterations"]:
+            raise ValueError("feedback.max_iterations needs feedback.iterations > 0: a model trained without "
+                             "feedback has no gates to iterate with")
         if head not in HEADS:
             raise ValueError(f"head must be 'deterministic' or 'vmtl', not {head!r}")
         if head == "vmtl":

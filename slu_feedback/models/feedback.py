@@ -19,7 +19,8 @@ def infused_hidden(head, x, infusions):
 
 
 class Head(nn.Module):
-    """Two-layer task head. Infusion points: 0 = head input, 1 = hidden layer input, 2 = logits.
+    """Two-layer task head. Infusion points: 0 = head input (before the hidden layer), 1 = hidden
+    activation (input of the output layer), 2 = logits.
 
     `infusions[m]`, when given, is added at point m; this is how the other task's output enters.
     """
@@ -62,7 +63,8 @@ class FeedbackGate(nn.Module):
             nn.Linear(num_source_labels, w) if self.fixed_point in (None, m) else nn.Identity()
             for m, w in enumerate(widths)
         )
-        self.beta = nn.Parameter(torch.zeros(len(widths)))
+        # a fixed gate never uses beta: frozen, so DDP (find_unused_parameters=False) does not wait for its gradient
+        self.beta = nn.Parameter(torch.zeros(len(widths)), requires_grad=self.fixed_point is None)
 
     def probabilities(self) -> torch.Tensor:
         """Gate distribution over infusion points (what the run summary records)."""

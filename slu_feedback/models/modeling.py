@@ -160,8 +160,9 @@ class SLUModel(PreTrainedModel):
                 intent_probs, slot_probs = intent_probs.detach(), slot_probs.detach()
             slot_summary = self.summarise_slots(slot_probs, word_mask)
             to_intent = self.slot_to_intent(slot_summary, tau)  # slot -> intent
+            # intent -> slot, broadcast to every word
             to_slot = [None if a is None else a.unsqueeze(1) for a in self.intent_to_slot(intent_probs, tau)]
-            intent_logits = self._call_head("intent", utterance, to_intent, posteriors)  # intent -> slot, broadcast to words
+            intent_logits = self._call_head("intent", utterance, to_intent, posteriors)
             slot_logits = self._call_head("slot", words, to_slot, posteriors)
             all_intent.append(intent_logits)
             all_slot.append(slot_logits)
@@ -202,6 +203,9 @@ class SLUModel(PreTrainedModel):
         word_mask = word_mask.bool()
         if iterations is None:
             iterations = fb["iterations"] if self.training else (fb["max_iterations"] or fb["iterations"])
+        if iterations > 0 and not fb["iterations"]:
+            raise ValueError(f"iterations={iterations}: this model was trained without feedback "
+                             "(model.feedback.iterations=0) and has no gates to iterate with")
         utterance, words = features if features is not None else self.encode(input_ids, attention_mask, word_index)
         posteriors = {"intent": [], "slot": []} if self.config.head == "vmtl" else None
         all_intent, all_slot = self.run_heads(utterance, words, word_mask, iterations, posteriors)

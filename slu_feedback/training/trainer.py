@@ -325,7 +325,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         batches = mixed_batches(train_loaders) if joint else train_loaders[""]
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}", total=batches_per_epoch,
                    disable=not accelerator.is_local_main_process)
-        for batch in bar:
+        if joint:  # accumulation counts batches (see new_accelerator): restart the count with each epoch
+            accelerator.step = 0
+        for i, batch in enumerate(bar):
+            if joint and i == batches_per_epoch - 1:
+                accelerator.step = train_cfg["grad_accum"] - 1  # the epoch's last batch always completes an update
             raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
             if bayes:
                 raw_model.vmtl_tau = tau_at(state["step"] / max(1, total_updates), config.vmtl)
@@ -353,6 +357,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                      **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
                          "prior": raw_model.prior_probabilities()} if bayes else {})})
         epoch_seconds = time.time() - started
+        # every process's mean loss, averaged (the progress bar shows this process's own)
+        train_loss = accelerator.reduce(torch.tensor(running / max(1, count), device=accelerator.device), "mean").item()
         by_dataset = {name: evaluate_split(model, val_loaders[name], parts[name][0]["validation"], models[name].config,
                                            accelerator, dataset=name or None)[0] for name in names}
         metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
@@ -370,11 +376,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                               else state_dict) for name, (_, labels) in parts.items()], tokenizer)
         else:
             state["bad_epochs"] += 1
-        log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": running / max(1, count),
+        log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
              "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": raw_model.gate_probabilities(),
              **({"prior": raw_model.prior_probabilities()} if bayes else {})})
         accelerator.print(
-            f"epoch {epoch + 1}: loss {running / max(1, count):.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
+            f"epoch {epoch + 1}: loss {train_loss:.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
             f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
             + "".join(f"  [{name}: sentence {100 * m['sentence_acc']:.2f}]" for name, m in by_dataset.items() if joint)
             + f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
