@@ -83,7 +83,7 @@ def test_gate_weights_sum_to_one_and_get_gradient(mode):
     gate = FeedbackGate(4, (16, 8, 3), mode).train()
     pi = gate.weights(tau=0.5)
     assert pi.sum().item() == pytest.approx(1.0, abs=1e-6) and (pi >= 0).all()
-    additions = gate(torch.softmax(torch.randn(2, 4), -1), tau=0.5)
+    additions = gate(torch.softmax(torch.randn(2, 4), -1), pi)
     sum(a.pow(2).sum() for a in additions).backward()
     assert gate.beta.grad is not None and gate.beta.grad.abs().sum() > 0
 
@@ -94,7 +94,7 @@ def test_gate_is_hard_and_deterministic_at_evaluation():
         gate.beta.copy_(torch.tensor([0.1, 0.9, 0.3]))
     gate.eval()
     assert gate.weights(1.0).tolist() == [0.0, 1.0, 0.0]
-    additions = gate(torch.rand(2, 4), 1.0)
+    additions = gate(torch.rand(2, 4), gate.weights(1.0))
     assert additions[0] is None and additions[2] is None and additions[1].shape == (2, 8)
     fixed = FeedbackGate(4, (16, 8, 3), "fixed:2").train()
     assert fixed.weights(1.0).tolist() == [0.0, 0.0, 1.0]
@@ -118,6 +118,17 @@ def test_a_model_without_feedback_refuses_to_iterate():
         make_model(feedback={"iterations": 0, "max_iterations": 2})
     with pytest.raises(ValueError, match="trained without feedback"):
         make_model().eval()(**make_batch(), iterations=2)
+
+
+def test_gates_are_drawn_once_per_forward_pass(monkeypatch):
+    """METHODS.md: pi is resampled each (training) step, so all K rounds of one step infuse at the
+    same points; the convergence loss then sees the outputs' trend, not fresh gate noise."""
+    model = make_model(feedback={"iterations": 3}).train()
+    draws = []
+    original = FeedbackGate.weights
+    monkeypatch.setattr(FeedbackGate, "weights", lambda gate, tau: draws.append(original(gate, tau)) or draws[-1])
+    model(**make_batch(), **labels())
+    assert len(draws) == 2  # one per direction, not one per round
 
 
 def test_feedback_model_gates_receive_gradient_from_the_loss():

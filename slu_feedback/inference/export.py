@@ -56,7 +56,10 @@ class FrozenGate(nn.Module):
         self.n_points = len(gate.amplifiers)
         self.amplifiers = gate.amplifiers
 
-    def forward(self, signal: torch.Tensor, tau=None) -> list:
+    def weights(self, tau=None) -> torch.Tensor:
+        return self.pi
+
+    def forward(self, signal: torch.Tensor, pi=None) -> list:
         additions = [None] * self.n_points
         for m in self.points:
             additions[m] = self.pi[m] * self.amplifiers[m](signal)

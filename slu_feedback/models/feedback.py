@@ -81,9 +81,10 @@ class FeedbackGate(nn.Module):
             return F.gumbel_softmax(self.beta, tau=tau, hard=False)
         return F.one_hot(self.beta.argmax(), len(self.widths)).float()  # hard choice at evaluation
 
-    def forward(self, signal: torch.Tensor, tau: float) -> list:
-        """Return the additions for each infusion point (None where the gate weight is 0)."""
-        pi = self.weights(tau)
+    def forward(self, signal: torch.Tensor, pi: torch.Tensor) -> list:
+        """Return the additions for each infusion point (None where the gate weight is 0), given the
+        gate weights `pi` from `weights`: drawn once per forward pass, so that every round of the
+        loop in one training step infuses at the same points (METHODS.md: resampled each step)."""
         additions = []
         for m, amplifier in enumerate(self.amplifiers):
             if isinstance(amplifier, nn.Identity) or (not self.training and pi[m] == 0):

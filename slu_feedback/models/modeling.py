@@ -148,20 +148,27 @@ class SLUModel(PreTrainedModel):
     def run_heads(self, utterance, words, word_mask, iterations: int, posteriors: dict | None = None):
         """Iteration 0 without feedback, then `iterations` rounds in which each head receives the
         other task's previous output. Returns per-iteration intent and slot logits. With the VMTL
-        head, each call's posterior is appended to `posteriors[task]`."""
+        head, each call's posterior is appended to `posteriors[task]`.
+
+        What is fed back is each head's softmax; with the CRF decoder that is the per-word softmax
+        of the emissions, not the CRF's marginals (a forward-backward pass per round). In training
+        every round draws its own dropout masks, so the convergence loss also asks the rounds to
+        agree across masks and reaches 0 only in evaluation."""
         fb = self.config.feedback
         tau = self.gate_tau
         intent_logits = self._call_head("intent", utterance, (None, None, None), posteriors)
         slot_logits = self._call_head("slot", words, (None, None, None), posteriors)
         all_intent, all_slot = [intent_logits], [slot_logits]
+        if iterations:  # one draw of each gate per forward pass (a training step), shared by every round
+            pi_to_intent, pi_to_slot = self.slot_to_intent.weights(tau), self.intent_to_slot.weights(tau)
         for _ in range(iterations):
             intent_probs, slot_probs = intent_logits.softmax(-1), slot_logits.softmax(-1)
             if fb["detach"]:
                 intent_probs, slot_probs = intent_probs.detach(), slot_probs.detach()
             slot_summary = self.summarise_slots(slot_probs, word_mask)
-            to_intent = self.slot_to_intent(slot_summary, tau)  # slot -> intent
+            to_intent = self.slot_to_intent(slot_summary, pi_to_intent)  # slot -> intent
             # intent -> slot, broadcast to every word
-            to_slot = [None if a is None else a.unsqueeze(1) for a in self.intent_to_slot(intent_probs, tau)]
+            to_slot = [None if a is None else a.unsqueeze(1) for a in self.intent_to_slot(intent_probs, pi_to_slot)]
             intent_logits = self._call_head("intent", utterance, to_intent, posteriors)
             slot_logits = self._call_head("slot", words, to_slot, posteriors)
             all_intent.append(intent_logits)
