@@ -103,14 +103,17 @@ def test_gate_is_hard_and_deterministic_at_evaluation():
 
 
 @pytest.mark.parametrize("gate", ["gumbel", "soft", "fixed:1"])
-def test_every_trainable_parameter_gets_a_gradient(gate):
-    """What DDP with find_unused_parameters=False (single-dataset runs) needs: a fixed gate's unused
-    logits are frozen, not left trainable without a gradient."""
+def test_only_a_fixed_gate_leaves_parameters_without_gradient(gate):
+    """Single-dataset runs use DDP with find_unused_parameters=False, which needs every parameter
+    to get a gradient; a fixed gate's logits get none, so for it the trainer asks DDP to allow that."""
+    from slu_feedback.training.trainer import new_accelerator
+
     model = make_model(feedback={"iterations": 2, "gate": gate}).train()
     model(**make_batch(), **labels()).loss.backward()
-    idle = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert idle == []
-    assert model.slot_to_intent.beta.requires_grad == (gate != "fixed:1")
+    idle = [name for name, p in model.named_parameters() if p.grad is None]
+    assert idle == ([] if gate != "fixed:1" else ["slot_to_intent.beta", "intent_to_slot.beta"])
+    assert new_accelerator(1, joint=False, unused_parameters=True).ddp_handler.find_unused_parameters
+    assert new_accelerator(1, joint=False).ddp_handler is None
 
 
 def test_a_model_without_feedback_refuses_to_iterate():
@@ -318,3 +321,34 @@ def test_crf_loss_ignores_utterances_without_slot_labels():
     expected = crf.neg_log_likelihood(emissions[[0, 2]], tags[[0, 2]], mask[[0, 2]])
     assert crf.neg_log_likelihood(emissions, unlabelled, mask).item() == pytest.approx(expected.item(), rel=1e-6)
     assert crf.neg_log_likelihood(emissions, torch.full_like(tags, -100), mask).item() == 0.0
+
+
+def test_predict_takes_the_feedback_steps_from_the_gathered_examples():
+    """Under several processes `gather_for_metrics` drops the copies that pad the last batch; the
+    mean step per round must come from the same examples as the predictions (here: the first two)."""
+    from slu_feedback.evaluation.predict import predict
+
+    class KeepFirstTwo:  # an Accelerator whose gather keeps two of the batch's three examples
+        is_local_main_process = True
+
+        def unwrap_model(self, model):
+            return model
+
+        def pad_across_processes(self, tensor, dim):
+            return tensor
+
+        def gather_for_metrics(self, pieces):
+            return [p[:2] for p in pieces]
+
+    model = make_model(feedback={"iterations": 2}).eval()
+    with torch.no_grad():  # infuse into the logits with strong amplifiers: the rounds differ clearly
+        for gate in (model.slot_to_intent, model.intent_to_slot):
+            gate.beta.copy_(torch.tensor([0.0, 0.0, 1.0]))
+            gate.amplifiers[2].weight.normal_(0, 5.0)
+    batch = make_batch()
+    out = predict(model, [batch], KeepFirstTwo(), keep_iterations=True)
+    steps = model(**batch).steps  # (tasks, K, batch)
+    assert len(out["intent"]) == len(out["intent_0"]) == len(out["slots_0"]) == 2
+    assert out["mean_step"]["intent"] == pytest.approx(steps[0, :, :2].mean(-1).tolist())
+    assert out["mean_step"]["slot"] == pytest.approx(steps[1, :, :2].mean(-1).tolist())
+    assert out["mean_step"]["intent"] != pytest.approx(steps[0].mean(-1).tolist())

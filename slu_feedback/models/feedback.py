@@ -63,8 +63,7 @@ class FeedbackGate(nn.Module):
             nn.Linear(num_source_labels, w) if self.fixed_point in (None, m) else nn.Identity()
             for m, w in enumerate(widths)
         )
-        # a fixed gate never uses beta: frozen, so DDP (find_unused_parameters=False) does not wait for its gradient
-        self.beta = nn.Parameter(torch.zeros(len(widths)), requires_grad=self.fixed_point is None)
+        self.beta = nn.Parameter(torch.zeros(len(widths)))  # unused by a fixed gate (see trainer.new_accelerator)
 
     def probabilities(self) -> torch.Tensor:
         """Gate distribution over infusion points (what the run summary records)."""

@@ -186,10 +186,11 @@ def param_groups(model, recipe: dict) -> list:
     return list(groups.values())
 
 
-def new_accelerator(grad_accum: int, joint: bool, **kwargs) -> Accelerator:
-    # a joint batch leaves the other datasets' heads without gradient: DDP must allow that; and
-    # its batches come from several loaders, so accumulation counts steps, not loader ends
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint else []
+def new_accelerator(grad_accum: int, joint: bool, unused_parameters: bool = False, **kwargs) -> Accelerator:
+    # a joint batch leaves the other datasets' heads without gradient, a fixed feedback gate its
+    # logits: DDP must allow that (`unused_parameters`, implied by `joint`); and a joint run's
+    # batches come from several loaders, so accumulation counts steps, not loader ends
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if joint or unused_parameters else []
     accumulation = GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=not joint)
     accelerator = Accelerator(gradient_accumulation_plugin=accumulation, kwargs_handlers=handlers, **kwargs)
     accelerator.register_save_state_pre_hook(copy_shared_views)
@@ -217,7 +218,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
-    accelerator = new_accelerator(train_cfg["grad_accum"], joint)
+    fixed_gate = recipe["model"]["feedback"]["gate"].startswith("fixed:")
+    accelerator = new_accelerator(train_cfg["grad_accum"], joint, unused_parameters=fixed_gate)
     if recipe["output_dir"]:
         run_dir = Path(recipe["output_dir"])
     elif resume:
