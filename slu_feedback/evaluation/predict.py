@@ -28,30 +28,30 @@ def predict(model, dataloader, accelerator=None, iterations=None, keep_iteration
         if dataset is not None:
             inputs["dataset"] = dataset
         result = model(**inputs, iterations=iterations, return_iterations=keep_iterations)
-        probs = result.intent_logits.softmax(-1)
-        slot_ids = raw.decode_slots(result.slot_logits, batch["word_mask"])
-        lengths = batch["word_mask"].sum(1)
-        # per-example JS step sizes, batch first so that they are gathered (and de-duplicated) with the rest
-        steps = None if result.steps is None else result.steps.permute(2, 0, 1)  # (batch, tasks, K)
-        pieces = [probs, slot_ids, lengths, result.iterations] + ([] if steps is None else [steps])
+        # every per-example piece by name, batch first, so that all are gathered (and de-duplicated) alike
+        pieces = {"probs": result.intent_logits.softmax(-1),
+                  "slot_ids": raw.decode_slots(result.slot_logits, batch["word_mask"]),
+                  "lengths": batch["word_mask"].sum(1), "used": result.iterations}
+        if result.steps is not None:  # JS step sizes, (tasks, K, batch) -> (batch, tasks, K)
+            pieces["steps"] = result.steps.permute(2, 0, 1)
         if keep_iterations:
-            pieces += [result.all_intent_logits[0].argmax(-1), raw.decode_slots(result.all_slot_logits[0], batch["word_mask"])]
+            pieces["intent_0"] = result.all_intent_logits[0].argmax(-1)
+            pieces["slots_0"] = raw.decode_slots(result.all_slot_logits[0], batch["word_mask"])
         if accelerator is not None:
-            pieces = accelerator.gather_for_metrics(
-                [accelerator.pad_across_processes(p, dim=1) if p.dim() > 1 else p for p in pieces])
-        probs, slot_ids, lengths, used = pieces[:4]
-        if steps is not None:
-            steps = pieces.pop(4)
-        out["intent_probs"].extend(probs.cpu().tolist())
-        out["intent"].extend(probs.argmax(-1).cpu().tolist())
-        out["slots"].extend(row[:n].tolist() for row, n in zip(slot_ids.cpu(), lengths.cpu()))
-        out["iterations"].extend(used.cpu().tolist())
-        if steps is not None:  # summed over examples for the mean step per task and iteration
+            pieces = dict(zip(pieces, accelerator.gather_for_metrics(
+                [accelerator.pad_across_processes(p, dim=1) if p.dim() > 1 else p for p in pieces.values()])))
+        probs, lengths = pieces["probs"].cpu(), pieces["lengths"].cpu()
+        out["intent_probs"].extend(probs.tolist())
+        out["intent"].extend(probs.argmax(-1).tolist())
+        out["slots"].extend(row[:n].tolist() for row, n in zip(pieces["slot_ids"].cpu(), lengths))
+        out["iterations"].extend(pieces["used"].cpu().tolist())
+        if "steps" in pieces:  # summed over examples for the mean step per task and iteration
+            steps = pieces["steps"]
             step_sum = steps.sum(0) if step_sum is None else step_sum + steps.sum(0)
             count += steps.shape[0]
         if keep_iterations:
-            out["intent_0"].extend(pieces[4].cpu().tolist())
-            out["slots_0"].extend(row[:n].tolist() for row, n in zip(pieces[5].cpu(), lengths.cpu()))
+            out["intent_0"].extend(pieces["intent_0"].cpu().tolist())
+            out["slots_0"].extend(row[:n].tolist() for row, n in zip(pieces["slots_0"].cpu(), lengths))
     if step_sum is not None:
         out["mean_step"] = dict(zip(("intent", "slot"), (step_sum / max(1, count)).tolist()))
     return out
