@@ -8,7 +8,10 @@ Checkpoints are selected on validation; the test split is scored once per seed a
 results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo them
 from scratch: it deletes their run directories under runs/bench/<name>/),
 so an interrupted benchmark continues where it stopped. A joint recipe (data.path a list) writes one
-results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`.
+results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`; a
+`--compare-to` naming `{dataset}` is filled in per dataset:
+
+    python benchmarks/run.py recipes/atis_snips_joint_vmtl.yaml --compare-to atis_snips_joint_{dataset}
 """
 
 import argparse
@@ -152,7 +155,8 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--name", help="results name (default: the recipe's file name)")
-    parser.add_argument("--compare-to", help="results name of the base model this row is compared with")
+    parser.add_argument("--compare-to", help="results name of the base model this row is compared with "
+                        "(joint recipes: {dataset} is replaced by each dataset's name)")
     parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
     parser.add_argument("--device", default="auto",
                         help="where evaluation and the inference speed run: auto (a GPU if torch sees one), cpu, cuda")
@@ -179,7 +183,8 @@ def main(argv=None):
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
-                      "compare_to": args.compare_to or d or None, "note": args.note, **provenance(),
+                      "compare_to": (args.compare_to or "{dataset}").format(dataset=d) or None,
+                      "note": args.note, **provenance(),
                       **pruning_info(args.recipe),
                       **({"dataset": d, "joint_datasets": datasets} if d else {}),
                       "seeds": [r["seed"] for r in rows[d]], **summarise(rows[d]), "per_seed": rows[d]}

@@ -174,6 +174,28 @@ def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
     assert seen == [(["optim.lr=2e-4"], 1), (["optim.lr=2e-4"], 2), (["train.epochs=2"], 3)]
 
 
+def test_a_joint_recipe_compares_each_dataset_with_its_own_base(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+
+    def fake_run_seed(recipe, overrides, seed, run_dir, device="auto"):
+        scores = {k: 90.0 for k in run.METRICS}
+        row = {"seed": seed, "test": scores, "validation": scores, "train_seconds_per_epoch": 1.0,
+               "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 1.0}, "peak_memory_mb": 1.0}
+        return {"": row, "atis": row, "snips": row}  # single-dataset recipes read "", joint ones each dataset
+
+    monkeypatch.setattr(run, "run_seed", fake_run_seed)
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "atis_snips_joint_vmtl.yaml")
+    compare = lambda name: json.loads((tmp_path / "results" / name).read_text())["compare_to"]  # noqa: E731
+    run.main([recipe, "--seeds", "1"])
+    assert [compare("atis_snips_joint_vmtl_atis.json"), compare("atis_snips_joint_vmtl_snips.json")] == ["atis", "snips"]
+    run.main([recipe, "--seeds", "1", "--name", "v", "--compare-to", "atis_snips_joint_{dataset}"])
+    assert [compare("v_atis.json"), compare("v_snips.json")] == ["atis_snips_joint_atis", "atis_snips_joint_snips"]
+    run.main([str(Path(recipe).with_name("atis.yaml")), "--seeds", "1", "--name", "w", "--compare-to", "atis"])
+    run.main([str(Path(recipe).with_name("atis.yaml")), "--seeds", "1", "--name", "x"])
+    assert [compare("w.json"), compare("x.json")] == ["atis", None]
+
+
 def test_routing_is_summarised_over_the_seeds_that_measured_it_and_rendered():
     row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 90.0 for k in run.METRICS},
            "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0}, "peak_memory_mb": 1}
