@@ -2,6 +2,7 @@
 and ONNX export with its ONNX Runtime check, on tiny trained runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,13 @@ def crf_run(tiny_run_factory):
 def bilstm_run(tiny_run_factory):
     return tiny_run_factory("model.encoder_type=bilstm", "model.embedding_dim=16", "model.lstm_hidden=16",
                             "model.lstm_layers=1", "model.feedback.iterations=1")
+
+
+def test_only_a_hard_gate_reports_infusion_points(feedback_run, crf_run):
+    gumbel, soft = (json.loads((Path(run) / "all_results.json").read_text()) for run in (feedback_run, crf_run))
+    assert set(gumbel["infusion_points"]) == {"slot_to_intent", "intent_to_slot"}
+    assert soft["infusion_points"] == {}, "a soft gate infuses at every point, weighted by gate_probabilities"
+    assert set(soft["gate_probabilities"]) == {"slot_to_intent", "intent_to_slot"}
 
 
 # -- transformers.pipeline ------------------------------------------------------------------------

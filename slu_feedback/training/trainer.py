@@ -163,7 +163,8 @@ def mean_metrics(by_dataset: dict) -> dict:
 
 
 def infusion_points(gates: dict) -> dict:
-    """The most probable infusion point per direction (per dataset for a joint model)."""
+    """The most probable infusion point per direction (per dataset for a joint model): where a
+    Gumbel gate infuses at evaluation. A soft gate has none (it infuses everywhere, weighted)."""
     return {k: infusion_points(v) if isinstance(v, dict) else max(range(len(v)), key=v.__getitem__)
             for k, v in gates.items()}
 
@@ -398,7 +399,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                    "train_seconds_per_epoch": state["epoch_seconds"],
                    "train_examples": sum(len(data["train"]) for data, _ in parts.values()),
                    "gate_probabilities": state.get("gate_at_best", {}),
-                   "infusion_points": infusion_points(state.get("gate_at_best", {}))}
+                   "infusion_points": ({} if recipe["model"]["feedback"]["gate"] == "soft"
+                                       else infusion_points(state.get("gate_at_best", {})))}
         if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
             results["prior_weights"] = state.get("prior_at_best", {})
         if joint:
