@@ -105,8 +105,11 @@ def test_a_peer_task_joins_each_prior_at_the_level_of_the_task():
                                       rel=1e-5)
     kl = vmtl.task_kl(slot, [intent, peer_intent, peer_slot], on(1), mask, None, "single")
     per_word = vmtl.gaussian_kl(slot.mu, slot.logvar, peer_intent.mu.unsqueeze(1), peer_intent.logvar.exp().unsqueeze(1))
-    per_utterance = [per_word[i][mask[i]].mean() for i in range(2)]  # mean over real words, then utterances
-    assert kl.item() == pytest.approx(torch.stack(per_utterance).mean().item(), rel=1e-5)
+    # mean over the batch's real words (5 here), not per utterance first: a word of the 2-word utterance
+    # counts as much as one of the 3-word utterance
+    assert kl.item() == pytest.approx(per_word[mask].mean().item(), rel=1e-5)
+    assert kl.item() != pytest.approx(torch.stack([per_word[i][mask[i]].mean() for i in range(2)]).mean().item(),
+                                      rel=1e-3)
     # a peer equal to the task's own posterior gives KL 0
     assert vmtl.task_kl(slot, [intent, peer_intent, slot], on(2), mask, None, "single").item() == pytest.approx(0, abs=1e-6)
     # missing peers: (0.5, 0.2, 0.1, 0.2) without the two peers is (0.5, 0.2) / 0.7
@@ -156,8 +159,8 @@ def test_joint_vmtl_priors_mix_the_other_datasets_tasks():
         _, peer = models["b"].intent_head.eval()(utterance)
     mask = batch["word_mask"]
     expected = (vmtl.gaussian_kl(mine_i.mu, mine_i.logvar, peer.mu, peer.logvar.exp()).mean()
-                + vmtl.masked_mean(vmtl.gaussian_kl(mine_s.mu, mine_s.logvar, peer.mu.unsqueeze(1),
-                                                    peer.logvar.exp().unsqueeze(1)).unsqueeze(-1), mask).mean())
+                + vmtl.gaussian_kl(mine_s.mu, mine_s.logvar, peer.mu.unsqueeze(1),
+                                   peer.logvar.exp().unsqueeze(1))[mask].mean())
     assert out.loss_parts["kl_z"] == pytest.approx(expected.item(), rel=1e-4)
 
 

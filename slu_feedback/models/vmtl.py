@@ -332,7 +332,8 @@ def available(alpha, others: list):
 
 def task_kl(posterior: Posterior, others: list, alpha, word_mask, z, form: str) -> torch.Tensor:
     """KL_z of one task to its prior: the `others` posteriors (detached, brought to this task's
-    level) and N(0, I), mixed by alpha. Mean over utterances or real words."""
+    level) and N(0, I), mixed by alpha. Mean over utterances, or over all real words of the batch
+    (every word counts once, as in the slot cross-entropy, whatever its utterance's length)."""
     alpha, others = available(alpha, others)
     if posterior.mu.dim() == 2:
         components = [utterance_level(other, word_mask) for other in others]
@@ -341,7 +342,10 @@ def task_kl(posterior: Posterior, others: list, alpha, word_mask, z, form: str) 
     mus = [m for m, _ in components] + [torch.zeros_like(posterior.mu)]
     variances = [v for _, v in components] + [torch.ones_like(posterior.mu)]
     kl = prior_kl(posterior.mu, posterior.logvar, alpha, mus, variances, form, z)
-    return kl.mean() if posterior.mu.dim() == 2 else masked_mean(kl.unsqueeze(-1), word_mask).mean()
+    if posterior.mu.dim() == 2:
+        return kl.mean()
+    mask = word_mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
 def iteration_loss(intent: Posterior, slot: Posterior, intent_labels, slot_labels, word_mask, alpha: dict,
