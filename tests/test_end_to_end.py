@@ -255,3 +255,12 @@ def test_checkpoint_keeps_lstm_weights_that_cudnn_keeps_in_one_buffer(tmp_path):
     accelerator.load_state(str(tmp_path / "checkpoint"))
     for (name, a), b in zip(prepared.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_bad_data_leaves_no_empty_run_directory(tiny_recipe, tmp_path):
+    from slu_feedback.data.errors import DataError
+
+    recipe = tiny_recipe(f"data.path={tmp_path / 'nowhere'}")
+    with pytest.raises(DataError):
+        train(recipe)
+    assert not Path(recipe["output_dir"]).exists()

@@ -58,3 +58,27 @@ def test_missing_data_path_and_bad_yaml(tmp_path):
         load_recipe(broken)
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(None, ["data=3"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=ten", "'train.epochs' must be an integer, got 'ten'"),
+    ("optim.lr=fast", "'optim.lr' must be a number"),
+    ("data.repair_bio=maybe", "'data.repair_bio' must be true or false"),
+    ("train.batch_size=-4", "'train.batch_size' must be positive"),
+    ("data.train_fraction=0", r"'data.train_fraction' must be in \(0, 1\]"),
+    ("model.slot_decoder=crff", "must be one of softmax, crf, got 'crff'; did you mean 'crf'"),
+    ("model.feedback.gate=hard", "gumbel, soft or fixed:<point>"),
+    ("model.feedback.max_iterations=2.5", "must be an integer"),
+])
+def test_a_wrong_value_is_named_before_anything_loads(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, ["data.path=x", override])
+
+
+def test_numbers_written_as_text_become_numbers(tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("data:\n  path: x\noptim:\n  lr: 1e-4\ntrain:\n  epochs: 3.0\n")  # YAML 1.1: "1e-4" is a string
+    recipe = load_recipe(recipe_file, ["model.feedback.iter_weights=[0.5, 1]", "optim.gate_lr=1"])
+    assert recipe["optim"]["lr"] == 1e-4 and isinstance(recipe["train"]["epochs"], int)
+    assert recipe["model"]["feedback"]["iter_weights"] == [0.5, 1] and recipe["optim"]["gate_lr"] == 1.0
+    assert recipe["output_dir"] is None and recipe["model"]["tokenizer"] is None

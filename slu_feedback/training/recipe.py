@@ -1,7 +1,8 @@
 """Recipes: YAML files of plain values, validated against `DEFAULTS`, with `key=value` overrides.
 
 Unknown keys are errors that suggest the closest valid key, so a typo never silently trains
-with a default.
+with a default; a value of the wrong type or outside its choices is an error naming the key,
+raised before any data or model is loaded.
 """
 
 import copy
@@ -70,6 +71,91 @@ class RecipeError(ValueError):
     pass
 
 
+# Keys whose values are one of a few words (the rest of the checking is by the default's type).
+CHOICES = {
+    "data.format": ("auto", "folder", "jsonl", "spans"),
+    "model.encoder_type": ("hf", "bilstm"),
+    "model.pooling": ("mean", "cls"),
+    "model.slot_decoder": ("softmax", "crf"),
+    "model.head": ("deterministic", "vmtl"),
+    "model.feedback.slot_summary": ("mean", "mean+max"),
+    "model.vmtl.prior": ("single", "mixture"),
+    "model.vmtl.predict": ("mc", "mean"),
+    "train.select_metric": ("sentence_acc", "intent_acc", "slot_f1", "slot_f1_strict"),
+}
+# Keys whose default is None (or a number that may also be a list) and what they accept instead.
+OPTIONAL = {
+    "output_dir": (str,), "data.path": (str, list), "model.tokenizer": (str,), "optim.gate_lr": (float,),
+    "model.feedback.max_iterations": (int,), "model.label_names": (dict,),
+    "model.feedback.iter_weights": (float, list),
+}
+POSITIVE = ("data.max_length", "model.head_hidden", "model.embedding_dim", "model.lstm_hidden",
+            "model.lstm_layers", "model.vmtl.latent_dim", "model.vmtl.samples", "model.vmtl.predict_samples",
+            "optim.lr", "optim.head_lr", "optim.gate_lr", "train.epochs", "train.batch_size",
+            "train.eval_batch_size", "train.grad_accum", "train.log_every", "model.feedback.tau",
+            "model.feedback.tau_min", "model.vmtl.tau", "model.vmtl.tau_min")
+NON_NEGATIVE = ("model.feedback.iterations", "model.feedback.conv_weight", "optim.weight_decay",
+                "optim.max_grad_norm", "train.patience", "train.num_workers", "train.other_datasets_weight",
+                "model.vmtl.beta_z", "model.vmtl.beta_w", "model.intent_loss_weight", "model.slot_loss_weight",
+                "model.feedback.eps")
+UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup")
+
+
+def _typed(name: str, value, kind):
+    """`value` as `kind` (bool, int, float, str, list or dict), or a RecipeError naming the key.
+    Numbers written as text ("1e-4", which YAML 1.1 reads as a string) become numbers."""
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool)):
+        return value
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    raise RecipeError(f"recipe key {name!r} must be {words[kind]}, got {value!r}")
+
+
+def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> None:
+    """Type, choice and range of every value (in place: numeric text becomes a number)."""
+    for key, default in defaults.items():
+        name, value = f"{prefix}{key}", recipe[key]
+        if isinstance(default, dict):
+            _check_values(value, default, name + ".")
+            continue
+        if value is None and (default is None or name in OPTIONAL):
+            continue
+        kinds = OPTIONAL.get(name, (type(default),))
+        for kind in kinds:
+            try:
+                value = _typed(name, value, kind)
+                break
+            except RecipeError:
+                if kind is kinds[-1]:
+                    if len(kinds) == 1:
+                        raise
+                    raise RecipeError(f"recipe key {name!r} must be one of: "
+                                      f"{', '.join(k.__name__ for k in kinds)}, got {value!r}") from None
+        if name == "model.feedback.gate" and value not in ("gumbel", "soft") and not value.startswith("fixed:"):
+            raise RecipeError(f"recipe key {name!r} must be gumbel, soft or fixed:<point>, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            close = difflib.get_close_matches(str(value), CHOICES[name], n=1)
+            raise RecipeError(f"recipe key {name!r} must be one of {', '.join(CHOICES[name])}, got {value!r}"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name in POSITIVE and value <= 0 or name in NON_NEGATIVE and value < 0:
+                raise RecipeError(f"recipe key {name!r} must be {'positive' if name in POSITIVE else '>= 0'}, "
+                                  f"got {value!r}")
+            if name in UNIT_INTERVAL and not 0 <= value <= 1 or name == "data.train_fraction" and value == 0:
+                raise RecipeError(f"recipe key {name!r} must be in {'(0, 1]' if 'fraction' in name else '[0, 1]'}"
+                                  f", got {value!r}")
+        recipe[key] = value
+
+
 def _validate(values: dict, defaults: dict, prefix: str = "") -> None:
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -127,6 +213,7 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
         update = parse_override(text)
         _validate(update, DEFAULTS)
         recipe = _merge(recipe, update)
+    _check_values(recipe)
     if recipe["data"]["path"] is None:
         raise RecipeError("the recipe sets no data.path (add it to the YAML or pass data.path=...)")
     if isinstance(recipe["data"]["path"], (list, tuple)):  # several datasets: a joint model

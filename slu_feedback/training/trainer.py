@@ -230,9 +230,6 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     else:
         run_dir = default_output_dir(recipe)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
     recipe = {**recipe, "output_dir": str(run_dir)}
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
@@ -246,6 +243,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         encoder_path, tokenizer=tokenizer) for name, (_, labels) in parts.items()}
     model = JointSLUModel(models, train_cfg["other_datasets_weight"]) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
+    if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
 
     max_length = recipe["data"]["max_length"]
     train_loaders, val_loaders = [], []
