@@ -19,6 +19,7 @@ setup(
         "seqeval>=1.2.2,<1.3",
         "accelerate>=1.0,<2",
         "click>=8.1,<9",
+        "regex>=2022.1",  # \p{M} in the word rule (data/readers.py); transformers needs it too
         "pyyaml>=6.0,<7",
         "tqdm>=4.60",
         "matplotlib>=3.7,<4",

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import urllib.error
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,14 @@ def test_tokenize_unicode_and_offsets():
     toks = tokenize(text)
     assert [w for w, _, _ in toks] == ["Play", "“", "Für", "Elise", "”", "in", "Zürich", "東京", "!"]
     assert all(text[s:e] == w for w, s, e in toks)
+
+
+def test_combining_marks_stay_with_their_word():
+    # Devanagari vowel signs and viramas, a decomposed accent, an emoji's variation selector
+    assert words("मुंबई जाना है") == ["मुंबई", "जाना", "है"]
+    assert words("cafe\u0301 au lait") == ["cafe\u0301", "au", "lait"]
+    assert words("ok 🙂\ufe0f!") == ["ok", "🙂\ufe0f", "!"]
+    assert words("a\x1cb\u3000c") == ["a", "b", "c"], "whitespace is what str.isspace says"
 
 
 def test_bio_to_spans_is_lenient():
@@ -102,6 +111,13 @@ def test_folder_token_tag_mismatch(tmp_path):
         read_folder_split(tmp_path, "train")
     assert (err.value.path, err.value.line) == (str(d / "seq.out"), 2)
     assert str(err.value).startswith(f"{d / 'seq.out'}:2: ")
+
+
+def test_folder_intent_with_spaces_names_the_label_file(tmp_path):
+    write_split(tmp_path, "train", "a b\nc\n", "O O\nO\n", "flight\nflight info\n")
+    with pytest.raises(DataError, match="without spaces") as err:
+        read_folder_split(tmp_path, "train")
+    assert err.value.path.endswith("label") and err.value.line == 2
 
 
 def test_folder_invalid_tag(tmp_path):
@@ -220,8 +236,16 @@ def test_span_partial_overlap_tags_whole_word(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps({"text": "fly to new york.", "intent": "f",
                              "entities": [{"start": 8, "end": 14, "entity": "to"}]}) + "\n")
-    [ex] = read_span_json(p)
+    with pytest.warns(UserWarning, match=r"t.jsonl:1: example 0: entity span adjusted: .*'ew yor' widened to the "
+                                         r"whole word\(s\) 'new', 'york'"):
+        [ex] = read_span_json(p)
     assert ex["slots"] == ["O", "O", "B-to", "I-to", "O"]
+    p.write_text(json.dumps({"text": "fly to new york.", "intent": "f",
+                             "entities": [{"start": 7, "end": 16, "entity": "to"}]}) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a span on word boundaries (the full stop is a word) is kept silently
+        [ex] = read_span_json(p)
+    assert ex["slots"] == ["O", "O", "B-to", "I-to", "I-to"]
 
 
 def test_span_rasa_and_jsonl_agree(tmp_path):
@@ -265,6 +289,20 @@ def test_span_errors_in_jsonl_and_rasa(tmp_path):
         {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}))
     with pytest.raises(DataError, match=r"common_examples\[1\].*outside"):
         read_span_json(r)
+    r.write_text(json.dumps({"rasa_nlu_data": {"common_examples": [
+        {"text": "hi", "intent": "x"},
+        {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}, indent=1))
+    with pytest.raises(DataError, match=r"common_examples\[1\].*outside") as err:
+        read_span_json(r)
+    assert err.value.line == 8, "the line where the Rasa example starts"
+
+
+def test_a_json_list_with_anything_after_it_is_an_error(tmp_path):
+    p = tmp_path / "train.json"
+    p.write_text('[{"text": "hi", "intent": "x"}]\n\n garbage {\n', encoding="utf-8")
+    with pytest.raises(DataError, match="extra data after the list") as err:
+        read_span_json(p)
+    assert err.value.line == 3
 
 
 # --- writing and round trip ---------------------------------------------------------------
@@ -339,6 +377,19 @@ def test_detect_format(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="cannot tell"):
         detect_format(tmp_path / "empty")
+    # a broken first line is reported by the reader the extension names, with its line
+    (tmp_path / "bad.jsonl").write_text('{"tokens": ["a"], "slots": ["O"] "intent": "i"}\n')
+    assert detect_format(tmp_path / "bad.jsonl") == "jsonl"
+    with pytest.raises(DataError, match="invalid JSON") as err:
+        read_jsonl(tmp_path / "bad.jsonl")
+    assert err.value.line == 1
+    # one span example written over several lines
+    (tmp_path / "one.json").write_text(json.dumps({"text": "fly to boston", "intent": "f"}, indent=2))
+    assert detect_format(tmp_path / "one.json") == "spans"
+    assert read_span_json(tmp_path / "one.json")[0]["tokens"] == ["fly", "to", "boston"]
+    (tmp_path / "blank.jsonl").write_text("  \n\n")
+    with pytest.raises(DataError, match="file is empty"):
+        detect_format(tmp_path / "blank.jsonl")
 
 
 def test_resolve_data_path(tmp_path, monkeypatch):

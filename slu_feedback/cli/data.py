@@ -51,8 +51,12 @@ def _load(path: str, fmt: str, repair_bio: bool = True) -> dict:
     if repaired:
         click.echo(f"warning: repaired {len(repaired)} I- tag(s) not preceded by B-/I- of the same type "
                    f"(first: {repaired[0].message}); use --strict-bio to make this an error", err=True)
+    adjusted = [w for w in caught if "entity span adjusted" in str(w.message)]
+    if adjusted:
+        click.echo(f"warning: adjusted {len(adjusted)} entity span(s) to word boundaries "
+                   f"(first: {adjusted[0].message})", err=True)
     for w in caught:
-        if w not in repaired:
+        if w not in repaired and w not in adjusted:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return splits
 

@@ -54,15 +54,24 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
 
 def _sniff_file(path: Path) -> str:
     """'jsonl' (word-level) or 'spans' (character-level) from the first example in a file."""
-    head = read_text(path)[:4096]  # a DataError with the line for bytes that are not UTF-8
+    text = read_text(path)  # a DataError with the line for bytes that are not UTF-8
+    head = text[:4096]
     body = head.lstrip()
+    if not body:
+        raise DataError("file is empty", path)
     if body.startswith("[") or '"rasa_nlu_data"' in head:
         return "spans"
     first = body.split("\n", 1)[0]
     try:
         obj = json.loads(first)
-    except (ValueError, RecursionError):  # not JSON (or hostile JSON): the format is unknown
-        obj = None
+    except (ValueError, RecursionError):  # a broken first line, or one object over several lines
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            # not JSON as a whole either: let the reader its extension suggests name the bad line
+            return "jsonl" if path.suffix == ".jsonl" else "spans"
+        if isinstance(obj, dict) and "text" in obj:
+            return "spans"  # the span reader takes a single object; word-level JSONL is one a line
     if isinstance(obj, dict) and "tokens" in obj:
         return "jsonl"
     if isinstance(obj, dict) and "text" in obj:

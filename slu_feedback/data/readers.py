@@ -21,15 +21,21 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
+import regex
+
 from .errors import DataError
 
 FOLDER_FILES = ("seq.in", "seq.out", "label")
 FORMATS = ("folder", "jsonl", "spans")
 
-# A word is a run of word characters, possibly joined by one of ' ’ . : - / & followed by more
-# word characters ("o'clock", "6:30", "u.s", "rock-n-roll", "24/7", "r&b"); anything else that is
-# not whitespace is a token on its own ("st." -> "st" "."; "paris," -> "paris" ",").
-_TOKEN_RE = re.compile(r"\w+(?:['’.:\-/&]\w+)*|[^\w\s]")
+# A word is a run of word characters and combining marks, possibly joined by one of ' ’ . : - / &
+# followed by more ("o'clock", "6:30", "u.s", "rock-n-roll", "24/7", "r&b"); anything else that is
+# not whitespace is a token on its own, with the marks that follow it ("st." -> "st" "."). Marks
+# belong to their letter ("मुंबई", "cafe\u0301" are one word each), which needs the `regex`
+# package's \p{M} (already installed with transformers); "whitespace" is exactly str.isspace.
+_SPACE = "".join(sorted({chr(i) for i in range(0x3001) if chr(i).isspace()}))  # none above U+3000
+_NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
+_TOKEN_RE = regex.compile(r"[\w\p{M}]+(?:['’.:\-/&][\w\p{M}]+)*|(?:(?![\w\p{M}])" + _NOT_SPACE + r")\p{M}*")
 _TAG_RE = re.compile(r"O|[BI]-\S+")
 
 
@@ -38,7 +44,8 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 
     This is the single tokenisation rule of the project: it turns character-span annotations
     into words, and the parser applies it to raw user input, so training and inference agree.
-    Rule: a word is a run of ``\\w`` characters (any Unicode letter, digit or ``_``), optionally
+    Rule: a word is a run of ``\\w`` characters (any Unicode letter, digit or ``_``) and combining
+    marks (so "मुंबई" and a decomposed "café" are one word each), optionally
     joined by an internal ``'``, ``’``, ``.``, ``:``, ``-``, ``/`` or ``&`` that is followed by
     more word characters; every other non-space character is a token by itself.
     Examples: ``"wake me at 6:30, o'clock"`` -> wake | me | at | 6:30 | , | o'clock;
@@ -192,6 +199,8 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
                             paths[1], i)
         if not lab:
             raise DataError("empty intent label", paths[2], i)
+        if any(c.isspace() for c in lab.strip()):
+            raise DataError(f"intent must be one label without spaces, got {lab.strip()!r}", paths[2], i)
         examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio))
     return examples
 
@@ -220,14 +229,18 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
     return examples
 
 
-def _json_list_with_lines(text: str, start: int, path: Path) -> list[tuple[object, int]]:
-    """Decode a top-level JSON list item by item, remembering the line each item starts on."""
+def _json_list_with_lines(text: str, start: int, path: Path, whole_file: bool = True) -> list[tuple[object, int]]:
+    """Decode the JSON list starting at `start` item by item, remembering the line each item starts
+    on; with `whole_file`, nothing but whitespace may follow the list."""
     decoder = json.JSONDecoder()
     items, pos = [], start + 1  # just after "["
     ws = re.compile(r"\s*")
     while True:
         pos = ws.match(text, pos).end()
         if text.startswith("]", pos):
+            rest = ws.match(text, pos + 1).end()
+            if whole_file and rest < len(text):
+                raise DataError("invalid JSON: extra data after the list", path, text.count("\n", 0, rest) + 1)
             return items
         line = text.count("\n", 0, pos) + 1
         try:
@@ -285,6 +298,11 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
         hit = [i for i, (_, ws, we) in enumerate(words) if ws < e and we > s]
         if not hit:
             fail(f"entity {k} ({label}) covers no word")
+        cut = [words[i][0] for i in hit if words[i][1] < s or words[i][2] > e]
+        if cut:  # a span ending inside a word: word-level tags can only take the whole word
+            warnings.warn(f"{path}:{line if line is not None else '-'}: {where}: entity span adjusted: entity {k} "
+                          f"({label}) {text[s:e]!r} widened to the whole word(s) {', '.join(map(repr, cut))}",
+                          stacklevel=3)
         for i in hit:
             if slots[i] != "O":
                 fail(f"word {words[i][0]!r} is part of two entities; word-level tags cannot represent that")
@@ -316,7 +334,13 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
             common = whole["rasa_nlu_data"].get("common_examples") if isinstance(whole["rasa_nlu_data"], dict) else None
             if not isinstance(common, list):
                 raise DataError("rasa_nlu_data.common_examples must be a list", path)
-            examples = [_span_example(obj, path, None, f"common_examples[{n}]") for n, obj in enumerate(common)]
+            starts = list(re.finditer(r'"common_examples"\s*:\s*\[', text))
+            lines = [line for _, line in _json_list_with_lines(text, starts[0].end() - 1, path, False)] \
+                if len(starts) == 1 else []  # the line each example starts on, where the key is unambiguous
+            if len(lines) != len(common):
+                lines = [None] * len(common)
+            examples = [_span_example(obj, path, line, f"common_examples[{n}]")
+                        for n, (obj, line) in enumerate(zip(common, lines))]
         elif isinstance(whole, dict):
             examples = [_span_example(whole, path, 1, "example 0")]
         else:
