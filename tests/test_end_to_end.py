@@ -264,3 +264,18 @@ def test_bad_data_leaves_no_empty_run_directory(tiny_recipe, tmp_path):
     with pytest.raises(DataError):
         train(recipe)
     assert not Path(recipe["output_dir"]).exists()
+
+
+def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypatch, tmp_path):
+    import slu_feedback.evaluation.report as report
+
+    run = tiny_run_factory("data.max_length=12")
+    seen = []
+    real = report.featurize
+    monkeypatch.setattr(report, "featurize", lambda *a: seen.append(a[-1]) or real(*a))
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    evaluate_run(run, "test", data=str(sample), out_dir=tmp_path / "eval")
+    assert seen == [12]
+    monkeypatch.setattr(report, "load_run", lambda *a: pytest.fail("the model loads after the data"))
+    with pytest.raises(Exception, match="nowhere"):
+        evaluate_run(run, "test", data=str(tmp_path / "nowhere"))

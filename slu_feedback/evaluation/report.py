@@ -29,10 +29,14 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     metrics.json, predictions.jsonl and PNGs (intent confusion, intent reliability diagram) into
     `out_dir`."""
     run_dir = Path(run_dir)
-    path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(run_dir)
+    if data:  # other data, cut to the run's max_length when its recipe says it
+        path, base_dir, fmt = data, None, "auto"
+        max_length = run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else 64
+    else:
+        path, base_dir, fmt, max_length = run_data_path(run_dir)
+    splits = load_splits(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
     if model is None:
         model, tokenizer = load_run(run_dir, device)
-    splits = load_splits(resolve_data_path(path, base_dir), format=fmt)
     raw = splits[split]
     if None in raw["intent"] or None in raw["slots"]:
         raise ValueError(f"the {split} split has utterances without an intent or slot labels (null in JSONL); "
