@@ -150,7 +150,8 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
     for split in SPLITS:
         where = _split_folder(path, split) if format == "folder" else _split_file(path, split)
         if where is None:
-            names = " or ".join(n + ("/" if format == "folder" else ".jsonl") for n in SPLIT_NAMES[split])
+            names = " or ".join(n + ("/" if format == "folder" else ".jsonl" if format == "jsonl" else ".json(l)")
+                                for n in SPLIT_NAMES[split])
             raise DataError(f"missing {split!r} split: expected {names}", path)
         examples = read_split(where, format, repair_bio)
         if split != "train":
