@@ -314,6 +314,9 @@ class SLUModel(PreTrainedModel):
         return out
 
     def vmtl_loss(self, posteriors, intent_labels, slot_labels, word_mask):
+        """Monte Carlo cross-entropy + beta_z KL_z per round and task, weighted like the plain loss
+        (round and task weights: KL_z regularises the latent of that round's prediction), plus
+        beta_w KL_w once per step (the classifier weights are shared by all rounds)."""
         c, v = self.config, self.config.vmtl
         samples, form = int(v["samples"]), v["prior"]
         alpha = self.vmtl_prior.weights(self.vmtl_tau)
