@@ -168,6 +168,12 @@ def main(argv=None):
     paths = load_recipe(args.recipe, args.overrides)["data"]["path"]
     datasets = [Path(str(p)).stem for p in paths] if isinstance(paths, list) and len(paths) > 1 else [""]
     outs = {d: RESULTS / (f"{name}_{d}.json" if d else f"{name}.json") for d in datasets}
+    if args.compare_to and "{dataset}" in args.compare_to and datasets == [""]:
+        parser.error("--compare-to: {dataset} is for joint recipes (data.path a list)")
+    try:  # each dataset's base, checked before any seed trains
+        bases = {d: (args.compare_to or "{dataset}").format(dataset=d) or None for d in datasets}
+    except (KeyError, IndexError, ValueError) as error:
+        parser.error(f"--compare-to {args.compare_to!r}: only {{dataset}} may appear in braces ({error})")
     rows = {}
     for d, out in outs.items():
         previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
@@ -183,7 +189,7 @@ def main(argv=None):
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
-                      "compare_to": (args.compare_to or "{dataset}").format(dataset=d) or None,
+                      "compare_to": bases[d],
                       "note": args.note, **provenance(),
                       **pruning_info(args.recipe),
                       **({"dataset": d, "joint_datasets": datasets} if d else {}),

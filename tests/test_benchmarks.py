@@ -194,6 +194,10 @@ def test_a_joint_recipe_compares_each_dataset_with_its_own_base(tmp_path, monkey
     run.main([str(Path(recipe).with_name("atis.yaml")), "--seeds", "1", "--name", "w", "--compare-to", "atis"])
     run.main([str(Path(recipe).with_name("atis.yaml")), "--seeds", "1", "--name", "x"])
     assert [compare("w.json"), compare("x.json")] == ["atis", None]
+    for bad in (["--compare-to", "atis_{dataset}"], ["--compare-to", "x{y}"]):  # refused before any training
+        with pytest.raises(SystemExit):
+            run.main([str(Path(recipe).with_name("atis.yaml")), "--seeds", "2", "--name", "y", *bad])
+    assert not (tmp_path / "results" / "y.json").exists()
 
 
 def test_routing_is_summarised_over_the_seeds_that_measured_it_and_rendered():

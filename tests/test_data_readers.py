@@ -58,6 +58,8 @@ def test_combining_marks_stay_with_their_word():
     assert words("cafe\u0301 au lait") == ["cafe\u0301", "au", "lait"]
     assert words("ok 🙂\ufe0f!") == ["ok", "🙂\ufe0f", "!"]
     assert words("a\x1cb\u3000c") == ["a", "b", "c"], "whitespace is what str.isspace says"
+    # word characters are Python's \w (every number, not only digits); no joiners or connectors
+    assert words("km² 3½ H₂O a\u200db") == ["km²", "3½", "H₂O", "a", "\u200d", "b"]
 
 
 def test_bio_to_spans_is_lenient():
@@ -387,6 +389,9 @@ def test_detect_format(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps({"text": "fly to boston", "intent": "f"}, indent=2))
     assert detect_format(tmp_path / "one.json") == "spans"
     assert read_span_json(tmp_path / "one.json")[0]["tokens"] == ["fly", "to", "boston"]
+    long_line = json.dumps({"tokens": ["a"] * 2500, "slots": ["O"] * 2500, "intent": "i"})  # > 4096 characters
+    (tmp_path / "long.json").write_text(long_line + "\n")
+    assert detect_format(tmp_path / "long.json") == "jsonl"
     (tmp_path / "blank.jsonl").write_text("  \n\n")
     with pytest.raises(DataError, match="file is empty"):
         detect_format(tmp_path / "blank.jsonl")

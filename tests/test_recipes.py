@@ -67,12 +67,25 @@ def test_missing_data_path_and_bad_yaml(tmp_path):
     ("train.batch_size=-4", "'train.batch_size' must be positive"),
     ("data.train_fraction=0", r"'data.train_fraction' must be in \(0, 1\]"),
     ("model.slot_decoder=crff", "must be one of softmax, crf, got 'crff'; did you mean 'crf'"),
-    ("model.feedback.gate=hard", "gumbel, soft or fixed:<point>"),
+    ("model.feedback.gate=hard", "gumbel, soft or fixed:<point number>, got .hard."),
     ("model.feedback.max_iterations=2.5", "must be an integer"),
+    ("model.feedback.gate=fixed:x", "fixed:<point number>"),
+    ("train.patience=0", "'train.patience' must be positive"),
+    ("optim.lr=nan", "must be a finite number"),
+    ("model.feedback.iter_weights=[0.5, x]", r"'model.feedback.iter_weights\[1\]' must be a number"),
+    ("model.feedback.iter_weights=-1", "must be >= 0"),
 ])
 def test_a_wrong_value_is_named_before_anything_loads(override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(None, ["data.path=x", override])
+
+
+def test_feedback_round_weights_need_one_per_round():
+    with pytest.raises(RecipeError, match=r"one weight >= 0 per round \(iterations \+ 1 = 3\)"):
+        load_recipe(None, ["data.path=x", "model.feedback.iterations=2", "model.feedback.iter_weights=[0.5, 1]"])
+    recipe = load_recipe(None, ["data.path=x", "model.feedback.iterations=2", "model.feedback.iter_weights=[0, 0.5, 1]"])
+    assert recipe["model"]["feedback"]["iter_weights"] == [0.0, 0.5, 1.0]
+    assert load_recipe(None, ["data.path=x", "optim.lr=0"])["optim"]["lr"] == 0.0, "lr 0 freezes the encoder"
 
 
 def test_numbers_written_as_text_become_numbers(tmp_path):

@@ -61,7 +61,7 @@ def _sniff_file(path: Path) -> str:
         raise DataError("file is empty", path)
     if body.startswith("[") or '"rasa_nlu_data"' in head:
         return "spans"
-    first = body.split("\n", 1)[0]
+    first = text.lstrip().split("\n", 1)[0]
     try:
         obj = json.loads(first)
     except (ValueError, RecursionError):  # a broken first line, or one object over several lines

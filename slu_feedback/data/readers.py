@@ -35,7 +35,8 @@ FORMATS = ("folder", "jsonl", "spans")
 # package's \p{M} (already installed with transformers); "whitespace" is exactly str.isspace.
 _SPACE = "".join(sorted({chr(i) for i in range(0x3001) if chr(i).isspace()}))  # none above U+3000
 _NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
-_TOKEN_RE = regex.compile(r"[\w\p{M}]+(?:['’.:\-/&][\w\p{M}]+)*|(?:(?![\w\p{M}])" + _NOT_SPACE + r")\p{M}*")
+_WORD = r"[\p{L}\p{N}_\p{M}]"  # Python's \w (letters, all numbers, "_": not regex's \w) plus marks
+_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?:(?!" + _WORD + ")" + _NOT_SPACE + r")\p{M}*")
 _TAG_RE = re.compile(r"O|[BI]-\S+")
 
 
@@ -235,14 +236,15 @@ def _json_list_with_lines(text: str, start: int, path: Path, whole_file: bool = 
     decoder = json.JSONDecoder()
     items, pos = [], start + 1  # just after "["
     ws = re.compile(r"\s*")
+    line, counted = text.count("\n", 0, pos) + 1, pos  # newlines counted as we go: linear in the file
     while True:
         pos = ws.match(text, pos).end()
+        line, counted = line + text.count("\n", counted, pos), pos
         if text.startswith("]", pos):
             rest = ws.match(text, pos + 1).end()
             if whole_file and rest < len(text):
-                raise DataError("invalid JSON: extra data after the list", path, text.count("\n", 0, rest) + 1)
+                raise DataError("invalid JSON: extra data after the list", path, line + text.count("\n", pos, rest))
             return items
-        line = text.count("\n", 0, pos) + 1
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except (ValueError, RecursionError) as e:

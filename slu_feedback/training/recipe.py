@@ -7,6 +7,8 @@ raised before any data or model is loaded.
 
 import copy
 import difflib
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -91,11 +93,12 @@ OPTIONAL = {
 }
 POSITIVE = ("data.max_length", "model.head_hidden", "model.embedding_dim", "model.lstm_hidden",
             "model.lstm_layers", "model.vmtl.latent_dim", "model.vmtl.samples", "model.vmtl.predict_samples",
-            "optim.lr", "optim.head_lr", "optim.gate_lr", "train.epochs", "train.batch_size",
+            "train.epochs", "train.batch_size", "train.patience",
             "train.eval_batch_size", "train.grad_accum", "train.log_every", "model.feedback.tau",
             "model.feedback.tau_min", "model.vmtl.tau", "model.vmtl.tau_min")
-NON_NEGATIVE = ("model.feedback.iterations", "model.feedback.conv_weight", "optim.weight_decay",
-                "optim.max_grad_norm", "train.patience", "train.num_workers", "train.other_datasets_weight",
+NON_NEGATIVE = ("optim.lr", "optim.head_lr", "optim.gate_lr", "model.feedback.max_iterations",  # lr 0: frozen
+                "model.feedback.iterations", "model.feedback.iter_weights", "model.feedback.conv_weight", "optim.weight_decay",
+                "optim.max_grad_norm", "train.num_workers", "train.other_datasets_weight",
                 "model.vmtl.beta_z", "model.vmtl.beta_w", "model.intent_loss_weight", "model.slot_loss_weight",
                 "model.feedback.eps")
 UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup")
@@ -113,6 +116,8 @@ def _typed(name: str, value, kind):
         value = int(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"recipe key {name!r} must be a finite number, got {value!r}")
     if isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool)):
         return value
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
@@ -140,8 +145,15 @@ def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> 
                         raise
                     raise RecipeError(f"recipe key {name!r} must be one of: "
                                       f"{', '.join(k.__name__ for k in kinds)}, got {value!r}") from None
-        if name == "model.feedback.gate" and value not in ("gumbel", "soft") and not value.startswith("fixed:"):
-            raise RecipeError(f"recipe key {name!r} must be gumbel, soft or fixed:<point>, got {value!r}")
+        if name == "model.feedback.gate" and value not in ("gumbel", "soft") \
+                and not re.fullmatch(r"fixed:\d+", value):
+            raise RecipeError(f"recipe key {name!r} must be gumbel, soft or fixed:<point number>, got {value!r}")
+        if name == "model.feedback.iter_weights" and isinstance(value, list):
+            value = [_typed(f"{name}[{i}]", w, float) for i, w in enumerate(value)]
+            rounds = recipe["iterations"] + 1  # (this loop sees model.feedback as `recipe`)
+            if any(w < 0 for w in value) or (recipe["iterations"] and len(value) != rounds):
+                raise RecipeError(f"recipe key {name!r} must be one weight >= 0 per round "
+                                  f"(iterations + 1 = {rounds}), got {value!r}")
         if name in CHOICES and value not in CHOICES[name]:
             close = difflib.get_close_matches(str(value), CHOICES[name], n=1)
             raise RecipeError(f"recipe key {name!r} must be one of {', '.join(CHOICES[name])}, got {value!r}"
