@@ -115,6 +115,12 @@ def test_folder_token_tag_mismatch(tmp_path):
     assert str(err.value).startswith(f"{d / 'seq.out'}:2: ")
 
 
+def test_folder_mismatch_names_unusual_spaces(tmp_path):
+    write_split(tmp_path, "train", "fly to new\u00a0york\n", "O O B-city\n", "flight\n")
+    with pytest.raises(DataError, match=r"3 tags but seq.in line has 4 words \(it contains U\+00A0"):
+        read_folder_split(tmp_path, "train")
+
+
 def test_folder_intent_with_spaces_names_the_label_file(tmp_path):
     write_split(tmp_path, "train", "a b\nc\n", "O O\nO\n", "flight\nflight info\n")
     with pytest.raises(DataError, match="without spaces") as err:

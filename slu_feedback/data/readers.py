@@ -196,7 +196,9 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
         if not w:
             raise DataError("empty utterance", paths[0], i)
         if len(w.split()) != len(t.split()):
-            raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words",
+            odd = sorted({c for c in w if c.isspace() and c not in " \t"})
+            hint = f" (it contains {', '.join(f'U+{ord(c):04X}' for c in odd)}, which separate words too)" if odd else ""
+            raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words{hint}",
                             paths[1], i)
         if not lab:
             raise DataError("empty intent label", paths[2], i)
