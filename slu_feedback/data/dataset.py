@@ -33,7 +33,7 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
 
     Tried in order: as given (relative to the working directory), relative to ``base_dir`` (the
     folder of the recipe that names it), then ``$SLU_DATA_DIR/<name>``. Recipes can thus say
-    ``data: atis`` and work on any machine where SLU_DATA_DIR points at the benchmark folder.
+    ``data.path: atis`` and work on any machine where SLU_DATA_DIR points at the benchmark folder.
     """
     given = Path(name_or_path).expanduser()
     tried = [given]
