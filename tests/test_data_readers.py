@@ -292,17 +292,14 @@ def test_span_errors_in_jsonl_and_rasa(tmp_path):
         read_span_json(p)
     assert err.value.line == 2
     r = tmp_path / "rasa.json"
-    r.write_text(json.dumps({"rasa_nlu_data": {"common_examples": [
+    rasa = {"rasa_nlu_data": {"common_examples": [
         {"text": "hi", "intent": "x"},
-        {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}))
-    with pytest.raises(DataError, match=r"common_examples\[1\].*outside"):
-        read_span_json(r)
-    r.write_text(json.dumps({"rasa_nlu_data": {"common_examples": [
-        {"text": "hi", "intent": "x"},
-        {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}, indent=1))
-    with pytest.raises(DataError, match=r"common_examples\[1\].*outside") as err:
-        read_span_json(r)
-    assert err.value.line == 8, "the line where the Rasa example starts"
+        {"text": "hi", "intent": "x", "entities": [{"start": 5, "end": 6, "entity": "a"}]}]}}
+    for indent, line in ((None, 1), (1, 8)):  # the line where the Rasa example starts
+        r.write_text(json.dumps(rasa, indent=indent))
+        with pytest.raises(DataError, match=r"common_examples\[1\].*outside") as err:
+            read_span_json(r)
+        assert err.value.line == line
 
 
 def test_a_json_list_with_anything_after_it_is_an_error(tmp_path):
