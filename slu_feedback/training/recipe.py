@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from ..models.config import DEFAULT_FEEDBACK, DEFAULT_VMTL
+from ..data.readers import FORMATS
+from ..models.config import DEFAULT_FEEDBACK, DEFAULT_VMTL, HEADS
 
 DEFAULTS = {
     "seed": 42,
@@ -75,11 +76,11 @@ class RecipeError(ValueError):
 
 # Keys whose values are one of a few words (the rest of the checking is by the default's type).
 CHOICES = {
-    "data.format": ("auto", "folder", "jsonl", "spans"),
+    "data.format": ("auto", *FORMATS),
     "model.encoder_type": ("hf", "bilstm"),
     "model.pooling": ("mean", "cls"),
     "model.slot_decoder": ("softmax", "crf"),
-    "model.head": ("deterministic", "vmtl"),
+    "model.head": HEADS,
     "model.feedback.slot_summary": ("mean", "mean+max"),
     "model.vmtl.prior": ("single", "mixture"),
     "model.vmtl.predict": ("mc", "mean"),
