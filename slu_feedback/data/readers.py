@@ -83,9 +83,10 @@ def bio_to_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=()) -> dict:
+def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=(), intent_path=None) -> dict:
     """Validate one word-level example; shared by the folder and JSONL readers. `unlabelled`
-    names the tasks ("intent", "slots") the example has no label for: they come back as None."""
+    names the tasks ("intent", "slots") the example has no label for: they come back as None.
+    `intent_path`: the file an intent error names, where it is not `path` (the folder's label file)."""
     if unlabelled:
         if not isinstance(tokens, list):
             raise DataError("'tokens' must be a list of strings", path, line)
@@ -97,7 +98,8 @@ def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=())
     if not isinstance(slots, list) or not all(isinstance(t, str) for t in slots):
         raise DataError("'slots' must be a list of strings", path, line)
     if not isinstance(intent, str) or not intent.strip() or any(c.isspace() for c in intent.strip()):
-        raise DataError(f"intent must be a non-empty string without spaces, got {intent!r}", path, line)
+        raise DataError(f"intent must be a non-empty string without spaces, got {intent!r}", intent_path or path,
+                        line)
     if not tokens:
         raise DataError("empty utterance", path, line)
     _check_unicode([*tokens, *slots, intent], path, line)
@@ -202,9 +204,7 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
                             paths[1], i)
         if not lab:
             raise DataError("empty intent label", paths[2], i)
-        if any(c.isspace() for c in lab.strip()):
-            raise DataError(f"intent must be one label without spaces, got {lab.strip()!r}", paths[2], i)
-        examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio))
+        examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio, intent_path=paths[2]))
     return examples
 
 
