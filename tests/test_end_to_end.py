@@ -276,6 +276,18 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
     sample = Path(__file__).resolve().parents[1] / "data" / "sample"
     evaluate_run(run, "test", data=str(sample), out_dir=tmp_path / "eval")
     assert seen == [12]
+    # one split given by itself (a folder with seq.in, or a JSONL file) is scored whole, named after itself
+    out = evaluate_run(run, "test", data=str(sample / "valid"), out_dir=tmp_path / "eval_valid")
+    assert out["split"] == "valid" and out["n"] == len((sample / "valid" / "label").read_text().splitlines())
+    lines = (sample / "test" / "seq.in").read_text().splitlines()[:3]
+    tags = (sample / "test" / "seq.out").read_text().splitlines()[:3]
+    intents = (sample / "test" / "label").read_text().splitlines()[:3]
+    jsonl = tmp_path / "three.jsonl"
+    jsonl.write_text("".join(json.dumps({"tokens": a.split(), "slots": b.split(), "intent": c}) + "\n"
+                             for a, b, c in zip(lines, tags, intents)))
+    out = evaluate_run(run, "validation", data=str(jsonl))
+    assert out["split"] == "three.jsonl" and out["n"] == 3
+    assert (Path(run) / "eval_three" / "predictions.jsonl").read_text().count("\n") == 3
     monkeypatch.setattr(report, "load_run", lambda *a: pytest.fail("the model loads after the data"))
     with pytest.raises(Exception, match="nowhere"):
         evaluate_run(run, "test", data=str(tmp_path / "nowhere"))

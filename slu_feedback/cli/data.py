@@ -13,8 +13,7 @@ from pathlib import Path
 
 import click
 
-from slu_feedback.data import (DataError, bio_to_spans, detect_format, load_splits, read_split,
-                               resolve_data_path, to_dataset, write_examples)
+from slu_feedback.data import DataError, bio_to_spans, load_data, write_examples
 from slu_feedback.data.fetch import fetch as fetch_dataset
 
 FORMAT_CHOICE = click.Choice(["auto", "folder", "jsonl", "spans"])
@@ -41,12 +40,7 @@ def _load(path: str, fmt: str, repair_bio: bool = True) -> dict:
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = resolve_data_path(path)
-        fmt = detect_format(p) if fmt == "auto" else fmt
-        if p.is_file() or (fmt == "folder" and (p / "seq.in").is_file()):
-            splits = {p.name: to_dataset(read_split(p, fmt, repair_bio))}
-        else:
-            splits = dict(load_splits(p, fmt, repair_bio))
+        splits = load_data(path, fmt, repair_bio)
     repaired = [w for w in caught if "does not follow" in str(w.message)]
     if repaired:
         click.echo(f"warning: repaired {len(repaired)} I- tag(s) not preceded by B-/I- of the same type "

@@ -8,7 +8,8 @@ from . import DEVICE, inference_device
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="test", type=click.Choice(["train", "validation", "test"]), show_default=True)
-@click.option("--data", default=None, help="Dataset to evaluate on (default: the one in the run's recipe).")
+@click.option("--data", default=None, help="Dataset folder (scored on --split) or one split's file or folder "
+                   "(scored whole) to evaluate on (default: the run's recipe's data).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/eval_<split>).")
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True)
@@ -51,7 +52,7 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     m = report["metrics"]
-    click.echo(f"{split}: {m['n']} utterances")
+    click.echo(f"{report['split']}: {m['n']} utterances")
     click.echo(f"  intent accuracy     {100 * m['intent_acc']:6.2f}")
     click.echo(f"  slot F1 (seqeval)   {100 * m['slot_f1']:6.2f}   strict IOB2 {100 * m['slot_f1_strict']:6.2f}")
     click.echo(f"  sentence accuracy   {100 * m['sentence_acc']:6.2f}")

@@ -163,6 +163,16 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
     return datasets.DatasetDict(out)
 
 
+def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True) -> dict[str, datasets.Dataset]:
+    """All splits of a dataset directory, or one split folder / file as a single split named after it
+    (``{"test.jsonl": ...}``): what `slu-data` and `slu-eval --data` accept."""
+    path = resolve_data_path(path)
+    format = detect_format(path) if format == "auto" else format
+    if path.is_file() or (format == "folder" and (path / "seq.in").is_file()):
+        return {path.name: to_dataset(read_split(path, format, repair_bio))}
+    return dict(load_splits(path, format, repair_bio))
+
+
 @dataclass
 class LabelMaps:
     """Intent and slot-tag vocabularies; ids are list positions. Saved with a model as ``to_dict()``."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.dataset import LabelMaps, load_splits, resolve_data_path
+from ..data.dataset import LabelMaps, load_data, resolve_data_path
 from ..data.features import featurize, make_loader
 from ..models import load_run
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
@@ -34,10 +34,13 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
         max_length = run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else 64
     else:
         path, base_dir, fmt, max_length = run_data_path(run_dir)
-    splits = load_splits(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
+    splits = load_data(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
+    if len(splits) == 1:  # one split file or folder given with --data: score it, named after itself
+        (split, raw), = splits.items()
+    else:
+        raw = splits[split]
     if model is None:
         model, tokenizer = load_run(run_dir, device)
-    raw = splits[split]
     if None in raw["intent"] or None in raw["slots"]:
         raise ValueError(f"the {split} split has utterances without an intent or slot labels (null in JSONL); "
                          "only fully labelled splits can be scored")
@@ -47,7 +50,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
 
-    out_dir = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
+    out_dir = Path(out_dir) if out_dir else run_dir / f"eval_{Path(split).stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
     report = {"split": split, "n": len(raw), "metrics": metrics,
