@@ -266,6 +266,43 @@ def test_bad_data_leaves_no_empty_run_directory(tiny_recipe, tmp_path):
     assert not Path(recipe["output_dir"]).exists()
 
 
+def test_intent_slot_constraints_are_learned_from_train_and_hold_in_every_prediction(tiny_run_factory, tmp_path):
+    from slu_feedback.data import load_splits, slot_types_by_intent
+    from slu_feedback.models import load_run
+
+    run = tiny_run_factory("model.intent_slot_constraints=true")
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    types = slot_types_by_intent(load_splits(sample)["train"])
+    model, tokenizer = load_run(run)
+    assert model.config.intent_slot_constraints and model.config.slot_types_by_intent == types
+    # make the untrained slot head shout one slot type that most intents never take
+    rare = min({t for seen in types.values() for t in seen}, key=lambda t: sum(t in seen for seen in types.values()))
+    tag = model.config.slot_labels.index(f"B-{rare}")
+
+    def shout(m):
+        with torch.no_grad():
+            m.slot_head.out.bias[tag] += 50.0
+
+    def off_type(intent, tags):
+        return any(t != "O" and t[2:] not in types[intent] for t in tags)
+
+    shout(model)
+    broken = {}
+    for constrained in (True, False):
+        model.config.intent_slot_constraints = constrained
+        out = evaluate_run(run, "validation", out_dir=tmp_path / str(constrained), model=model, tokenizer=tokenizer)
+        rows = [json.loads(x) for x in (Path(out["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
+        broken[constrained] = sum(off_type(r["pred_intent"], r["pred_slots"]) for r in rows)
+    assert broken[True] == 0 and broken[False] > 0
+    parser = SLUParser.from_pretrained(run)
+    shout(next(iter(parser.models.values())))
+    for parsed in parser(["show me flights to boston", "play some jazz", "wake me up at seven"]):
+        assert not off_type(parsed["intent"], parsed["tags"])
+    result = CliRunner().invoke(eval_main, [str(run), "--split", "validation", "--out", str(tmp_path / "cli"),
+                                            "--no-intent-slot-constraints"])
+    assert result.exit_code == 0, result.output
+
+
 def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypatch, tmp_path):
     import slu_feedback.evaluation.report as report
 

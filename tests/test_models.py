@@ -260,6 +260,30 @@ def test_bio_constrained_decoding_never_starts_a_span_with_I():
             assert model.decode_slots(logits, mask)[0].tolist() == [2, 2, 2, 2]
 
 
+def test_intent_slot_constraints_decode_only_types_seen_with_the_predicted_intent(tmp_path):
+    from slu_feedback.data import slot_types_by_intent, to_dataset
+
+    train = to_dataset([{"tokens": ["w1", "w2"], "slots": s, "intent": i, "text": "w1 w2", "offsets": [[0, 2], [3, 5]]}
+                        for s, i in [(["B-x", "O"], "a"), (["O", "B-y"], "b"), (["O", "O"], "c")]])
+    types = slot_types_by_intent(train)
+    assert types == {"a": ["x"], "b": ["y"], "c": []}
+    logits = torch.full((2, 3, 4), -5.0)  # O B-x I-x B-y; both utterances prefer B-y, then B-x, then O
+    logits[:, 0, 3], logits[:, 0, 1], logits[:, :, 0] = 5.0, 4.0, 0.0
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    intents = torch.tensor([0, 1])  # a (x only), b (y only)
+    for decoder in ("softmax", "crf"):
+        model = make_model(slot_decoder=decoder, intent_slot_constraints=True, slot_types_by_intent=types).eval()
+        assert model.decode_slots(logits, mask, intents).tolist() == [[1, 0, 0], [3, 0, 0]]
+        assert model.decode_slots(logits, mask, torch.tensor([2, 2])).tolist() == [[0, 0, 0]] * 2  # c: no slots
+        assert model.decode_slots(logits, mask).tolist() == [[3, 0, 0]] * 2  # no intents given: unconstrained
+        model.config.intent_slot_constraints = False
+        assert model.decode_slots(logits, mask, intents).tolist() == [[3, 0, 0]] * 2
+    model.save_pretrained(tmp_path)
+    assert SLUModel.from_pretrained(tmp_path).config.slot_types_by_intent == types
+    with pytest.raises(ValueError, match="no record of the slot types"):
+        make_model(intent_slot_constraints=True).decode_slots(logits, mask, intents)
+
+
 def test_gate_logits_get_their_own_learning_rate():
     from slu_feedback.training.recipe import load_recipe
     from slu_feedback.training.trainer import param_groups

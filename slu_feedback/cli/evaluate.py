@@ -16,8 +16,11 @@ from . import DEVICE, inference_device
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
               help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")
+@click.option("--intent-slot-constraints/--no-intent-slot-constraints", "intent_slots", default=None,
+              help="Decode only slot types seen with the predicted intent in training, or not "
+                   "(default: the run's model.intent_slot_constraints).")
 @DEVICE
-def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
+def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
     intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
@@ -29,12 +32,13 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
             raise click.ClickException("--data and --out apply to one dataset: pass RUN_DIR/<dataset> of a joint run")
         for name in names:
             click.echo(f"== {name} ==")
-            evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode, device)
+            evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode,
+                         intent_slots, device)
         return
-    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device)
+    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device)
 
 
-def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, device):
+def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device):
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
     from ..models import RunError, load_run
@@ -42,11 +46,14 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
     device = inference_device(device, quantize)
     try:
         model = tokenizer = None
-        if predict_mode is not None:
+        if predict_mode is not None or intent_slots is not None:
             model, tokenizer = load_run(run_dir, device)
+        if predict_mode is not None:
             if model.config.head != "vmtl":
                 raise click.ClickException("--predict applies to runs with model.head=vmtl only")
             model.config.vmtl["predict"] = predict_mode
+        if intent_slots is not None:
+            model.config.intent_slot_constraints = intent_slots
         report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, model=model, tokenizer=tokenizer,
                               quantize=quantize, device=device)
     except (DataError, RunError, ValueError) as error:

@@ -215,6 +215,16 @@ def build_label_maps(train_split) -> LabelMaps:
     return LabelMaps(intents=intents, slots=["O"] + sorted(tags))
 
 
+def slot_types_by_intent(train_split) -> dict[str, list[str]]:
+    """{intent: sorted slot types (B-/I- stripped) seen with it}, over the fully labelled utterances:
+    what `model.intent_slot_constraints` allows each predicted intent to decode."""
+    types = {}
+    for intent, tags in zip(train_split["intent"], train_split["slots"]):
+        if intent is not None and tags is not None:
+            types.setdefault(intent, set()).update(t[2:] for t in tags if t != "O")
+    return {intent: sorted(found) for intent, found in sorted(types.items())}
+
+
 def subsample(split: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
     """A ``fraction`` of a split, stratified by intent, same result for the same seed.
 

@@ -30,13 +30,13 @@ def predict(model, dataloader, accelerator=None, iterations=None, keep_iteration
         result = model(**inputs, iterations=iterations, return_iterations=keep_iterations)
         # every per-example piece by name, batch first, so that all are gathered (and de-duplicated) alike
         pieces = {"probs": result.intent_logits.softmax(-1),
-                  "slot_ids": raw.decode_slots(result.slot_logits, batch["word_mask"]),
+                  "slot_ids": raw.decode_slots(result.slot_logits, batch["word_mask"], result.intent_logits.argmax(-1)),
                   "lengths": batch["word_mask"].sum(1), "used": result.iterations}
         if result.steps is not None:  # JS step sizes, (tasks, K, batch) -> (batch, tasks, K)
             pieces["steps"] = result.steps.permute(2, 0, 1)
         if keep_iterations:
             pieces["intent_0"] = result.all_intent_logits[0].argmax(-1)
-            pieces["slots_0"] = raw.decode_slots(result.all_slot_logits[0], batch["word_mask"])
+            pieces["slots_0"] = raw.decode_slots(result.all_slot_logits[0], batch["word_mask"], pieces["intent_0"])
         if accelerator is not None:
             pieces = dict(zip(pieces, accelerator.gather_for_metrics(
                 [accelerator.pad_across_processes(p, dim=1) if p.dim() > 1 else p for p in pieces.values()])))

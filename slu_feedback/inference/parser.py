@@ -108,7 +108,8 @@ class SLUParser:
         for name in set(chosen):
             out = outs[name]
             decoded[name] = (out.intent_logits.softmax(-1), out.slot_logits.softmax(-1),
-                             self.models[name].decode_slots(out.slot_logits, batch["word_mask"]))
+                             self.models[name].decode_slots(out.slot_logits, batch["word_mask"],
+                                                            out.intent_logits.argmax(-1)))
         for j, i in enumerate(live):
             name = chosen[j]
             intent_probs, slot_probs, slot_ids = (x[j] for x in decoded[name])
@@ -171,7 +172,7 @@ class SLUParser:
         steps = []
         for k, (intent_logits, slot_logits) in enumerate(zip(out.all_intent_logits, out.all_slot_logits)):
             probs = intent_logits[j].softmax(-1)
-            ids = model.decode_slots(slot_logits[j : j + 1], word_mask)[0, :seen].tolist()
+            ids = model.decode_slots(slot_logits[j : j + 1], word_mask, probs.argmax().view(1))[0, :seen].tolist()
             steps.append({"iteration": k, "intent": model.config.intent_labels[int(probs.argmax())],
                           "intent_score": round(float(probs.max()), 4),
                           "tags": [model.config.slot_labels[s] for s in ids] + ["O"] * (len(words) - seen)})

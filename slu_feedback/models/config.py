@@ -49,6 +49,8 @@ class SLUConfig(PreTrainedConfig):
         dropout: float = 0.1,
         slot_decoder: str = "softmax",  # softmax | crf
         bio_constraints: bool = True,  # decode only valid IOB2 tag sequences
+        intent_slot_constraints: bool = False,  # decode only slot types seen with the predicted intent in training
+        slot_types_by_intent: dict | None = None,  # intent -> slot types seen with it in training (set by slu-train)
         intent_labels: list | None = None,
         slot_labels: list | None = None,
         intent_loss_weight: float = 1.0,
@@ -72,6 +74,8 @@ class SLUConfig(PreTrainedConfig):
         self.dropout = dropout
         self.slot_decoder = slot_decoder
         self.bio_constraints = bio_constraints
+        self.intent_slot_constraints = intent_slot_constraints
+        self.slot_types_by_intent = {k: list(v) for k, v in (slot_types_by_intent or {}).items()}
         self.intent_labels = list(intent_labels or [])
         self.slot_labels = list(slot_labels or ["O"])
         self.intent_loss_weight = intent_loss_weight

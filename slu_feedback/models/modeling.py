@@ -58,6 +58,7 @@ class SLUModel(PreTrainedModel):
             self.intent_to_slot = FeedbackGate(n_intents, self.slot_head.widths, fb["gate"])
         self.gate_tau = float(fb["tau"])  # Gumbel temperature, annealed by the trainer
         self._bio = None  # IOB2 decoding constraints, built on first use (see decode_slots)
+        self._intent_slots = None  # intent -> slot type decoding penalty, built on first use (see decode_slots)
         self.post_init()
         if config.head == "vmtl":
             self.vmtl_tau = float(config.vmtl["tau"])  # prior-mixture Gumbel temperature, annealed by the trainer
@@ -343,11 +344,15 @@ class SLUModel(PreTrainedModel):
         N(0, I), for the latent and the classifier weights (empty without the VMTL head)."""
         return self.vmtl_prior.probabilities() if self.config.head == "vmtl" else {}
 
-    def decode_slots(self, slot_logits, word_mask) -> torch.Tensor:
+    def decode_slots(self, slot_logits, word_mask, intent_ids=None) -> torch.Tensor:
         """Best slot id per word: Viterbi under a CRF, per-word argmax otherwise. With
         `bio_constraints`, the best path that is valid IOB2 (no I-x without its B-x), found by
-        Viterbi over the per-word log-probabilities (or the CRF scores) with invalid moves forbidden."""
+        Viterbi over the per-word log-probabilities (or the CRF scores) with invalid moves forbidden.
+        With `intent_slot_constraints` and the predicted `intent_ids`, only the slot types seen
+        with each utterance's intent in training (and O) can be chosen."""
         word_mask = word_mask.bool()
+        if intent_ids is not None and self.config.intent_slot_constraints:
+            slot_logits = slot_logits + self.intent_slot_penalty(slot_logits.device)[intent_ids].unsqueeze(1)
         if not self.config.bio_constraints:
             return self.crf.decode(slot_logits, word_mask) if self.crf is not None else slot_logits.argmax(-1)
         if self._bio is None or self._bio[0].device != slot_logits.device:
@@ -357,6 +362,22 @@ class SLUModel(PreTrainedModel):
             return self.crf.decode(slot_logits, word_mask, allowed, allowed_first)
         forbid = lambda ok: torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, -1e4)  # noqa: E731
         return viterbi_decode(slot_logits.log_softmax(-1), word_mask, forbid(allowed), forbid(allowed_first), 0.0)
+
+    def intent_slot_penalty(self, device) -> torch.Tensor:
+        """(intents x slot tags): 0 where the tag's type was seen with the intent in training (O
+        always), -1e4 elsewhere; an intent without a record allows every tag."""
+        if self._intent_slots is None or self._intent_slots.device != device:
+            c = self.config
+            if not c.slot_types_by_intent:
+                raise ValueError("intent_slot_constraints: this model has no record of the slot types seen with "
+                                 "each intent (slot_types_by_intent; runs trained before it was added)")
+            penalty = torch.zeros(len(c.intent_labels), len(c.slot_labels))
+            for i, intent in enumerate(c.intent_labels):
+                if intent in c.slot_types_by_intent:
+                    seen = set(c.slot_types_by_intent[intent])
+                    penalty[i] = torch.tensor([0.0 if t == "O" or t[2:] in seen else -1e4 for t in c.slot_labels])
+            self._intent_slots = penalty.to(device)
+        return self._intent_slots
 
     def gate_probabilities(self) -> dict:
         """Current gate distribution over infusion points per direction (empty without feedback)."""

@@ -35,6 +35,7 @@ DEFAULTS = {
         "dropout": 0.1,
         "slot_decoder": "softmax",  # softmax | crf
         "bio_constraints": True,  # decode only valid IOB2 sequences (no I-x without its B-x)
+        "intent_slot_constraints": False,  # decode only slot types seen with the predicted intent in training
         "intent_loss_weight": 1.0,
         "slot_loss_weight": 1.0,
         "embedding_dim": 300,

@@ -23,7 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulation
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from ..data.dataset import build_label_maps, load_splits, resolve_data_path, subsample
+from ..data.dataset import build_label_maps, load_splits, resolve_data_path, slot_types_by_intent, subsample
 from ..data.features import featurize, make_loader
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
@@ -87,16 +87,16 @@ def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
     return [f"{other}.{task}" for other in names if other != name for task in ("intent", "slot")]
 
 
-def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = ()) -> SLUConfig:
-    keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints", "intent_loss_weight",
-            "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
+def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types_by_intent=None) -> SLUConfig:
+    keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints",
+            "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
             "label_names"]
     kwargs = {k: model_cfg[k] for k in keys}
     kwargs["vmtl"] = {**kwargs["vmtl"], "peer_tasks": list(peers)}
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
-                     vocab_size=len(tokenizer), **kwargs)
+                     slot_types_by_intent=slot_types_by_intent, vocab_size=len(tokenizer), **kwargs)
 
 
 def tau_at(progress: float, feedback: dict) -> float:
@@ -239,8 +239,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     tokenizer = load_tokenizer(recipe["model"])
     encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
     models = {name: SLUModel.from_encoder(
-        build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name)),
-        encoder_path, tokenizer=tokenizer) for name, (_, labels) in parts.items()}
+        build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
+                           slot_types_by_intent(data["train"])),
+        encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
     model = JointSLUModel(models, train_cfg["other_datasets_weight"]) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
