@@ -139,6 +139,26 @@ def routing_table(results: dict) -> list:
     return lines + [""]
 
 
+def decoding_table(results: dict) -> list:
+    """Runs scored twice, with model.intent_slot_constraints on and off on the same weights
+    (`other_decoding`, measured by run.py): the decoding choice without the spread over seeds."""
+    rows = [(name, r) for name, r in sorted(results.items()) if "other_decoding" in r]
+    if not rows:
+        return []
+    lines = ["**Intent-slot decoding constraint on the same weights** (validation picks, test reports; "
+             "sentence accuracy, mean ± std over seeds)", "",
+             "| run | seeds | validation off | validation on | test off | test on | test slot F1 off / on |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        other = r["other_decoding"]
+        on, off = (other, r) if other["intent_slot_constraints"] else (r, other)
+        lines.append(f"| {name} | {len(r['seeds'])} | {fmt(off['validation']['sentence_acc'])} | "
+                     f"{fmt(on['validation']['sentence_acc'])} | {fmt(off['test']['sentence_acc'])} | "
+                     f"{fmt(on['test']['sentence_acc'])} | {off['test']['slot_f1']['mean']:.2f} / "
+                     f"{on['test']['slot_f1']['mean']:.2f} |")
+    return lines + [""]
+
+
 def seed_mean(result: dict, split: str, key: str, seeds: list):
     """`result`'s mean of `split`/`key` over `seeds` (over all its seeds when it has no per-seed
     rows or lacks one of them); None where the metric was not recorded."""
@@ -293,6 +313,7 @@ def render() -> tuple:
     summary += foundation_table(results)
     summary += comparison_table(results)
     summary += routing_table(results)
+    summary += decoding_table(results)
     summary += pruning_table(results)
     summary += fraction_choice(results)
     summary += refit_table(load_refits())

@@ -28,6 +28,7 @@ from common import RESULTS, ROOT, mean_std, provenance  # noqa: E402
 
 from slu_feedback.evaluation.report import evaluate_run  # noqa: E402
 from slu_feedback.inference.parser import SLUParser  # noqa: E402
+from slu_feedback.models import load_run  # noqa: E402
 from slu_feedback.models.joint import joint_datasets  # noqa: E402
 from slu_feedback.training.recipe import load_recipe  # noqa: E402
 from slu_feedback.training.trainer import train  # noqa: E402
@@ -105,7 +106,25 @@ def score_run(run_dir: Path, seed: int, device: str = "auto") -> dict:
         row["prior_weights"] = results["prior_weights"]
     if "feedback" in test:
         row["feedback"] = {k: test["feedback"][k] for k in ("changed", "fixed", "broken", "mean_iterations")}
+    flipped = other_decoding(run_dir, device)
+    if flipped:
+        row["other_decoding"] = flipped
     return row
+
+
+def other_decoding(run_dir: Path, device: str = "auto") -> dict:
+    """The same weights decoded with model.intent_slot_constraints the other way round, on
+    validation and test: a paired comparison, free of the spread over training seeds."""
+    model, tokenizer = load_run(run_dir, device)
+    if not model.config.slot_types_by_intent:  # trained before the slot types were recorded
+        return {}
+    model.config.intent_slot_constraints = not model.config.intent_slot_constraints
+    out = {"intent_slot_constraints": model.config.intent_slot_constraints}
+    for split in ("validation", "test"):
+        report = evaluate_run(run_dir, split, out_dir=run_dir / f"eval_{split}_other_decoding", model=model,
+                              tokenizer=tokenizer)
+        out[split] = {k: 100 * report["metrics"][k] for k in METRICS}
+    return out
 
 
 def summarise(rows: list) -> dict:
@@ -117,7 +136,13 @@ def summarise(rows: list) -> dict:
                 out[k] = mean_std(values)
         return out
 
+    other = {}
+    if all("other_decoding" in r for r in rows):
+        other = {"other_decoding": {"intent_slot_constraints": rows[0]["other_decoding"]["intent_slot_constraints"],
+                                    **{s: {k: mean_std([r["other_decoding"][s][k] for r in rows]) for k in METRICS}
+                                       for s in ("validation", "test")}}}
     return {
+        **other,
         "test": split("test"),
         "validation": split("validation"),
         "train_seconds_per_epoch": mean_std([r["train_seconds_per_epoch"] for r in rows]),

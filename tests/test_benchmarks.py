@@ -271,3 +271,23 @@ def test_refit_table_puts_mtif_random_and_full_side_by_side():
     assert rows["full (refitted on every sample)"].endswith("| - | - | - |")
     assert any("0 % 90.50, 2 % 91.00 -> **chosen fraction: 2 %**" in line for line in lines)
     assert render.refit_table({}) == []
+
+
+def test_other_decoding_scores_the_same_weights_with_the_constraint_flipped(tiny_run_factory):
+    run_dir = Path(tiny_run_factory())
+    flipped = run.other_decoding(run_dir, "cpu")
+    assert flipped["intent_slot_constraints"] is True  # the recipe leaves it off
+    for split in ("validation", "test"):
+        metrics = json.loads((run_dir / f"eval_{split}_other_decoding" / "metrics.json").read_text())["metrics"]
+        assert flipped[split] == {k: 100 * metrics[k] for k in run.METRICS}
+    row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 91.0 for k in run.METRICS},
+           "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0},
+           "peak_memory_mb": 1}
+    rows = [{**row, "other_decoding": {"intent_slot_constraints": True,
+                                       "validation": {k: v for k in run.METRICS}, "test": {k: v + 1 for k in run.METRICS}}}
+            for v in (92.0, 94.0)]
+    summary = run.summarise(rows)
+    assert summary["other_decoding"]["validation"]["sentence_acc"]["mean"] == 93.0
+    assert "other_decoding" not in run.summarise(rows + [row])  # only where every seed measured it
+    table = render.decoding_table({"snips": {**result(90.0), **summary}})
+    assert table[-2] == "| snips | 3 | 91.00 ± 0.00 | 93.00 ± 1.41 | 90.00 ± 0.00 | 94.00 ± 1.41 | 90.00 / 94.00 |"
