@@ -106,24 +106,26 @@ def score_run(run_dir: Path, seed: int, device: str = "auto") -> dict:
         row["prior_weights"] = results["prior_weights"]
     if "feedback" in test:
         row["feedback"] = {k: test["feedback"][k] for k in ("changed", "fixed", "broken", "mean_iterations")}
-    flipped = other_decoding(run_dir, device)
-    if flipped:
-        row["other_decoding"] = flipped
+    decoding = other_decoding(run_dir, device)
+    if decoding:
+        row["other_decoding"] = decoding
     return row
 
 
 def other_decoding(run_dir: Path, device: str = "auto") -> dict:
-    """The same weights decoded with model.intent_slot_constraints the other way round, on
-    validation and test: a paired comparison, free of the spread over training seeds."""
+    """The same weights decoded with model.intent_slot_constraints off and on, on validation and
+    test, all four by one code path: a paired comparison, free of the spread over training seeds.
+    `intent_slot_constraints` records the run's own setting."""
     model, tokenizer = load_run(run_dir, device)
     if not model.config.slot_types_by_intent:  # trained before the slot types were recorded
         return {}
-    model.config.intent_slot_constraints = not model.config.intent_slot_constraints
     out = {"intent_slot_constraints": model.config.intent_slot_constraints}
-    for split in ("validation", "test"):
-        report = evaluate_run(run_dir, split, out_dir=run_dir / f"eval_{split}_other_decoding", model=model,
-                              tokenizer=tokenizer)
-        out[split] = {k: 100 * report["metrics"][k] for k in METRICS}
+    for setting in ("off", "on"):
+        model.config.intent_slot_constraints = setting == "on"
+        for split in ("validation", "test"):
+            report = evaluate_run(run_dir, split, out_dir=run_dir / f"eval_{split}_constraints_{setting}",
+                                  model=model, tokenizer=tokenizer)
+            out.setdefault(setting, {})[split] = {k: 100 * report["metrics"][k] for k in METRICS}
     return out
 
 
@@ -139,8 +141,9 @@ def summarise(rows: list) -> dict:
     other = {}
     if all("other_decoding" in r for r in rows):
         other = {"other_decoding": {"intent_slot_constraints": rows[0]["other_decoding"]["intent_slot_constraints"],
-                                    **{s: {k: mean_std([r["other_decoding"][s][k] for r in rows]) for k in METRICS}
-                                       for s in ("validation", "test")}}}
+                                    **{setting: {s: {k: mean_std([r["other_decoding"][setting][s][k] for r in rows])
+                                                     for k in METRICS} for s in ("validation", "test")}
+                                       for setting in ("off", "on")}}}
     return {
         **other,
         "test": split("test"),

@@ -273,21 +273,25 @@ def test_refit_table_puts_mtif_random_and_full_side_by_side():
     assert render.refit_table({}) == []
 
 
-def test_other_decoding_scores_the_same_weights_with_the_constraint_flipped(tiny_run_factory):
+def test_other_decoding_scores_the_same_weights_with_the_constraint_off_and_on(tiny_run_factory):
     run_dir = Path(tiny_run_factory())
-    flipped = run.other_decoding(run_dir, "cpu")
-    assert flipped["intent_slot_constraints"] is True  # the recipe leaves it off
-    for split in ("validation", "test"):
-        metrics = json.loads((run_dir / f"eval_{split}_other_decoding" / "metrics.json").read_text())["metrics"]
-        assert flipped[split] == {k: 100 * metrics[k] for k in run.METRICS}
+    decoding = run.other_decoding(run_dir, "cpu")
+    assert decoding["intent_slot_constraints"] is False  # the run's own setting: the recipe leaves it off
+    for setting in ("off", "on"):
+        for split in ("validation", "test"):
+            metrics = json.loads((run_dir / f"eval_{split}_constraints_{setting}" / "metrics.json").read_text())
+            assert decoding[setting][split] == {k: 100 * metrics["metrics"][k] for k in run.METRICS}
     row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 91.0 for k in run.METRICS},
            "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0},
            "peak_memory_mb": 1}
     rows = [{**row, "other_decoding": {"intent_slot_constraints": True,
-                                       "validation": {k: v for k in run.METRICS}, "test": {k: v + 1 for k in run.METRICS}}}
+                                       "off": {"validation": {k: 91.0 for k in run.METRICS},
+                                               "test": {k: 90.0 for k in run.METRICS}},
+                                       "on": {"validation": {k: v for k in run.METRICS},
+                                              "test": {k: v + 1 for k in run.METRICS}}}}
             for v in (92.0, 94.0)]
     summary = run.summarise(rows)
-    assert summary["other_decoding"]["validation"]["sentence_acc"]["mean"] == 93.0
+    assert summary["other_decoding"]["on"]["validation"]["sentence_acc"]["mean"] == 93.0
     assert "other_decoding" not in run.summarise(rows + [row])  # only where every seed measured it
     table = render.decoding_table({"snips": {**result(90.0), **summary}})
     assert table[-2] == "| snips | 3 | 91.00 ± 0.00 | 93.00 ± 1.41 | 90.00 ± 0.00 | 94.00 ± 1.41 | 90.00 / 94.00 |"
