@@ -267,40 +267,39 @@ def test_bad_data_leaves_no_empty_run_directory(tiny_recipe, tmp_path):
 
 
 def test_intent_slot_constraints_are_learned_from_train_and_hold_in_every_prediction(tiny_run_factory, tmp_path):
+    import shutil
+
     from slu_feedback.data import load_splits, slot_types_by_intent
     from slu_feedback.models import load_run
 
-    run = tiny_run_factory("model.intent_slot_constraints=true")
     sample = Path(__file__).resolve().parents[1] / "data" / "sample"
     types = slot_types_by_intent(load_splits(sample)["train"])
+    run = tmp_path / "run"  # a copy: its slot head is altered below
+    shutil.copytree(tiny_run_factory("model.intent_slot_constraints=true"), run)
     model, tokenizer = load_run(run)
     assert model.config.intent_slot_constraints and model.config.slot_types_by_intent == types
     # make the untrained slot head shout one slot type that most intents never take
-    rare = min({t for seen in types.values() for t in seen}, key=lambda t: sum(t in seen for seen in types.values()))
-    tag = model.config.slot_labels.index(f"B-{rare}")
-
-    def shout(m):
-        with torch.no_grad():
-            m.slot_head.out.bias[tag] += 50.0
+    rare = min(sorted({t for seen in types.values() for t in seen}),
+               key=lambda t: sum(t in seen for seen in types.values()))
+    with torch.no_grad():
+        model.slot_head.out.bias[model.config.slot_labels.index(f"B-{rare}")] += 50.0
+    model.save_pretrained(run)
 
     def off_type(intent, tags):
         return any(t != "O" and t[2:] not in types[intent] for t in tags)
 
-    shout(model)
     broken = {}
-    for constrained in (True, False):
-        model.config.intent_slot_constraints = constrained
-        out = evaluate_run(run, "validation", out_dir=tmp_path / str(constrained), model=model, tokenizer=tokenizer)
-        rows = [json.loads(x) for x in (Path(out["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
-        broken[constrained] = sum(off_type(r["pred_intent"], r["pred_slots"]) for r in rows)
-    assert broken[True] == 0 and broken[False] > 0
+    for flag in ("--intent-slot-constraints", "--no-intent-slot-constraints"):
+        result = CliRunner().invoke(eval_main, [str(run), "--split", "validation", "--out", str(tmp_path / flag), flag])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(x) for x in (tmp_path / flag / "predictions.jsonl").read_text().splitlines()]
+        broken[flag] = sum(off_type(r["pred_intent"], r["pred_slots"]) for r in rows)
+    assert broken["--intent-slot-constraints"] == 0 and broken["--no-intent-slot-constraints"] > 0
+    texts = (sample / "test" / "seq.in").read_text().splitlines()
     parser = SLUParser.from_pretrained(run)
-    shout(next(iter(parser.models.values())))
-    for parsed in parser(["show me flights to boston", "play some jazz", "wake me up at seven"]):
-        assert not off_type(parsed["intent"], parsed["tags"])
-    result = CliRunner().invoke(eval_main, [str(run), "--split", "validation", "--out", str(tmp_path / "cli"),
-                                            "--no-intent-slot-constraints"])
-    assert result.exit_code == 0, result.output
+    assert not any(off_type(p["intent"], p["tags"]) for p in parser(texts))
+    next(iter(parser.models.values())).config.intent_slot_constraints = False
+    assert any(off_type(p["intent"], p["tags"]) for p in parser(texts))
 
 
 def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypatch, tmp_path):
@@ -324,7 +323,7 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
                              for a, b, c in zip(lines, tags, intents)))
     out = evaluate_run(run, "validation", data=str(jsonl))
     assert out["split"] == "three.jsonl" and out["n"] == 3
-    assert (Path(run) / "eval_three" / "predictions.jsonl").read_text().count("\n") == 3
+    assert (Path(run) / "eval_data-three" / "predictions.jsonl").read_text().count("\n") == 3
     monkeypatch.setattr(report, "load_run", lambda *a: pytest.fail("the model loads after the data"))
     with pytest.raises(Exception, match="nowhere"):
         evaluate_run(run, "test", data=str(tmp_path / "nowhere"))

@@ -280,6 +280,11 @@ def test_intent_slot_constraints_decode_only_types_seen_with_the_predicted_inten
         assert model.decode_slots(logits, mask, intents).tolist() == [[3, 0, 0]] * 2
     model.save_pretrained(tmp_path)
     assert SLUModel.from_pretrained(tmp_path).config.slot_types_by_intent == types
+    # a #-joined label also takes its parts' types: "a#b" was seen with x only, yet y decodes
+    joined = SLUModel(SLUConfig(encoder="tiny", encoder_config=ENCODER, intent_labels=["a", "a#b", "b"],
+                                slot_labels=SLOTS, head_hidden=8, intent_slot_constraints=True,
+                                slot_types_by_intent={"a": ["x"], "a#b": ["x"], "b": ["y"]})).eval()
+    assert joined.decode_slots(logits, mask, torch.tensor([1, 0])).tolist() == [[3, 0, 0], [1, 0, 0]]
     with pytest.raises(ValueError, match="no record of the slot types"):
         make_model(intent_slot_constraints=True).decode_slots(logits, mask, intents)
 

@@ -10,7 +10,8 @@ from . import DEVICE, inference_device
 @click.option("--split", default="test", type=click.Choice(["train", "validation", "test"]), show_default=True)
 @click.option("--data", default=None, help="Dataset folder (scored on --split) or one split's file or folder "
                    "(scored whole) to evaluate on (default: the run's recipe's data).")
-@click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/eval_<split>).")
+@click.option("--out", "out_dir", default=None,
+              help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]).")
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")

@@ -50,7 +50,10 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
 
-    out_dir = Path(out_dir) if out_dir else run_dir / f"eval_{Path(split).stem}"
+    if not out_dir:  # other data gets its own folder, never the run's own eval_<split>
+        out_dir = run_dir / (f"eval_{split}" if not data else f"eval_data-{Path(split).stem}" if len(splits) == 1
+                             else f"eval_data-{Path(path).name}-{split}")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
     report = {"split": split, "n": len(raw), "metrics": metrics,

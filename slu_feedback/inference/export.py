@@ -162,7 +162,8 @@ def _export_legacy(module, args, out_file: Path, opset):
 
 class OnnxSLU:
     """Run an exported graph with ONNX Runtime on raw text: `probabilities(texts)` returns
-    (intent_probs, slot_probs, word_mask) as numpy arrays; `predict(texts)` the argmax labels."""
+    (intent_probs, slot_probs, word_mask) as numpy arrays; `predict(texts)` the per-word argmax
+    labels (without the IOB2, CRF or intent-slot constraints of `SLUModel.decode_slots`)."""
 
     def __init__(self, onnx_file, tokenizer, config, max_length: int = 128, threads: int | None = None):
         import onnxruntime as ort
@@ -205,14 +206,15 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
     tags (real words only), and `ok` (same argmax everywhere and max diff <= atol)."""
     import numpy as np
 
-    from ..data.dataset import LabelMaps, load_splits, resolve_data_path
+    from ..data.dataset import LabelMaps, load_data, resolve_data_path
     from ..data.features import featurize, make_loader
     from ..evaluation.report import run_data_path
 
     if model is None:
         model, tokenizer = load_run(run_dir)
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(Path(run_dir))
-    raw = load_splits(resolve_data_path(path, base_dir), format=fmt)[split]
+    splits = load_data(resolve_data_path(path, base_dir), format=fmt)
+    raw = next(iter(splits.values())) if len(splits) == 1 else splits[split]  # one split file / folder: all of it
     if limit:
         raw = raw.select(range(min(limit, len(raw))))
     config = model.config

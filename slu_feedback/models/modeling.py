@@ -365,7 +365,8 @@ class SLUModel(PreTrainedModel):
 
     def intent_slot_penalty(self, device) -> torch.Tensor:
         """(intents x slot tags): 0 where the tag's type was seen with the intent in training (O
-        always), -1e4 elsewhere; an intent without a record allows every tag."""
+        always), -1e4 elsewhere; an intent without a record allows every tag. A `#`-joined
+        multi-intent label (rare in training) also allows the types of each of its parts."""
         if self._intent_slots is None or self._intent_slots.device != device:
             c = self.config
             if not c.slot_types_by_intent:
@@ -374,7 +375,7 @@ class SLUModel(PreTrainedModel):
             penalty = torch.zeros(len(c.intent_labels), len(c.slot_labels))
             for i, intent in enumerate(c.intent_labels):
                 if intent in c.slot_types_by_intent:
-                    seen = set(c.slot_types_by_intent[intent])
+                    seen = {t for part in [intent, *intent.split("#")] for t in c.slot_types_by_intent.get(part, ())}
                     penalty[i] = torch.tensor([0.0 if t == "O" or t[2:] in seen else -1e4 for t in c.slot_labels])
             self._intent_slots = penalty.to(device)
         return self._intent_slots

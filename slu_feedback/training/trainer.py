@@ -92,6 +92,9 @@ def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (),
             "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
             "label_names"]
     kwargs = {k: model_cfg[k] for k in keys}
+    if model_cfg["intent_slot_constraints"] and not slot_types_by_intent:
+        raise TrainingError("model.intent_slot_constraints: no training utterance has both an intent and slot labels, "
+                         "so there are no slot types per intent to allow")
     kwargs["vmtl"] = {**kwargs["vmtl"], "peer_tasks": list(peers)}
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
