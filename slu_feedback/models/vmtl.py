@@ -364,7 +364,7 @@ def iteration_loss(intent: Posterior, slot: Posterior, intent_labels, slot_label
 def weight_kl(head: VariationalHead, others: list, alpha, samples: int, form: str) -> torch.Tensor:
     """KL of a task's classifier-weight posterior (role-free part) to its prior: the other tasks'
     generators on the same label embeddings (detached; None where missing), and N(0, I). Mean over
-    classes."""
+    classes: B-x and I-x share one label embedding, so a slot type with both tags counts twice."""
     alpha, others = available(alpha, others)
     embeddings = head.label_embeddings.detach()
     mean, logvar = head.generator(embeddings)
