@@ -4,7 +4,7 @@ Downloading lives in ``slu_feedback.data.fetch`` (not re-exported, so the submod
 """
 
 from .dataset import (SPLITS, UNKNOWN_ID, LabelMaps, build_label_maps, detect_format, load_data,
-                      load_splits, read_split, resolve_data_path, slot_types_by_intent, subsample,
+                      load_splits, pick_split, read_split, resolve_data_path, slot_types_by_intent, subsample,
                       to_dataset)
 from .errors import DataError
 from .readers import (bio_to_spans, read_folder_split, read_jsonl, read_span_json, tokenize,
@@ -13,5 +13,5 @@ from .readers import (bio_to_spans, read_folder_split, read_jsonl, read_span_jso
 __all__ = [
     "DataError", "tokenize", "bio_to_spans", "read_folder_split", "read_jsonl", "read_span_json",
     "write_examples", "SPLITS", "UNKNOWN_ID", "LabelMaps", "build_label_maps", "detect_format",
-    "load_data", "load_splits", "read_split", "resolve_data_path", "slot_types_by_intent", "subsample", "to_dataset",
+    "load_data", "load_splits", "pick_split", "read_split", "resolve_data_path", "slot_types_by_intent", "subsample", "to_dataset",
 ]

@@ -173,6 +173,14 @@ def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = 
     return dict(load_splits(path, format, repair_bio))
 
 
+def pick_split(splits: dict, split: str) -> tuple[str, datasets.Dataset]:
+    """(name, split) from `load_data`'s result: the one split of a split file / folder, whatever
+    `split` says, else the split named `split` of a dataset."""
+    if len(splits) == 1:
+        return next(iter(splits.items()))
+    return split, splits[split]
+
+
 @dataclass
 class LabelMaps:
     """Intent and slot-tag vocabularies; ids are list positions. Saved with a model as ``to_dict()``."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.dataset import LabelMaps, load_data, resolve_data_path
+from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
 from ..data.features import featurize, make_loader
 from ..models import load_run
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
@@ -35,10 +35,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     else:
         path, base_dir, fmt, max_length = run_data_path(run_dir)
     splits = load_data(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
-    if len(splits) == 1:  # one split file or folder given with --data: score it, named after itself
-        (split, raw), = splits.items()
-    else:
-        raw = splits[split]
+    split, raw = pick_split(splits, split)  # a split file or folder given with --data: all of it, named after itself
     if model is None:
         model, tokenizer = load_run(run_dir, device)
     if None in raw["intent"] or None in raw["slots"]:
@@ -50,10 +47,14 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
 
-    if not out_dir:  # other data gets its own folder, never the run's own eval_<split>
-        out_dir = run_dir / (f"eval_{split}" if not data else f"eval_data-{Path(split).stem}" if len(splits) == 1
-                             else f"eval_data-{Path(path).name}-{split}")
-    out_dir = Path(out_dir)
+    if out_dir:
+        out_dir = Path(out_dir)
+    elif not data:
+        out_dir = run_dir / f"eval_{split}"
+    elif len(splits) == 1:  # other data gets its own folder, never the run's own eval_<split>
+        out_dir = run_dir / f"eval_data-{Path(split).stem}"
+    else:
+        out_dir = run_dir / f"eval_data-{Path(path).name}-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
     report = {"split": split, "n": len(raw), "metrics": metrics,

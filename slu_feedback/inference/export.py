@@ -206,15 +206,14 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
     tags (real words only), and `ok` (same argmax everywhere and max diff <= atol)."""
     import numpy as np
 
-    from ..data.dataset import LabelMaps, load_data, resolve_data_path
+    from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
     from ..data.features import featurize, make_loader
     from ..evaluation.report import run_data_path
 
     if model is None:
         model, tokenizer = load_run(run_dir)
     path, base_dir, fmt, max_length = (data, None, "auto", 64) if data else run_data_path(Path(run_dir))
-    splits = load_data(resolve_data_path(path, base_dir), format=fmt)
-    raw = next(iter(splits.values())) if len(splits) == 1 else splits[split]  # one split file / folder: all of it
+    _, raw = pick_split(load_data(resolve_data_path(path, base_dir), format=fmt), split)
     if limit:
         raw = raw.select(range(min(limit, len(raw))))
     config = model.config

@@ -360,7 +360,6 @@ class SLUModel(PreTrainedModel):
         allowed, allowed_first = self._bio
         if self.crf is not None:
             return self.crf.decode(slot_logits, word_mask, allowed, allowed_first)
-        forbid = lambda ok: torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, -1e4)  # noqa: E731
         return viterbi_decode(slot_logits.log_softmax(-1), word_mask, forbid(allowed), forbid(allowed_first), 0.0)
 
     def intent_slot_penalty(self, device) -> torch.Tensor:
@@ -372,12 +371,12 @@ class SLUModel(PreTrainedModel):
             if not c.slot_types_by_intent:
                 raise ValueError("intent_slot_constraints: this model has no record of the slot types seen with "
                                  "each intent (slot_types_by_intent; runs trained before it was added)")
-            penalty = torch.zeros(len(c.intent_labels), len(c.slot_labels))
+            allowed = torch.ones(len(c.intent_labels), len(c.slot_labels), dtype=torch.bool)
             for i, intent in enumerate(c.intent_labels):
                 if intent in c.slot_types_by_intent:
                     seen = {t for part in [intent, *intent.split("#")] for t in c.slot_types_by_intent.get(part, ())}
-                    penalty[i] = torch.tensor([0.0 if t == "O" or t[2:] in seen else -1e4 for t in c.slot_labels])
-            self._intent_slots = penalty.to(device)
+                    allowed[i] = torch.tensor([t == "O" or t[2:] in seen for t in c.slot_labels])
+            self._intent_slots = forbid(allowed.to(device))
         return self._intent_slots
 
     def gate_probabilities(self) -> dict:
@@ -388,6 +387,11 @@ class SLUModel(PreTrainedModel):
             "slot_to_intent": self.slot_to_intent.probabilities().tolist(),
             "intent_to_slot": self.intent_to_slot.probabilities().tolist(),
         }
+
+
+def forbid(allowed: torch.Tensor) -> torch.Tensor:
+    """A score penalty from a boolean mask: 0 where allowed, -1e4 where not (added to log-scores)."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, -1e4)
 
 
 AutoConfig.register("slu_feedback", SLUConfig)

@@ -87,19 +87,20 @@ def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
     return [f"{other}.{task}" for other in names if other != name for task in ("intent", "slot")]
 
 
-def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types_by_intent=None) -> SLUConfig:
+def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types=None) -> SLUConfig:
+    """`slot_types`: {intent: slot types seen with it in training} (see `slot_types_by_intent`)."""
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints",
-            "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden", "lstm_layers", "feedback", "head", "vmtl",
-            "label_names"]
+            "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden",
+            "lstm_layers", "feedback", "head", "vmtl", "label_names"]
     kwargs = {k: model_cfg[k] for k in keys}
-    if model_cfg["intent_slot_constraints"] and not slot_types_by_intent:
-        raise TrainingError("model.intent_slot_constraints: no training utterance has both an intent and slot labels, "
-                         "so there are no slot types per intent to allow")
+    if model_cfg["intent_slot_constraints"] and not slot_types:
+        raise TrainingError("model.intent_slot_constraints: no training utterance has both an intent and slot "
+                            "labels, so there are no slot types per intent to allow")
     kwargs["vmtl"] = {**kwargs["vmtl"], "peer_tasks": list(peers)}
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
-                     slot_types_by_intent=slot_types_by_intent, vocab_size=len(tokenizer), **kwargs)
+                     slot_types_by_intent=slot_types, vocab_size=len(tokenizer), **kwargs)
 
 
 def tau_at(progress: float, feedback: dict) -> float:
