@@ -154,6 +154,33 @@ def test_same_seed_same_weights_and_resume_matches(tiny_recipe, tmp_path):
     assert strip(a) == strip(c)
 
 
+def test_ema_weights_are_validated_saved_and_resumed(tiny_recipe, tmp_path):
+    """optim.ema_decay: the run saves the moving average of the weights it trained (one epoch:
+    epoch 1 is always the best), and the average survives an interruption."""
+    plain = weights(train(tiny_recipe(f"output_dir={tmp_path / 'plain'}", "train.epochs=1")))
+    almost_last = weights(train(tiny_recipe(f"output_dir={tmp_path / 'tiny_decay'}", "train.epochs=1",
+                                            "optim.ema_decay=1e-9")))
+    assert all(torch.allclose(plain[k], almost_last[k], atol=1e-6) for k in plain), "decay ~0: the last weights"
+    averaged = weights(train(tiny_recipe(f"output_dir={tmp_path / 'ema'}", "train.epochs=1", "optim.ema_decay=0.5")))
+    moved = [k for k in plain if plain[k].is_floating_point() and not torch.allclose(plain[k], averaged[k], atol=1e-6)]
+    assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("intent_head") for k in moved), moved
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(tiny_recipe(f"output_dir={whole}", "optim.ema_decay=0.9"))
+    recipe_cut = tiny_recipe(f"output_dir={cut}", "optim.ema_decay=0.9")
+    train(recipe_cut, stop_after_epoch=1)
+    train(recipe_cut, resume=True)
+    a, b = weights(whole), weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the average is part of the checkpoint: after the resumed run it equals the uninterrupted one's
+    (a_file,), (b_file,) = (sorted((run / "checkpoint").glob("custom_checkpoint_*.pkl")) for run in (whole, cut))
+    a, b = torch.load(a_file, weights_only=True), torch.load(b_file, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["n_averaged"]) == json.loads((whole / "checkpoint" / "trainer_state.json").read_text())["step"]
+    assert json.loads((whole / "all_results.json").read_text())["validation"] == \
+        json.loads((cut / "all_results.json").read_text())["validation"]
+
+
 def test_bilstm_trains(tiny_recipe):
     run = train(tiny_recipe("model.encoder_type=bilstm", "model.embedding_dim=16", "model.lstm_hidden=16",
                             "model.lstm_layers=1", "train.epochs=1"))

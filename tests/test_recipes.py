@@ -66,6 +66,7 @@ def test_missing_data_path_and_bad_yaml(tmp_path):
     ("data.repair_bio=maybe", "'data.repair_bio' must be true or false"),
     ("train.batch_size=-4", "'train.batch_size' must be positive"),
     ("data.train_fraction=0", r"'data.train_fraction' must be in \(0, 1\]"),
+    ("optim.ema_decay=1", r"'optim.ema_decay' must be in \[0, 1\) \(0: off\)"),
     ("model.slot_decoder=crff", "must be one of softmax, crf, got 'crff'; did you mean 'crf'"),
     ("model.feedback.gate=hard", "gumbel, soft or fixed:<point number>, got .hard."),
     ("model.feedback.max_iterations=2.5", "must be an integer"),

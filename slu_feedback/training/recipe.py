@@ -53,6 +53,7 @@ DEFAULTS = {
         "weight_decay": 0.01,
         "warmup_ratio": 0.1,
         "max_grad_norm": 1.0,
+        "ema_decay": 0.0,  # > 0: validate and save an exponential moving average of the weights (e.g. 0.998)
     },
     "train": {
         "epochs": 10,
@@ -103,7 +104,8 @@ NON_NEGATIVE = ("optim.lr", "optim.head_lr", "optim.gate_lr", "model.feedback.ma
                 "optim.max_grad_norm", "train.num_workers", "train.other_datasets_weight",
                 "model.vmtl.beta_z", "model.vmtl.beta_w", "model.intent_loss_weight", "model.slot_loss_weight",
                 "model.feedback.eps")
-UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup")
+UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup",
+                 "optim.ema_decay")
 
 
 def _typed(name: str, value, kind):
@@ -164,9 +166,10 @@ def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> 
             if name in POSITIVE and value <= 0 or name in NON_NEGATIVE and value < 0:
                 raise RecipeError(f"recipe key {name!r} must be {'positive' if name in POSITIVE else '>= 0'}, "
                                   f"got {value!r}")
-            if name in UNIT_INTERVAL and not 0 <= value <= 1 or name == "data.train_fraction" and value == 0:
-                raise RecipeError(f"recipe key {name!r} must be in {'(0, 1]' if 'fraction' in name else '[0, 1]'}"
-                                  f", got {value!r}")
+            if name in UNIT_INTERVAL and not 0 <= value <= 1 or name == "data.train_fraction" and value == 0 \
+                    or name == "optim.ema_decay" and value == 1:
+                interval = "(0, 1]" if "fraction" in name else "[0, 1) (0: off)" if "ema" in name else "[0, 1]"
+                raise RecipeError(f"recipe key {name!r} must be in {interval}, got {value!r}")
         recipe[key] = value
 
 

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from ..data.dataset import build_label_maps, load_splits, resolve_data_path, slot_types_by_intent, subsample
@@ -271,6 +272,13 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *train_loaders, *val_loaders, scheduler)
     train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
     raw_model = accelerator.unwrap_model(model)
+    # optim.ema_decay > 0: validate and save an exponential moving average of the weights (updated
+    # after every optimizer step) instead of the last step's weights; it is part of the checkpoint
+    ema = None
+    if recipe["optim"]["ema_decay"]:
+        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]), use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
+    evaluated = ema.module if ema else raw_model  # the weights validation scores and the run saves
 
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
@@ -356,6 +364,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 state["step"] += 1
+                if ema:
+                    ema.update_parameters(raw_model)
             running, count = running + out.loss.item(), count + 1
             bar.set_postfix(loss=f"{running / count:.4f}")
             if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
@@ -367,7 +377,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         epoch_seconds = time.time() - started
         # every process's mean loss, averaged (the progress bar shows this process's own)
         train_loss = accelerator.reduce(torch.tensor(running / max(1, count), device=accelerator.device), "mean").item()
-        by_dataset = {name: evaluate_split(model, val_loaders[name], parts[name][0]["validation"], models[name].config,
+        if ema:
+            evaluated.gate_tau = raw_model.gate_tau
+        by_dataset = {name: evaluate_split(ema.module if ema else model, val_loaders[name], parts[name][0]["validation"], models[name].config,
                                            accelerator, dataset=name or None)[0] for name in names}
         metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
         state["epoch"] = epoch + 1
@@ -375,18 +387,19 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         improved = metrics[select] > state["best"]
         if improved:
             state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0,
-                         gate_at_best=raw_model.gate_probabilities())
+                         gate_at_best=evaluated.gate_probabilities())
             if bayes:
-                state["prior_at_best"] = raw_model.prior_probabilities()
-            state_dict = accelerator.get_state_dict(model)  # on every rank: gathers FSDP/DeepSpeed shards
+                state["prior_at_best"] = evaluated.prior_probabilities()
+            # on every rank: gathers FSDP/DeepSpeed shards (the average is a full copy on each rank)
+            state_dict = ema.module.state_dict() if ema else accelerator.get_state_dict(model)
             if accelerator.is_main_process:
                 save_models([(models[name], labels, run_dir / name, sub_state_dict(state_dict, name) if joint
                               else state_dict) for name, (_, labels) in parts.items()], tokenizer)
         else:
             state["bad_epochs"] += 1
         log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": raw_model.gate_probabilities(),
-             **({"prior": raw_model.prior_probabilities()} if bayes else {})})
+             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": evaluated.gate_probabilities(),
+             **({"prior": evaluated.prior_probabilities()} if bayes else {})})
         accelerator.print(
             f"epoch {epoch + 1}: loss {train_loss:.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
             f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
