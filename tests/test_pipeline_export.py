@@ -150,6 +150,19 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
     for text, predicted in zip(texts, runner.predict(texts)):
         expected = parser(text)
         assert predicted["intent"] == expected["intent"] and predicted["tags"] == expected["tags"]
+    # tags are decoded as the model decodes them: here every word's argmax is an I- tag, which
+    # cannot start a span, so the IOB2 constraint must change the first word at least
+    tags = model.config.slot_labels
+    inside = next(j for j, t in enumerate(tags) if t.startswith("I-"))
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, len(tags))
+    logits[:, :, inside] += 8.0
+    intent_probs = torch.eye(len(model.config.intent_labels))[[0, 1]].numpy()
+    runner.probabilities = lambda texts: (intent_probs, logits.softmax(-1).numpy(), torch.ones(2, 5).numpy())
+    expected = model.decode_slots(logits, torch.ones(2, 5, dtype=torch.bool), torch.tensor([0, 1]))
+    predicted = runner.predict(["a", "b"])
+    assert [p["tags"] for p in predicted] == [[tags[k] for k in row] for row in expected.tolist()]
+    assert predicted[0]["tags"][0] != tags[inside]
 
 
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):

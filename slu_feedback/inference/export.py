@@ -33,6 +33,7 @@ from torch import nn
 from ..data.features import collate, encode_words
 from ..data.readers import tokenize
 from ..models import load_run
+from ..models.modeling import decode_slots
 from ..models.feedback import FeedbackGate
 
 INPUT_NAMES = ["input_ids", "attention_mask", "word_index", "word_mask"]
@@ -162,8 +163,10 @@ def _export_legacy(module, args, out_file: Path, opset):
 
 class OnnxSLU:
     """Run an exported graph with ONNX Runtime on raw text: `probabilities(texts)` returns
-    (intent_probs, slot_probs, word_mask) as numpy arrays; `predict(texts)` the per-word argmax
-    labels (without the IOB2, CRF or intent-slot constraints of `SLUModel.decode_slots`)."""
+    (intent_probs, slot_probs, word_mask) as numpy arrays; `predict(texts)` the labels, decoded
+    from the probabilities under the run's IOB2 and intent-slot constraints as `SLUModel.decode_slots`
+    does. The graph holds no CRF transitions: a CRF run's tags are decoded per word (with the IOB2
+    constraint), which can differ from the PyTorch model's Viterbi path."""
 
     def __init__(self, onnx_file, tokenizer, config, max_length: int = 128, threads: int | None = None):
         import onnxruntime as ort
@@ -175,6 +178,7 @@ class OnnxSLU:
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
+        self._decode_cache = {}
 
     def run_batch(self, batch: dict):
         feeds = {name: batch[name].long().numpy() for name in INPUT_NAMES if name in self.input_names}
@@ -190,12 +194,12 @@ class OnnxSLU:
 
     def predict(self, texts: list) -> list:
         intent_probs, slot_probs, word_mask = self.probabilities(texts)
-        results = []
-        for i in range(len(texts)):
-            n = int(word_mask[i].sum())
-            results.append({"intent": self.config.intent_labels[int(intent_probs[i].argmax())],
-                            "tags": [self.config.slot_labels[int(s)] for s in slot_probs[i, :n].argmax(-1)]})
-        return results
+        intent_ids = torch.from_numpy(intent_probs.argmax(-1))
+        slot_ids = decode_slots(torch.from_numpy(slot_probs).clamp_min(1e-30).log(), torch.from_numpy(word_mask),
+                                self.config, intent_ids, cache=self._decode_cache)
+        return [{"intent": self.config.intent_labels[int(intent_ids[i])],
+                 "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :int(word_mask[i].sum())]]}
+                for i in range(len(texts))]
 
 
 def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 32, atol: float = 1e-4,

@@ -57,8 +57,7 @@ class SLUModel(PreTrainedModel):
             self.slot_to_intent = FeedbackGate(summary_width, self.intent_head.widths, fb["gate"])
             self.intent_to_slot = FeedbackGate(n_intents, self.slot_head.widths, fb["gate"])
         self.gate_tau = float(fb["tau"])  # Gumbel temperature, annealed by the trainer
-        self._bio = None  # IOB2 decoding constraints, built on first use (see decode_slots)
-        self._intent_slots = None  # intent -> slot type decoding penalty, built on first use (see decode_slots)
+        self._decode_cache = {}  # decoding constraints, built on first use (see decode_slots)
         self.post_init()
         if config.head == "vmtl":
             self.vmtl_tau = float(config.vmtl["tau"])  # prior-mixture Gumbel temperature, annealed by the trainer
@@ -345,39 +344,8 @@ class SLUModel(PreTrainedModel):
         return self.vmtl_prior.probabilities() if self.config.head == "vmtl" else {}
 
     def decode_slots(self, slot_logits, word_mask, intent_ids=None) -> torch.Tensor:
-        """Best slot id per word: Viterbi under a CRF, per-word argmax otherwise. With
-        `bio_constraints`, the best path that is valid IOB2 (no I-x without its B-x), found by
-        Viterbi over the per-word log-probabilities (or the CRF scores) with invalid moves forbidden.
-        With `intent_slot_constraints` and the predicted `intent_ids`, only the slot types seen
-        with each utterance's intent in training (and O) can be chosen."""
-        word_mask = word_mask.bool()
-        if intent_ids is not None and self.config.intent_slot_constraints:
-            slot_logits = slot_logits + self.intent_slot_penalty(slot_logits.device)[intent_ids].unsqueeze(1)
-        if not self.config.bio_constraints:
-            return self.crf.decode(slot_logits, word_mask) if self.crf is not None else slot_logits.argmax(-1)
-        if self._bio is None or self._bio[0].device != slot_logits.device:
-            self._bio = tuple(x.to(slot_logits.device) for x in bio_transitions(self.config.slot_labels))
-        allowed, allowed_first = self._bio
-        if self.crf is not None:
-            return self.crf.decode(slot_logits, word_mask, allowed, allowed_first)
-        return viterbi_decode(slot_logits.log_softmax(-1), word_mask, forbid(allowed), forbid(allowed_first), 0.0)
-
-    def intent_slot_penalty(self, device) -> torch.Tensor:
-        """(intents x slot tags): 0 where the tag's type was seen with the intent in training (O
-        always), -1e4 elsewhere; an intent without a record allows every tag. A `#`-joined
-        multi-intent label (rare in training) also allows the types of each of its parts."""
-        if self._intent_slots is None or self._intent_slots.device != device:
-            c = self.config
-            if not c.slot_types_by_intent:
-                raise ValueError("intent_slot_constraints: this model has no record of the slot types seen with "
-                                 "each intent (slot_types_by_intent; runs trained before it was added)")
-            allowed = torch.ones(len(c.intent_labels), len(c.slot_labels), dtype=torch.bool)
-            for i, intent in enumerate(c.intent_labels):
-                if intent in c.slot_types_by_intent:
-                    seen = {t for part in [intent, *intent.split("#")] for t in c.slot_types_by_intent.get(part, ())}
-                    allowed[i] = torch.tensor([t == "O" or t[2:] in seen for t in c.slot_labels])
-            self._intent_slots = forbid(allowed.to(device))
-        return self._intent_slots
+        """Best slot id per word under this model's decoder and constraints (see `decode_slots`)."""
+        return decode_slots(slot_logits, word_mask, self.config, intent_ids, self.crf, self._decode_cache)
 
     def gate_probabilities(self) -> dict:
         """Current gate distribution over infusion points per direction (empty without feedback)."""
@@ -387,6 +355,45 @@ class SLUModel(PreTrainedModel):
             "slot_to_intent": self.slot_to_intent.probabilities().tolist(),
             "intent_to_slot": self.intent_to_slot.probabilities().tolist(),
         }
+
+
+def decode_slots(slot_logits, word_mask, config, intent_ids=None, crf=None, cache=None) -> torch.Tensor:
+    """Best slot id per word: Viterbi under a CRF, per-word argmax otherwise. With
+    `bio_constraints`, the best path that is valid IOB2 (no I-x without its B-x), found by
+    Viterbi over the per-word log-probabilities (or the CRF scores) with invalid moves forbidden.
+    With `intent_slot_constraints` and the predicted `intent_ids`, only the slot types seen
+    with each utterance's intent in training (and O) can be chosen. `cache` (a dict) keeps the
+    constraint tensors between calls; without `crf`, log-probabilities in place of `slot_logits`
+    decode the same (the ONNX runner's case)."""
+    cache = {} if cache is None else cache
+    device, word_mask = slot_logits.device, word_mask.bool()
+    if intent_ids is not None and config.intent_slot_constraints:
+        if ("intent_slots", device) not in cache:
+            cache["intent_slots", device] = forbid(intent_slot_allowed(config).to(device))
+        slot_logits = slot_logits + cache["intent_slots", device][intent_ids].unsqueeze(1)
+    if not config.bio_constraints:
+        return crf.decode(slot_logits, word_mask) if crf is not None else slot_logits.argmax(-1)
+    if ("bio", device) not in cache:
+        cache["bio", device] = tuple(x.to(device) for x in bio_transitions(config.slot_labels))
+    allowed, allowed_first = cache["bio", device]
+    if crf is not None:
+        return crf.decode(slot_logits, word_mask, allowed, allowed_first)
+    return viterbi_decode(slot_logits.log_softmax(-1), word_mask, forbid(allowed), forbid(allowed_first), 0.0)
+
+
+def intent_slot_allowed(config) -> torch.Tensor:
+    """(intents x slot tags): True where the tag's type was seen with the intent in training (O
+    always); an intent without a record allows every tag. A `#`-joined multi-intent label (rare
+    in training) also allows the types of each of its parts."""
+    if not config.slot_types_by_intent:
+        raise ValueError("intent_slot_constraints: this model has no record of the slot types seen with "
+                         "each intent (slot_types_by_intent; runs trained before it was added)")
+    allowed = torch.ones(len(config.intent_labels), len(config.slot_labels), dtype=torch.bool)
+    for i, intent in enumerate(config.intent_labels):
+        if intent in config.slot_types_by_intent:
+            seen = {t for part in [intent, *intent.split("#")] for t in config.slot_types_by_intent.get(part, ())}
+            allowed[i] = torch.tensor([t == "O" or t[2:] in seen for t in config.slot_labels])
+    return allowed
 
 
 def forbid(allowed: torch.Tensor) -> torch.Tensor:
