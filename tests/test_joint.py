@@ -324,3 +324,28 @@ def test_joint_vmtl_priors_span_both_datasets(tiny_encoder, domain_data, tmp_pat
         "model.head=vmtl", "model.vmtl.latent_dim=8", "model.vmtl.across_datasets=false"])
     results = json.loads((train(off) / "all_results.json").read_text())
     assert set(results["prior_weights"]["travel"]["intent.latent"]) == components
+
+
+def test_joint_vmtl_feedback_run_saves_its_weight_average(tiny_encoder, domain_data, tmp_path):
+    """optim.ema_decay on a joint run (VMTL head, feedback on): each dataset's folder holds its
+    view of the moving average that the checkpoint keeps (one epoch: epoch 1 is the best)."""
+    from safetensors.torch import load_file
+
+    from conftest import REPO, tiny_overrides
+    from slu_feedback.models.joint import sub_state_dict
+    from slu_feedback.training.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tiny_encoder, tmp_path / "run") + [
+        f"data.path=[{domain_data / 'travel'}, {domain_data / 'home'}]", "train.epochs=1", "optim.ema_decay=0.8",
+        "model.head=vmtl", "model.feedback.iterations=1"])
+    run = train(recipe)
+    (average_file,) = (run / "checkpoint").glob("custom_checkpoint_*.pkl")
+    average = {k.removeprefix("module."): v for k, v in torch.load(average_file, weights_only=True).items()}
+    trained = load_file(str(run / "checkpoint" / "model.safetensors"))  # the last step's weights
+    for name in DOMAINS:
+        saved = load_file(str(run / name / "model.safetensors"))
+        expected = sub_state_dict(average, name)
+        assert saved.keys() <= expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+        assert not torch.equal(saved["encoder.model.embeddings.word_embeddings.weight"],
+                               trained["encoder.model.embeddings.word_embeddings.weight"])
+    assert SLUParser.from_pretrained(run)("play some jazz")["dataset"] in DOMAINS
