@@ -273,10 +273,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
     raw_model = accelerator.unwrap_model(model)
     # optim.ema_decay > 0: validate and save an exponential moving average of the weights (updated
-    # after every optimizer step) instead of the last step's weights; it is part of the checkpoint
+    # after every optimizer step) instead of the last step's weights; it is part of the checkpoint.
+    # Buffers are not averaged: ours are constants (position ids), which averaging would round down
     ema = None
     if recipe["optim"]["ema_decay"]:
-        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]), use_buffers=True)
+        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]))
         accelerator.register_for_checkpointing(ema)
     evaluated = ema.module if ema else raw_model  # the weights validation scores and the run saves
 
