@@ -186,6 +186,18 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_recipe, tmp_path):
         {k: round(validation[k], 6) for k in ("sentence_acc", "slot_f1", "intent_nll")}
 
 
+def test_ema_is_refused_where_parameters_are_sharded(tiny_recipe, monkeypatch, tmp_path):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from slu_feedback.training.trainer import TrainingError
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    with pytest.raises(TrainingError, match="under FSDP they are sharded"):
+        train(tiny_recipe(f"output_dir={tmp_path / 'fsdp'}", "optim.ema_decay=0.99"))
+    assert not (tmp_path / "fsdp").exists()
+
+
 def test_bilstm_trains(tiny_recipe):
     run = train(tiny_recipe("model.encoder_type=bilstm", "model.embedding_dim=16", "model.lstm_hidden=16",
                             "model.lstm_layers=1", "train.epochs=1"))

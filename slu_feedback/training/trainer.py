@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradientAccumulationPlugin, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
@@ -226,6 +226,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     joint = "" not in paths
     fixed_gate = recipe["model"]["feedback"]["gate"].startswith("fixed:")
     accelerator = new_accelerator(train_cfg["grad_accum"], joint, unused_parameters=fixed_gate)
+    if recipe["optim"]["ema_decay"] and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise TrainingError(f"optim.ema_decay: the weight average needs every parameter whole on each process; "
+                            f"under {accelerator.distributed_type.value} they are sharded (use DDP, or no average)")
     if recipe["output_dir"]:
         run_dir = Path(recipe["output_dir"])
     elif resume:
@@ -391,7 +394,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                          gate_at_best=evaluated.gate_probabilities())
             if bayes:
                 state["prior_at_best"] = evaluated.prior_probabilities()
-            # on every rank: gathers FSDP/DeepSpeed shards (the average is a full copy on each rank)
+            # on every rank: gathers FSDP/DeepSpeed shards (the average, DDP or one process only, is whole)
             state_dict = ema.module.state_dict() if ema else accelerator.get_state_dict(model)
             if accelerator.is_main_process:
                 save_models([(models[name], labels, run_dir / name, sub_state_dict(state_dict, name) if joint
