@@ -181,6 +181,13 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_recipe, tmp_path):
     assert validation == json.loads((cut / "all_results.json").read_text())["validation"]
     # what training validated is what was saved (a decay of 0.9 used to round the averaged
     # position-id buffer down, so the in-training scores came from a damaged copy)
+    # resuming with the average switched off (or on) names the setting to use
+    from slu_feedback.training.trainer import TrainingError
+
+    with pytest.raises(TrainingError, match="started with a weight average: resume with optim.ema_decay=its value"):
+        train(tiny_recipe(f"output_dir={cut}"), resume=True)
+    with pytest.raises(TrainingError, match="started without a weight average: resume with optim.ema_decay=0"):
+        train(tiny_recipe(f"output_dir={tmp_path / 'plain'}", "optim.ema_decay=0.9"), resume=True)
     rescored = evaluate_run(whole, "validation", out_dir=tmp_path / "rescored")["metrics"]
     assert {k: round(rescored[k], 6) for k in ("sentence_acc", "slot_f1", "intent_nll")} == \
         {k: round(validation[k], 6) for k in ("sentence_acc", "slot_f1", "intent_nll")}

@@ -159,10 +159,17 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
     logits[:, :, inside] += 8.0
     intent_probs = torch.eye(len(model.config.intent_labels))[[0, 1]].numpy()
     runner.probabilities = lambda texts: (intent_probs, logits.softmax(-1).numpy(), torch.ones(2, 5).numpy())
-    expected = model.decode_slots(logits, torch.ones(2, 5, dtype=torch.bool), torch.tensor([0, 1]))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    expected = model.decode_slots(logits, mask, torch.tensor([0, 1]))
     predicted = runner.predict(["a", "b"])
     assert [p["tags"] for p in predicted] == [[tags[k] for k in row] for row in expected.tolist()]
     assert predicted[0]["tags"][0] != tags[inside]
+    # and under the intent-slot constraint (the runner reads the same config): only the types seen
+    # with the predicted intent, which here changes the path
+    model.config.intent_slot_constraints = True
+    constrained = model.decode_slots(logits, mask, torch.tensor([0, 1]))
+    assert not torch.equal(constrained, expected)
+    assert [p["tags"] for p in runner.predict(["a", "b"])] == [[tags[k] for k in row] for row in constrained.tolist()]
 
 
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):

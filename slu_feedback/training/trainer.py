@@ -226,7 +226,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     joint = "" not in paths
     fixed_gate = recipe["model"]["feedback"]["gate"].startswith("fixed:")
     accelerator = new_accelerator(train_cfg["grad_accum"], joint, unused_parameters=fixed_gate)
-    if recipe["optim"]["ema_decay"] and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    if recipe["optim"]["ema_decay"] and accelerator.distributed_type in sharded:
         raise TrainingError(f"optim.ema_decay: the weight average needs every parameter whole on each process; "
                             f"under {accelerator.distributed_type.value} they are sharded (use DDP, or no average)")
     if recipe["output_dir"]:
@@ -300,6 +301,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             hint = ""
             if "vmtl_prior" in str(error):  # joint VMTL runs from before priors spanned the datasets
                 hint = " (a joint VMTL run started before vmtl.across_datasets: add model.vmtl.across_datasets=false)"
+            elif "custom checkpoints" in str(error):  # the weight average is the one custom object
+                hint = (f" (the run was started with{'out' if recipe['optim']['ema_decay'] else ''} a weight average:"
+                        f" resume with optim.ema_decay={'0' if recipe['optim']['ema_decay'] else 'its value'})")
             raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
                                 f"{error}){hint}; run without --resume to start over") from error
         accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
