@@ -1,7 +1,7 @@
 """Overhead of an option, measured side by side in one process: training step time, inference
-throughput (batch 32) and batch-1 latency (each batch's first utterance alone) of the base model vs the same model with K feedback iterations
-(`--variant feedback`), with the VMTL Bayesian head (`--variant vmtl`) or with the CRF slot decoder
-(`--variant crf`).
+throughput (batch 32) and batch-1 latency (each batch's first utterance alone) of the base model
+vs the same model with K feedback iterations (`--variant feedback`), with the VMTL Bayesian head
+(`--variant vmtl`) or with the CRF slot decoder (`--variant crf`).
 
     python benchmarks/speed.py --data atis --iterations 3      # -> results/speed_feedback_atis_hf.json
     python benchmarks/speed.py --data atis --variant vmtl      # -> results/speed_vmtl_atis_hf.json

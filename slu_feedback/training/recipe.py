@@ -106,6 +106,8 @@ NON_NEGATIVE = ("optim.lr", "optim.head_lr", "optim.gate_lr", "model.feedback.ma
                 "model.feedback.eps")
 UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup",
                  "optim.ema_decay")
+# Keys of UNIT_INTERVAL without one end: (the value left out, how the range reads in an error)
+OPEN_END = {"data.train_fraction": (0, "(0, 1]"), "optim.ema_decay": (1, "[0, 1) (0: off)")}
 
 
 def _typed(name: str, value, kind):
@@ -166,9 +168,8 @@ def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> 
             if name in POSITIVE and value <= 0 or name in NON_NEGATIVE and value < 0:
                 raise RecipeError(f"recipe key {name!r} must be {'positive' if name in POSITIVE else '>= 0'}, "
                                   f"got {value!r}")
-            if name in UNIT_INTERVAL and not 0 <= value <= 1 or name == "data.train_fraction" and value == 0 \
-                    or name == "optim.ema_decay" and value == 1:
-                interval = "(0, 1]" if "fraction" in name else "[0, 1) (0: off)" if "ema" in name else "[0, 1]"
+            if name in UNIT_INTERVAL and not 0 <= value <= 1 or name in OPEN_END and value == OPEN_END[name][0]:
+                interval = OPEN_END[name][1] if name in OPEN_END else "[0, 1]"
                 raise RecipeError(f"recipe key {name!r} must be in {interval}, got {value!r}")
         recipe[key] = value
 

@@ -284,6 +284,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]))
         accelerator.register_for_checkpointing(ema)
     evaluated = ema.module if ema else raw_model  # the weights validation scores and the run saves
+    validated = ema.module if ema else model  # the same, as validation calls it (the prepared model)
 
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
@@ -385,9 +386,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         epoch_seconds = time.time() - started
         # every process's mean loss, averaged (the progress bar shows this process's own)
         train_loss = accelerator.reduce(torch.tensor(running / max(1, count), device=accelerator.device), "mean").item()
-        if ema:
-            evaluated.gate_tau = raw_model.gate_tau
-        by_dataset = {name: evaluate_split(ema.module if ema else model, val_loaders[name], parts[name][0]["validation"], models[name].config,
+        by_dataset = {name: evaluate_split(validated, val_loaders[name], parts[name][0]["validation"], models[name].config,
                                            accelerator, dataset=name or None)[0] for name in names}
         metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
         state["epoch"] = epoch + 1
