@@ -248,6 +248,18 @@ def test_the_deterministic_head_is_the_model_as_before(kwargs):
     assert default.prior_probabilities() == {} and not hasattr(default, "vmtl_prior")
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"encoder_type": "bilstm", "vocab_size": 50, "embedding_dim": 8, "lstm_hidden": 8}])
+def test_the_layers_of_the_bilinear_logits_start_at_fan_in_scale(kwargs):
+    """mu_z and the generated class weights both start at std 1/sqrt(fan_in), the generator's two
+    layers included (transformers skips `_init_weights` on a module without parameters of its own)."""
+    model = make_vmtl(vmtl={"latent_dim": 64}, **kwargs)
+    for head in (model.intent_head, model.slot_head):
+        for layer in (head.latent, head.generator.hidden, head.generator.out):
+            expected = layer.weight.shape[1] ** -0.5
+            assert layer.weight.std().item() == pytest.approx(expected, rel=0.25), layer
+            assert torch.count_nonzero(layer.bias) == 0
+
+
 def test_vmtl_model_shapes_losses_and_refusals():
     model = make_vmtl().train()
     out = model(**make_batch(), **labels())

@@ -103,9 +103,8 @@ class SLUModel(PreTrainedModel):
                 nn.init.zeros_(p)
         if isinstance(module, FeedbackGate):
             nn.init.zeros_(module.beta)  # start undecided between infusion points
-        if isinstance(module, (vmtl_lib.VariationalHead, vmtl_lib.WeightGenerator)):
-            vmtl_lib.init_bilinear(module)  # children are initialised first; this overrides their 0.02 normal
         if isinstance(module, vmtl_lib.VariationalHead):
+            vmtl_lib.init_bilinear(module)  # children are initialised first; this overrides their 0.02 normal
             nn.init.zeros_(module.bias)
             if module.role_offset is not None:
                 nn.init.zeros_(module.role_offset)

@@ -257,12 +257,13 @@ class VariationalHead(nn.Module):
         return logits, Posterior(mu, _logvar(raw), weight_mean, weight_logvar, self.bias, infusions[2])
 
 
-def init_bilinear(module) -> None:
+def init_bilinear(head: VariationalHead) -> None:
     """Fan-in initialisation (std 1/sqrt(fan_in)) of the layers that produce mu_z and the class
     weights: logits are a product z . w, and with both factors at the usual std-0.02 scale the
-    product starts at a saddle where neither factor gets gradient."""
-    layers = [module.latent] if isinstance(module, VariationalHead) else [module.hidden, module.out]
-    for layer in layers:
+    product starts at a saddle where neither factor gets gradient. Called on the head, not on its
+    WeightGenerator: transformers skips `_init_weights` for a module of custom code that holds no
+    parameters of its own (the generator's are all in its children), which left it at 0.02."""
+    for layer in (head.latent, head.generator.hidden, head.generator.out):
         nn.init.normal_(layer.weight, std=layer.weight.shape[1] ** -0.5)
         nn.init.zeros_(layer.bias)
 
