@@ -391,3 +391,19 @@ def test_a_tiny_vmtl_model_trains_evaluates_and_parses(tiny_recipe):
     parsed = parser(["play some jazz by miles davis", ""])
     assert parsed[0]["intent_uncertainty"] >= 0 and parsed[1]["intent_uncertainty"] is None
     assert all(slot["uncertainty"] >= 0 for slot in parsed[0]["slots"])
+
+
+def test_weight_decay_spares_the_prior_logits_and_role_offsets():
+    """The prior mixtures' logits are not layer weights: decaying them would pull every mixture
+    towards uniform. Layer weights of the same head keep the recipe's decay."""
+    from slu_feedback.training.recipe import load_recipe
+    from slu_feedback.training.trainer import param_groups
+
+    model = make_vmtl()
+    recipe = load_recipe(None, ["data.path=x", "optim.weight_decay=0.05"])
+    decay = {id(p): g["weight_decay"] for g in param_groups(model, recipe) for p in g["params"]}
+    names = {n: decay[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    spared = [n for n in names if n.endswith(("latent_beta", "weight_beta", "role_offset"))]
+    assert any(n.endswith("role_offset") for n in spared) and any(n.endswith("latent_beta") for n in spared)
+    assert all(names[n] == 0.0 for n in spared)
+    assert names["intent_head.generator.out.weight"] == 0.05

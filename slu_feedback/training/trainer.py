@@ -174,9 +174,15 @@ def infusion_points(gates: dict) -> dict:
             for k, v in gates.items()}
 
 
+# matrices that are not weights of a layer: the VMTL prior mixtures' logits (decay would pull each
+# mixture towards uniform) and the label-role offsets (per-role biases); they get no weight decay
+NO_DECAY = ("latent_beta", "weight_beta", "role_offset")
+
+
 def param_groups(model, recipe: dict) -> list:
     """Encoder at `lr`, everything task-specific at `head_lr`, the feedback gates' logits at
-    `gate_lr` (default `head_lr`); no weight decay on biases and norms."""
+    `gate_lr` (default `head_lr`); weight decay only on the weight matrices of layers (not on
+    biases, norms, embeddings or `NO_DECAY`)."""
     optim = recipe["optim"]
     groups = {}
     for name, param in model.named_parameters():
@@ -185,7 +191,7 @@ def param_groups(model, recipe: dict) -> list:
         encoder = name.startswith("encoder.")
         # a group of its own only when gate_lr is set (checkpoints saved without one still resume)
         gate = optim["gate_lr"] is not None and name.endswith(("slot_to_intent.beta", "intent_to_slot.beta"))
-        decay = param.dim() > 1 and "embedding" not in name.lower()
+        decay = param.dim() > 1 and "embedding" not in name.lower() and not name.endswith(NO_DECAY)
         lr = optim["lr"] if encoder else optim["gate_lr"] if gate else optim["head_lr"]
         groups.setdefault((encoder, gate, decay), {"params": [], "lr": lr,
                                                    "weight_decay": optim["weight_decay"] if decay else 0.0})["params"].append(param)
