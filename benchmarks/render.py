@@ -53,9 +53,10 @@ def accuracy_table(results: dict, anchors: dict, dataset: str) -> list:
             continue
         delta = "-"
         base = results.get(r.get("compare_to") or "")
-        if base:
-            d = r["test"]["sentence_acc"]["mean"] - base["test"]["sentence_acc"]["mean"]
-            delta = f"{d:+.2f} (vs {base['recipe']})"
+        if base:  # over the run's seeds; "other seeds" where the base lacks one of them
+            paired = set(r["seeds"]) <= {row["seed"] for row in base.get("per_seed", [])}
+            d = r["test"]["sentence_acc"]["mean"] - seed_mean(base, "test", "sentence_acc", r["seeds"])
+            delta = f"{d:+.2f} (vs {base['recipe']}{'' if paired else ', other seeds'})"
         inf = r["inference_utt_per_s"]
         lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(fmt(r["test"][k]) for k, _ in METRICS)
                      + f" | {delta} | {r['train_seconds_per_epoch']['mean']:.0f} | {inf['batch_1']['mean']:.0f} | {inf['batch_32']['mean']:.0f} |")

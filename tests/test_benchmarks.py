@@ -86,6 +86,17 @@ def test_variants_are_listed_beside_their_base_over_the_same_seeds():
     assert rows == ["| trial | atis_10pct | 1 | 77.00 / 78.00 | 74.00 / 73.00 | +1.00 | - |"]
 
 
+def test_the_accuracy_table_compares_a_run_with_its_base_over_the_run_s_seeds():
+    common = {"train_seconds_per_epoch": stat(40.0), "inference_utt_per_s": {"batch_1": stat(50.0), "batch_32": stat(300.0)}}
+    base = result(87.0, **common, per_seed=[{"seed": s, "test": {"sentence_acc": v}} for s, v in ((1, 86.0), (2, 87.5), (3, 87.5))])
+    trial = result(86.5, **common, compare_to="atis", seeds=[1])
+    rows = [line for line in render.accuracy_table({"atis": base, "trial": trial}, {}, "atis") if line.startswith("| trial")]
+    assert "| +0.50 (vs atis) |" in rows[0]  # 86.5 against seed 1's 86.0, not the base's mean of 87.0
+    base.pop("per_seed")
+    rows = [line for line in render.accuracy_table({"atis": base, "trial": trial}, {}, "atis") if line.startswith("| trial")]
+    assert "| -0.50 (vs atis, other seeds) |" in rows[0]
+
+
 def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share():
     def run_with(validation_by_seed, fraction=None, random=False):
         seeds = sorted(validation_by_seed)

@@ -99,7 +99,7 @@ POSITIVE = ("data.max_length", "model.head_hidden", "model.embedding_dim", "mode
             "train.epochs", "train.batch_size", "train.patience",
             "train.eval_batch_size", "train.grad_accum", "train.log_every", "model.feedback.tau",
             "model.feedback.tau_min", "model.vmtl.tau", "model.vmtl.tau_min")
-NON_NEGATIVE = ("optim.lr", "optim.head_lr", "optim.gate_lr", "model.feedback.max_iterations",  # lr 0: frozen
+NON_NEGATIVE = ("seed", "optim.lr", "optim.head_lr", "optim.gate_lr", "model.feedback.max_iterations",  # lr 0: frozen
                 "model.feedback.iterations", "model.feedback.iter_weights", "model.feedback.conv_weight", "optim.weight_decay",
                 "optim.max_grad_norm", "train.num_workers", "train.other_datasets_weight",
                 "model.vmtl.beta_z", "model.vmtl.beta_w", "model.intent_loss_weight", "model.slot_loss_weight",

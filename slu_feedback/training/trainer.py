@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradientAccumulationPlugin, broadcast_object_list, set_seed
@@ -177,6 +178,13 @@ def infusion_points(gates: dict) -> dict:
 # matrices that are not weights of a layer: the VMTL prior mixtures' logits (decay would pull each
 # mixture towards uniform) and the label-role offsets (per-role biases); they get no weight decay
 NO_DECAY = ("latent_beta", "weight_beta", "role_offset")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The RNG seed of one epoch of the run seeded `seed`: distinct for every (seed, epoch), so runs
+    with neighbouring seeds share no epoch (`seed + epoch` gave seed 2's first epoch the data order
+    and dropout of seed 1's second)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def param_groups(model, recipe: dict) -> list:
@@ -350,7 +358,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     for epoch in range(state["epoch"], train_cfg["epochs"]):
         if state["bad_epochs"] >= train_cfg["patience"]:
             break
-        set_seed(recipe["seed"] + epoch)  # shuffling, dropout and Gumbel noise are a function of the epoch
+        set_seed(epoch_seed(recipe["seed"], epoch))  # shuffling, dropout and Gumbel noise: a function of (seed, epoch)
         model.train()
         started, running, count = time.time(), 0.0, 0
         batches = mixed_batches(train_loaders) if joint else train_loaders[""]
