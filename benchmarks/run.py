@@ -7,7 +7,8 @@
 Checkpoints are selected on validation; the test split is scored once per seed at the end. The
 results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo them
 from scratch: it deletes their run directories under runs/bench/<name>/),
-so an interrupted benchmark continues where it stopped. A joint recipe (data.path a list) writes one
+so an interrupted benchmark continues where it stopped; seeds measured earlier and not named now
+stay in the file (`--seeds 4 5` adds two seeds), each with the commit it ran at. A joint recipe (data.path a list) writes one
 results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`; a
 `--compare-to` naming `{dataset}` is filled in per dataset:
 
@@ -205,7 +206,9 @@ def main(argv=None):
     rows = {}
     for d, out in outs.items():
         previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
-        rows[d] = [r for r in previous.get("per_seed", []) if r["seed"] in args.seeds]
+        rows[d] = previous.get("per_seed", [])  # a measured seed is never dropped (--fresh starts over)
+        if kept := sorted({r["seed"] for r in rows[d]} - set(args.seeds)):
+            print(f"[{name}] keeps seeds {kept} already in {out.name}")
     for seed in args.seeds:
         if all(any(r["seed"] == seed for r in rows[d]) for d in datasets):
             print(f"[{name}] seed {seed}: already in {', '.join(o.name for o in outs.values())}, skipped")
@@ -214,8 +217,9 @@ def main(argv=None):
         if args.fresh:  # a finished or stale run there would be resumed, whatever the recipe says now
             shutil.rmtree(run_dir, ignore_errors=True)
         by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir, args.device)
+        at = {k: v for k, v in provenance().items() if k in ("commit", "date")}
         for d, out in outs.items():
-            rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [by_dataset[d]], key=lambda r: r["seed"])
+            rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [{**by_dataset[d], **at}], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,
                       "compare_to": bases[d],
                       "note": args.note, **provenance(),

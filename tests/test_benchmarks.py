@@ -183,6 +183,11 @@ def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
     run.main([recipe, "--seeds", "1", "2", "optim.lr=2e-4", "--name", "atis_x"])
     run.main([recipe, "train.epochs=2", "--seeds", "3"])
     assert seen == [(["optim.lr=2e-4"], 1), (["optim.lr=2e-4"], 2), (["train.epochs=2"], 3)]
+    # more seeds later: the measured ones stay (never silently dropped), each with its commit
+    run.main([recipe, "optim.lr=2e-4", "--name", "atis_x", "--seeds", "2", "4"])
+    saved = json.loads((tmp_path / "results" / "atis_x.json").read_text())
+    assert seen[3:] == [(["optim.lr=2e-4"], 4)] and saved["seeds"] == [1, 2, 4]
+    assert [r["seed"] for r in saved["per_seed"]] == [1, 2, 4] and all("commit" in r for r in saved["per_seed"])
 
 
 def test_a_joint_recipe_compares_each_dataset_with_its_own_base(tmp_path, monkeypatch):
