@@ -298,6 +298,20 @@ def test_mc_prediction_is_a_repeatable_average_of_samples():
     assert not torch.equal(mean.intent_logits, a.intent_logits)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"feedback": {"iterations": 1}}])
+def test_an_mc_prediction_does_not_depend_on_the_batch_it_is_in(kwargs):
+    """slu-parse on one utterance and slu-eval on a padded batch of 64 must agree: the MC draws
+    are shared by every utterance and word instead of drawn per batch position."""
+    model = make_vmtl(vmtl={"predict": "mc", "predict_samples": 8}, **kwargs).eval()
+    batch = make_batch()
+    together = model(**batch)
+    for i, width in ((0, 3), (2, 4)):  # utterance i alone, cut to its own words
+        alone = model(**{k: v[i:i + 1] for k, v in batch.items()} | {"word_index": batch["word_index"][i:i + 1, :width],
+                                                                        "word_mask": batch["word_mask"][i:i + 1, :width]})
+        assert torch.allclose(alone.intent_logits[0], together.intent_logits[i], atol=1e-5)
+        assert torch.allclose(alone.slot_logits[0], together.slot_logits[i, :width], atol=1e-5)
+
+
 def test_mc_prediction_draws_predict_samples_not_the_training_samples():
     def intent_logits(**vmtl):
         return make_vmtl(vmtl={"predict": "mc", **vmtl}).eval()(**make_batch()).intent_logits

@@ -202,23 +202,31 @@ class Posterior:
     bias: torch.Tensor
     logit_infusion: torch.Tensor | None  # the feedback addition at the logits, if any
 
-    def sample_z(self, samples: int, generator=None) -> torch.Tensor:
-        eps = torch.randn((samples, *self.mu.shape), device=self.mu.device, dtype=self.mu.dtype, generator=generator)
+    def sample_z(self, samples: int, generator=None, shared: bool = False) -> torch.Tensor:
+        eps = noise((samples, *self.mu.shape), self.mu, generator, shared)
         return self.mu + (0.5 * self.logvar).exp() * eps
 
-    def sample_logits(self, z: torch.Tensor, generator=None) -> torch.Tensor:
+    def sample_logits(self, z: torch.Tensor, generator=None, shared: bool = False) -> torch.Tensor:
         """Logits for latent samples z (S, ..., d), w by local reparameterisation."""
         mean = z @ self.weight_mean.T
         var = z.pow(2) @ self.weight_logvar.exp().T
-        eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
-        logits = mean + (var + 1e-8).sqrt() * eps + self.bias
+        logits = mean + (var + 1e-8).sqrt() * noise(mean.shape, mean, generator, shared) + self.bias
         return logits if self.logit_infusion is None else logits + self.logit_infusion
 
     def mc_log_probs(self, samples: int, seed: int = 0) -> torch.Tensor:
-        """log of the predictive distribution averaged over `samples` draws (repeatable)."""
+        """log of the predictive distribution averaged over `samples` draws: repeatable, and the same
+        draws for every utterance and word, so a prediction does not depend on the batch it is in."""
         generator = torch.Generator(device=self.mu.device).manual_seed(seed)
-        logits = self.sample_logits(self.sample_z(samples, generator), generator)
+        logits = self.sample_logits(self.sample_z(samples, generator, shared=True), generator, shared=True)
         return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(samples)
+
+
+def noise(shape, like: torch.Tensor, generator=None, shared: bool = False) -> torch.Tensor:
+    """Standard normal draws of `shape` (samples, batch, ..., d); `shared`: one draw per sample and
+    dimension, broadcast over the batch and word axes (training draws per example)."""
+    if shared:
+        shape = (shape[0], *[1] * (len(shape) - 2), shape[-1])
+    return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
 class VariationalHead(nn.Module):
