@@ -221,6 +221,21 @@ def test_jsonl_null_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match="training split only") as err:
         load_splits(tmp_path)
     assert (err.value.path, err.value.line) == (str(tmp_path / "valid.jsonl"), 2)
+    # the file's line, not the example's number: blank lines come before it
+    (tmp_path / "valid.jsonl").write_text('\n\n{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n\n'
+                                          '{"tokens": ["b"], "slots": ["O"], "intent": null}\n')
+    with pytest.raises(DataError, match="training split only") as err:
+        load_splits(tmp_path)
+    assert err.value.line == 5
+
+
+def test_a_span_file_of_one_object_names_the_line_it_starts_on(tmp_path):
+    p = tmp_path / "train.json"
+    p.write_text("\n\n" + json.dumps({"text": "play jazz", "intent": "play", "entities": [{"start": 5, "end": 12,
+                                                                                         "entity": "genre"}]}))
+    with pytest.raises(DataError) as err:
+        read_span_json(p)
+    assert err.value.line == 3
 
 
 # --- character spans ----------------------------------------------------------------------

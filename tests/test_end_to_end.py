@@ -106,6 +106,12 @@ def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
     assert result.exit_code == 0, result.output
     out = [json.loads(x) for x in result.output.strip().splitlines()]
     assert [o["text"] for o in out] == lines, "results come back in input order"
+    (tmp_path / "in.txt").write_bytes("\ufeffplay jazz\r\nhi\n".encode())  # a Windows editor's BOM and CRLF
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt"), "--json"])
+    assert [json.loads(x)["text"] for x in result.output.strip().splitlines()] == ["play jazz", "hi"]
+    (tmp_path / "in.txt").write_bytes(b"play jazz\nplay caf\xe9\n")  # Latin-1, not UTF-8
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt")])
+    assert result.exit_code == 1 and "in.txt:2: not UTF-8 text" in result.output and "Traceback" not in result.output
     result = runner.invoke(parse_main, [str(trained_feedback_run)], input=":help\nplay jazz\n:explain\nplay jazz\n:quit\n")
     assert result.exit_code == 0 and "k=0" in result.output
     assert len(re.findall(r"intent  \S+  [01]\.\d{3}", result.output)) == 2, "both utterances parsed"

@@ -316,6 +316,19 @@ def test_parser_batch_keeps_order_with_nasty_input(tiny_parser):
 
 
 @pytest.mark.e2e
+def test_lone_surrogates_are_replaced_and_non_strings_refused(tiny_parser):
+    """Bad bytes in a command-line argument reach Python as lone surrogates ("\\udcff"), which no
+    tokenizer can encode; they become U+FFFD, one for one, so offsets stay right."""
+    _, parser = tiny_parser
+    result = parser("play \ud800 jazz \udcff")
+    assert result["text"] == "play \ufffd jazz \ufffd"
+    check_result(parser, result["text"], result)
+    assert [r["text"] for r in parser(["fine", "bad \udcff"])] == ["fine", "bad \ufffd"]
+    with pytest.raises(TypeError, match="parses strings"):
+        parser([None])
+
+
+@pytest.mark.e2e
 def test_only_real_truncation_warns(tiny_parser):
     _, parser = tiny_parser
     with warnings.catch_warnings():

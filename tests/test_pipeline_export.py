@@ -4,6 +4,7 @@ and ONNX export with its ONNX Runtime check, on tiny trained runs."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -145,8 +146,7 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
     texts = [t for t in TEXTS if t] + ["book a table for two at an italian place near the station tonight at eight"] * 3
     intent_probs, slot_probs, word_mask = runner.probabilities(texts)
     assert intent_probs.shape == (len(texts), len(model.config.intent_labels))
-    parser = SLUParser(model, tokenizer)
-    parser.model.config.feedback = {**parser.model.config.feedback, "eps": 0.0}
+    parser = SLUParser(model, tokenizer)  # early exit at the run's eps included
     for text, predicted in zip(texts, runner.predict(texts)):
         expected = parser(text)
         assert predicted["intent"] == expected["intent"] and predicted["tags"] == expected["tags"]
@@ -170,6 +170,28 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
     constrained = model.decode_slots(logits, mask, torch.tensor([0, 1]))
     assert not torch.equal(constrained, expected)
     assert [p["tags"] for p in runner.predict(["a", "b"])] == [[tags[k] for k in row] for row in constrained.tolist()]
+
+
+def test_onnx_graph_keeps_the_early_exit_and_the_iteration_cap(onnx_deps, feedback_run, tmp_path):
+    """The graph computes what SLUParser computes: each utterance's first round with every step
+    under feedback.eps, within feedback.max_iterations."""
+    from slu_feedback.inference.export import OnnxSLU, example_inputs, export_onnx
+    from slu_feedback.models import load_run
+
+    model, tokenizer = load_run(feedback_run)
+    batch = example_inputs(tokenizer, [t for t in TEXTS if t])
+    outputs = {}
+    for name, feedback in {"exit": {"eps": 1e9}, "full": {"eps": 0.0}, "cap": {"eps": 0.0, "max_iterations": 1}}.items():
+        model.config.feedback = {**model.config.feedback, **feedback}
+        path = export_onnx(feedback_run, tmp_path / f"{name}.onnx", model=model, tokenizer=tokenizer)
+        intent, slot = OnnxSLU(path, tokenizer, model.config).run_batch(batch)
+        with torch.no_grad():
+            out = model.eval()(**batch)
+        assert np.allclose(intent, out.intent_logits.softmax(-1).numpy(), atol=1e-5), name
+        assert np.allclose(slot, out.slot_logits.softmax(-1).numpy(), atol=1e-5), name
+        outputs[name] = intent
+    assert np.allclose(outputs["exit"], outputs["cap"], atol=1e-6), "eps huge: every utterance stops after round 1"
+    assert not np.allclose(outputs["exit"], outputs["full"], atol=1e-6)
 
 
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):

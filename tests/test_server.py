@@ -234,6 +234,18 @@ def test_micro_batcher_failure_answers_requests_and_worker_survives():
 
     assert asyncio.run(scenario()) == [{"text": "fine"}]
 
+    async def shared_batch():  # a bad request in a shared forward pass fails alone
+        batcher = MicroBatcher(parse, max_batch=4, wait_ms=200)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit(["one"]), batcher.submit(["boom"]), batcher.submit(["two", "x"]),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    one, bad, two = asyncio.run(shared_batch())
+    assert one == [{"text": "one"}] and two == [{"text": "two"}, {"text": "x"}] and isinstance(bad, RuntimeError)
+
 
 def test_web_page_served(client):
     page = client.get("/")
@@ -241,11 +253,28 @@ def test_web_page_served(client):
     assert "<form" in page.text and 'fetch("parse"' in page.text and "innerHTML" not in page.text
 
 
+def test_web_page_cuts_the_utterance_at_code_points_like_the_server():
+    """Offsets from Python count code points; JavaScript's String.slice counts UTF-16 units, so a
+    page slicing with it would mark the wrong characters after an emoji."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed")
+    page = (Path(__file__).resolve().parents[1] / "slu_feedback" / "inference" / "static" / "index.html").read_text()
+    start = page.index("function pieces(")
+    source = page[start:page.index("\n}\n", start) + 3]
+    text = "🎵 play jazz by miles davis 🙂"
+    slots = [{"start": 7, "end": 11}, {"start": 15, "end": 26}]
+    script = f"{source}\nconsole.log(JSON.stringify(pieces({json.dumps(text)}, {json.dumps(slots)}).map(p => p[0])));"
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["🎵 play ", "jazz", " by ", "miles davis", " 🙂"]
+
+
 def test_web_page_in_headless_chromium(server, parser):
     chromium = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and os.path.exists(p)), None)
     if chromium is None:
         pytest.skip("chromium not installed: apt-get install chromium")
-    text = "play some jazz by <b>miles</b> davis"
+    text = "🎵 play some jazz by <b>miles</b> davis"
     url = f"{server[0]}/?q={urllib.parse.quote(text)}"
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                           "--virtual-time-budget=10000", "--dump-dom", url],

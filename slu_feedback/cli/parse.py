@@ -48,10 +48,23 @@ def emit(results, as_json: bool, explain: bool) -> None:
         click.echo(json.dumps(result, ensure_ascii=False) if as_json else render(result, explain))
 
 
+def read_lines(file) -> list:
+    """The utterances of an --input file: UTF-8 (a leading byte-order mark dropped), one a line;
+    text that is not UTF-8 is refused with the file and line."""
+    lines = []
+    for number, raw in enumerate(file, start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as error:
+            raise click.ClickException(f"{file.name}:{number}: not UTF-8 text ({error.reason} at byte "
+                                       f"{error.start + 1} of the line)") from None
+    return lines
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--text", "texts", multiple=True, help="Parse this utterance and exit (repeatable).")
-@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"), help="One utterance a line ('-' = stdin).")
+@click.option("--input", "input_file", type=click.File("rb"), help="One utterance a line, UTF-8 ('-' = stdin).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance.")
 @click.option("--explain", is_flag=True, help="Show the prediction at every feedback iteration.")
 @click.option("--batch-size", default=32, show_default=True)
@@ -71,7 +84,7 @@ def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quanti
     except RunError as error:
         raise click.ClickException(str(error)) from None
     if texts or input_file:
-        lines = list(texts) + ([line.rstrip("\n") for line in input_file] if input_file else [])
+        lines = list(texts) + (read_lines(input_file) if input_file else [])
         # sort by length so batches pad little; report in the input order
         order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
         parsed = parser([lines[i] for i in order], explain=explain, batch_size=batch_size)

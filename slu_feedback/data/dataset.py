@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from .errors import DataError
-from .readers import FORMATS, first_partial, read_folder_split, read_jsonl, read_span_json, read_text
+from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json, read_text
 
 SPLITS = ("train", "validation", "test")
 # folder / file stems accepted for each split, in the order they are tried
@@ -113,13 +113,14 @@ def detect_format(path: str | os.PathLike) -> str:
                     "label, or train/valid/test .jsonl/.json files", path)
 
 
-def read_split(path: str | os.PathLike, format: str, repair_bio: bool = True) -> list[dict]:
-    """Read one split: a folder with seq.in/seq.out/label, or one JSONL / span-JSON file."""
+def read_split(path: str | os.PathLike, format: str, repair_bio: bool = True, partial: bool = True) -> list[dict]:
+    """Read one split: a folder with seq.in/seq.out/label, or one JSONL / span-JSON file
+    (`partial`: whether a JSONL line may leave the intent or the slots null)."""
     path = Path(path)
     if format == "folder":
         return read_folder_split(path.parent, path.name, repair_bio)
     if format == "jsonl":
-        return read_jsonl(path, repair_bio)
+        return read_jsonl(path, repair_bio, partial)
     if format == "spans":
         return read_span_json(path)  # char spans cannot hold a dangling I- tag
     raise DataError(f"unknown format {format!r}; expected one of: auto, {', '.join(FORMATS)}")
@@ -153,13 +154,7 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
             names = " or ".join(n + ("/" if format == "folder" else ".jsonl" if format == "jsonl" else ".json(l)")
                                 for n in SPLIT_NAMES[split])
             raise DataError(f"missing {split!r} split: expected {names}", path)
-        examples = read_split(where, format, repair_bio)
-        if split != "train":
-            partial = first_partial(examples)
-            if partial is not None:
-                raise DataError(f"a null intent or slots is allowed in the training split only (the {split} "
-                                "split is scored on both tasks)", where, partial + 1)
-        out[split] = to_dataset(examples)
+        out[split] = to_dataset(read_split(where, format, repair_bio, partial=split == "train"))
     return datasets.DatasetDict(out)
 
 

@@ -208,9 +208,10 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
     return examples
 
 
-def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool = True) -> list[dict]:
     """Read word-level JSONL: one ``{"tokens", "slots" (or "tags"), "intent"}`` object a line;
-    ``null`` for the intent or the slots marks a task the utterance is not labelled for."""
+    ``null`` for the intent or the slots marks a task the utterance is not labelled for (refused
+    at its line with `partial=False`: a split that is scored needs both)."""
     path = Path(path)
     examples = []
     for i, line in enumerate(_read_lines(path), start=1):
@@ -226,6 +227,9 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True) -> list[dict]:
         unlabelled = tuple(task for task, key in (("intent", "intent"), ("slots", slot_key)) if obj[key] is None)
         if len(unlabelled) == 2:
             raise DataError("both 'intent' and 'slots' are null: the utterance teaches nothing", path, i)
+        if unlabelled and not partial:
+            raise DataError("a null intent or slots is allowed in the training split only (this split is "
+                            "scored on both tasks)", path, i)
         examples.append(_check_example(obj["tokens"], obj[slot_key], obj["intent"], path, i, repair_bio, unlabelled))
     if not examples:
         raise DataError("no examples in file", path)
@@ -345,8 +349,8 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
                 lines = [None] * len(common)
             examples = [_span_example(obj, path, line, f"common_examples[{n}]")
                         for n, (obj, line) in enumerate(zip(common, lines))]
-        elif isinstance(whole, dict):
-            examples = [_span_example(whole, path, 1, "example 0")]
+        elif isinstance(whole, dict):  # one object, on the line where it starts
+            examples = [_span_example(whole, path, text[:len(text) - len(text.lstrip())].count("\n") + 1, "example 0")]
         else:
             examples = []
             for i, line in enumerate(text.split("\n"), start=1):

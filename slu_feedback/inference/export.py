@@ -10,9 +10,10 @@ and sequence/word axes dynamic, exactly what `slu_feedback.data.features.collate
 returns `intent_probs` (batch x intents) and `slot_probs` (batch x words x slot tags).
 
 What is frozen at export time:
-- the feedback loop runs exactly the trained number of iterations K (no data-dependent early
-  exit: the copy that is exported has `feedback.eps = 0`), which is what `SLUParser` does too
-  unless the run sets a positive `eps`;
+- the feedback loop runs the iterations `SLUParser` runs (`feedback.max_iterations`, else the
+  trained K), all of them for the whole batch, and each utterance's output is taken from its first
+  round whose step sizes are all under `feedback.eps`, as in the PyTorch model (tensor ops, no
+  Python branch);
 - each feedback gate's evaluation-time choice (a hard argmax over infusion points for the
   Gumbel gate) is baked in as a constant, so the graph has no Python branches on weights.
 For a CRF slot decoder the graph returns the per-word slot distribution (softmax of the
@@ -69,13 +70,13 @@ class FrozenGate(nn.Module):
 
 class SLUExportModule(nn.Module):
     """(input_ids, attention_mask, word_index, word_mask) -> (intent_probs, slot_probs), with the
-    feedback loop unrolled to the trained number of iterations."""
+    feedback loop unrolled to the iterations the model runs at evaluation."""
 
     def __init__(self, model):
         super().__init__()
         model = copy.deepcopy(model).eval()
-        model.config.feedback = {**model.config.feedback, "eps": 0.0}
-        self.iterations = int(model.config.feedback["iterations"])
+        feedback = model.config.feedback
+        self.iterations = int(feedback["max_iterations"] or feedback["iterations"])
         for name in ("slot_to_intent", "intent_to_slot"):
             if isinstance(getattr(model, name, None), FeedbackGate):
                 setattr(model, name, FrozenGate(getattr(model, name), model.gate_tau))
@@ -223,16 +224,14 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
     config = model.config
     labels = LabelMaps(config.intent_labels, config.slot_labels)
     loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
-    # the reference is the original PyTorch model run for the trained K iterations, without early exit
+    # the reference is the PyTorch model as `SLUParser` runs it (its iterations and early exit)
     reference = copy.deepcopy(model).eval()
-    reference.config.feedback = {**reference.config.feedback, "eps": 0.0}
-    iterations = int(config.feedback["iterations"])
     runner = OnnxSLU(onnx_file, tokenizer, config)
     intent_diff = slot_diff = 0.0
     intent_agree = slot_agree = n_utts = n_words = 0
     for batch in loader:
         with torch.no_grad():
-            out = reference(**{name: batch[name] for name in INPUT_NAMES}, iterations=iterations)
+            out = reference(**{name: batch[name] for name in INPUT_NAMES})
             torch_intent, torch_slot = out.intent_logits.softmax(-1).numpy(), out.slot_logits.softmax(-1).numpy()
         ort_intent, ort_slot = runner.run_batch(batch)
         mask = batch["word_mask"].bool().numpy()

@@ -19,6 +19,7 @@ slot `uncertainty`: the predictive entropy (nats) of the intent distribution, an
 span's words of the per-word slot entropy (MC-averaged distributions when `vmtl.predict: mc`).
 """
 
+import re
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from ..data.features import collate, encode_words
 from ..data.readers import bio_to_spans, tokenize
 from ..models import RunError, load_run
 from ..models.joint import joint_datasets
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class SLUParser:
@@ -86,7 +89,13 @@ class SLUParser:
                 raise ValueError(f"unknown dataset {name!r}: this model answers for "
                                  + (", ".join(self.models) if len(self.models) > 1 or "" not in self.models
                                     else "one dataset only (not a joint run)"))
-        words = [tokenize(t if isinstance(t, str) else str(t)) for t in texts]
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"SLUParser parses strings, got {type(t).__name__}: {t!r}")
+        # lone surrogates (bad bytes in a command-line argument, "\ud800" in JSON) cannot be encoded:
+        # each becomes U+FFFD, one character for one, so that offsets into the text stay right
+        texts = [_SURROGATE.sub("\ufffd", t) for t in texts]
+        words = [tokenize(t) for t in texts]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
         if self.bayesian:

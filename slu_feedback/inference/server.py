@@ -105,28 +105,35 @@ class MicroBatcher:
                 items.append(item)
                 count += len(item[0])
             items = [item for item in items if not item[2].done()]  # clients that went away
-            if not items:
-                continue
-            texts = [t for item in items for t in item[0]]
-            explain = any(item[1] for item in items)
-            try:
-                results = await loop.run_in_executor(self.executor, self.parse, texts, explain)
-            except Exception as error:  # a model failure answers every waiting request, the worker lives on
-                logger.exception("parsing a batch of %d utterances failed", len(texts))
-                for _, _, future in items:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self.batches += 1
-            self.utterances += len(texts)
-            start = 0
-            for item_texts, item_explain, future in items:
-                part = results[start:start + len(item_texts)]
-                start += len(item_texts)
-                if explain and not item_explain:
-                    part = [{k: v for k, v in r.items() if k != "explain"} for r in part]
-                if not future.done():
-                    future.set_result(part)
+            if items:
+                await self._answer(loop, items)
+
+    async def _answer(self, loop, items: list):
+        """Parse the waiting requests in one forward pass. If that fails, each request is parsed on
+        its own, so that one bad request gets the error and the others their results; the worker
+        lives on either way."""
+        texts = [t for item in items for t in item[0]]
+        explain = any(item[1] for item in items)
+        try:
+            results = await loop.run_in_executor(self.executor, self.parse, texts, explain)
+        except Exception as error:
+            logger.exception("parsing a batch of %d utterances failed", len(texts))
+            if len(items) > 1:
+                for item in items:
+                    await self._answer(loop, [item])
+            elif not items[0][2].done():
+                items[0][2].set_exception(error)
+            return
+        self.batches += 1
+        self.utterances += len(texts)
+        start = 0
+        for item_texts, item_explain, future in items:
+            part = results[start:start + len(item_texts)]
+            start += len(item_texts)
+            if explain and not item_explain:
+                part = [{k: v for k, v in r.items() if k != "explain"} for r in part]
+            if not future.done():
+                future.set_result(part)
 
 
 # -- request body limit ---------------------------------------------------------------------------
