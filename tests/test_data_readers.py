@@ -515,3 +515,14 @@ def test_fetch_keeps_complete_copy_without_network(monkeypatch):
 
     monkeypatch.setattr(fetch_module.urllib.request, "urlopen", no_network)
     assert fetch_module.fetch("atis", SHARED) == SHARED / "atis"
+
+
+def test_the_word_split_follows_the_training_words():
+    """ATIS writes "st." and SNIPS "ball:" as one word; the rule tokenizer splits them. A model is
+    given its words at parse time the way its training words were split."""
+    from slu_feedback.data.readers import split_whitespace, word_split_of
+
+    assert split_whitespace(" fly to  st. louis\u3000now ") == [("fly", 1, 4), ("to", 5, 7), ("st.", 9, 12),
+                                                               ("louis", 13, 18), ("now", 19, 22)]
+    assert word_split_of([["play", "jazz"], ["wake", "me", "at", "6:30", ","]]) == "rule"
+    assert word_split_of([["play", "jazz"], ["fly", "to", "st.", "louis"]]) == "whitespace"

@@ -329,6 +329,22 @@ def test_lone_surrogates_are_replaced_and_non_strings_refused(tiny_parser):
 
 
 @pytest.mark.e2e
+def test_the_parser_splits_words_as_the_training_data_did(tiny_parser):
+    import copy
+
+    from slu_feedback.inference.parser import SLUParser
+
+    run, parser = tiny_parser
+    assert json.loads((run / "config.json").read_text())["word_split"] == "rule"  # the sample data follows the rule
+    assert parser("fly to st. louis")["words"] == ["fly", "to", "st", ".", "louis"]
+    model = copy.deepcopy(parser.model)
+    model.config.word_split = "whitespace"  # as slu-train records for ATIS or SNIPS
+    result = SLUParser(model, parser.tokenizer)("fly to  st. louis")
+    assert result["words"] == ["fly", "to", "st.", "louis"] and len(result["tags"]) == 4
+    assert all(result["text"][s["start"]:s["end"]] == s["text"] for s in result["slots"])
+
+
+@pytest.mark.e2e
 def test_only_real_truncation_warns(tiny_parser):
     _, parser = tiny_parser
     with warnings.catch_warnings():

@@ -56,6 +56,24 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
 
 
+def split_whitespace(text: str) -> list[tuple[str, int, int]]:
+    """``(word, start, end)`` triples of the whitespace-separated words: how pre-tokenised data
+    (folder, JSONL) whose words do not follow `tokenize` were split ("st." and "ball:" are words in
+    ATIS and SNIPS), so that a model trained on them is given its words the same way."""
+    return [(m.group(), m.start(), m.end()) for m in regex.finditer(_NOT_SPACE + "+", text)]
+
+
+WORD_SPLITS = {"rule": tokenize, "whitespace": split_whitespace}
+
+
+def word_split_of(token_lists) -> str:
+    """"rule" if every utterance's words are what `tokenize` makes of them joined by spaces (span
+    data, or pre-tokenised data that follows the rule), else "whitespace": the parser splits raw text
+    the way the training words were split."""
+    follows = all([w for w, _, _ in tokenize(" ".join(tokens))] == list(tokens) for tokens in token_lists)
+    return "rule" if follows else "whitespace"
+
+
 def join_tokens(tokens: list[str]) -> tuple[str, list[list[int]]]:
     """Text and offsets for pre-tokenised data: tokens joined by single spaces."""
     offsets, pos = [], 0

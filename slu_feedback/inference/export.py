@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..data.features import collate, encode_words
-from ..data.readers import tokenize
+from ..data.readers import WORD_SPLITS, tokenize
 from ..models import load_run
 from ..models.modeling import decode_slots
 from ..models.feedback import FeedbackGate
@@ -186,7 +186,8 @@ class OnnxSLU:
         return self.session.run(OUTPUT_NAMES, feeds)
 
     def probabilities(self, texts: list):
-        words = [[w for w, _, _ in tokenize(t)] or ["."] for t in texts]
+        split = WORD_SPLITS[getattr(self.config, "word_split", "rule")]
+        words = [[w for w, _, _ in split(t)] or ["."] for t in texts]
         encoded = encode_words(self.tokenizer, words, self.max_length)
         rows = [{k: encoded[k][j] for k in encoded} for j in range(len(words))]
         batch = collate(rows, self.tokenizer.pad_token_id or 0)

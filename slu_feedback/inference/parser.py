@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..data.features import collate, encode_words
-from ..data.readers import bio_to_spans, tokenize
+from ..data.readers import WORD_SPLITS, bio_to_spans
 from ..models import RunError, load_run
 from ..models.joint import joint_datasets
 
@@ -44,6 +44,8 @@ class SLUParser:
         self.intents = self.model.config.intent_labels
         self.slot_labels = self.model.config.slot_labels
         self.bayesian = getattr(self.model.config, "head", "deterministic") == "vmtl"
+        # raw text becomes words the way the training words were split (a joint run: its first dataset's way)
+        self.split_words = WORD_SPLITS[getattr(self.model.config, "word_split", "rule")]
 
     @classmethod
     def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, dataset: str | None = None,
@@ -95,7 +97,7 @@ class SLUParser:
         # lone surrogates (bad bytes in a command-line argument, "\ud800" in JSON) cannot be encoded:
         # each becomes U+FFFD, one character for one, so that offsets into the text stay right
         texts = [_SURROGATE.sub("\ufffd", t) for t in texts]
-        words = [tokenize(t) for t in texts]
+        words = [self.split_words(t) for t in texts]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
         if self.bayesian:

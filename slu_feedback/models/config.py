@@ -59,6 +59,7 @@ class SLUConfig(PreTrainedConfig):
         head: str = "deterministic",  # deterministic | vmtl (Bayesian head, METHODS.md section 2)
         vmtl: dict | None = None,
         label_names: dict | None = None,  # label -> text for the VMTL label-name embeddings
+        word_split: str = "rule",  # how raw text becomes words at parse time: rule (tokenize) | whitespace (set by slu-train)
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -84,7 +85,10 @@ class SLUConfig(PreTrainedConfig):
         self.head = head
         self.vmtl = {**DEFAULT_VMTL, **(vmtl or {})}
         self.label_names = dict(label_names or {})
+        self.word_split = word_split
         self.initializer_range = initializer_range
+        if word_split not in ("rule", "whitespace"):
+            raise ValueError(f"word_split must be 'rule' or 'whitespace', not {word_split!r}")
         if encoder_type not in ("hf", "bilstm"):
             raise ValueError(f"encoder_type must be 'hf' or 'bilstm', not {encoder_type!r}")
         if slot_decoder not in ("softmax", "crf"):

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from ..data.dataset import build_label_maps, load_splits, resolve_data_path, slot_types_by_intent, subsample
 from ..data.features import featurize, make_loader
+from ..data.readers import word_split_of
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
@@ -89,8 +90,10 @@ def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
     return [f"{other}.{task}" for other in names if other != name for task in ("intent", "slot")]
 
 
-def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types=None) -> SLUConfig:
-    """`slot_types`: {intent: slot types seen with it in training} (see `slot_types_by_intent`)."""
+def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types=None,
+                       word_split: str = "rule") -> SLUConfig:
+    """`slot_types`: {intent: slot types seen with it in training} (see `slot_types_by_intent`);
+    `word_split`: how the training words were split (see `word_split_of`)."""
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints",
             "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden",
             "lstm_layers", "feedback", "head", "vmtl", "label_names"]
@@ -102,7 +105,7 @@ def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (),
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
-                     slot_types_by_intent=slot_types, vocab_size=len(tokenizer), **kwargs)
+                     slot_types_by_intent=slot_types, vocab_size=len(tokenizer), word_split=word_split, **kwargs)
 
 
 def tau_at(progress: float, feedback: dict) -> float:
@@ -263,7 +266,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
     models = {name: SLUModel.from_encoder(
         build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
-                           slot_types_by_intent(data["train"])),
+                           slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"])),
         encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
     model = JointSLUModel(models, train_cfg["other_datasets_weight"]) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
