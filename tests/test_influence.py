@@ -123,6 +123,34 @@ def test_slu_problem_gradients_and_last_layer_features(tiny_run):
 
 
 @pytest.mark.e2e
+def test_the_slot_samples_average_to_the_per_word_loss_the_trainer_minimises(tiny_run_factory):
+    """The trainer's softmax slot loss is one mean over every labelled word; MTIF's Hessian must be
+    of that objective, not of a mean of per-utterance means (which weighs short utterances' words up)."""
+    from slu_feedback.influence.slu import build_problem
+
+    problem, _, model = build_problem(tiny_run_factory("model.head_hidden=8"), "heads", batch_size=16)
+    w = problem.flat()
+    slot = sum(problem.losses(w, c)[:, 1].sum() for c in problem.train) / problem.n
+    ce, words, lengths = 0.0, 0, set()
+    for c in problem.train:
+        with torch.no_grad():
+            logits = model.run_heads(c["utterance"], c["words"], c["word_mask"], 0)[1][-1]
+        labels = c["slot_labels"]
+        ce = ce + F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        words += int((labels != -100).sum())
+        lengths |= set((labels != -100).sum(1).tolist())
+    assert len(lengths) > 3 and torch.isclose(slot, ce / words)
+
+
+def test_a_vmtl_run_is_refused_with_a_message():
+    from slu_feedback.influence.slu import TaskLosses
+    from test_vmtl import make_vmtl
+
+    with pytest.raises(ValueError, match="VMTL head"):
+        TaskLosses(make_vmtl(), "heads")
+
+
+@pytest.mark.e2e
 def test_score_prune_validate_cli(tiny_run, tmp_path):
     from slu_feedback.cli.influence import main
     from slu_feedback.data.dataset import load_splits

@@ -9,8 +9,12 @@ the trained `feedback.iterations`; no adaptive early stop; dropout off; the Gumb
 its logits `beta` get no gradient and leave the scope, as do amplifiers the hard gate does not use):
 
 - intent sample of utterance i: cross-entropy of its intent (0 for an intent unseen in training);
-- slot sample: softmax decoder: mean cross-entropy over its words (tags unseen in training skipped);
-  CRF decoder: the utterance's CRF negative log-likelihood (as `CRF.neg_log_likelihood`, per example).
+- slot sample: softmax decoder: the cross-entropy summed over its words (tags unseen in training
+  skipped) divided by the split's mean number of labelled words per utterance, so that the mean over
+  utterances is the per-word mean the trainer minimises (a per-utterance mean of word losses would
+  weigh a 2-word utterance's words 10x a 20-word one's); CRF decoder: the utterance's CRF negative
+  log-likelihood (as `CRF.neg_log_likelihood`, per example; the trainer's CRF loss is a mean over
+  utterances too).
 
 The training objective for the Hessian is the mean over utterances of
 `intent_loss_weight * intent + slot_loss_weight * slot`; earlier iterations and the convergence
@@ -67,6 +71,9 @@ class TaskLosses(nn.Module):
 
     def __init__(self, model, scope: str):
         super().__init__()
+        if model.config.head == "vmtl":
+            raise ValueError("MTIF scores the deterministic heads; this run has the VMTL head (model.head: vmtl), whose "
+                             "class weights are sampled: score a run trained with model.head: deterministic")
         self.model = model
         self.scope = scope
         self.iterations = model.config.feedback["iterations"]
@@ -98,7 +105,7 @@ class TaskLosses(nn.Module):
         else:
             ce = F.cross_entropy(slot_logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
             counted = (labels != -100).to(ce.dtype)
-            slot = (ce * counted).sum(1) / counted.sum(1).clamp(min=1)
+            slot = (ce * counted).sum(1) * chunk["slot_scale"]
         return torch.stack([intent, slot], 1)
 
 
@@ -133,7 +140,12 @@ def split_chunks(model, tokenizer, split, max_length: int, scope: str, batch_siz
     """A dataset split as cached feature chunks (featurize, batch, one pass of the fixed encoder)."""
     labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
     loader = make_loader(featurize(split, tokenizer, labels, max_length), batch_size, tokenizer, False)
-    return cache_features(model, loader, scope, dtype, device)
+    chunks = cache_features(model, loader, scope, dtype, device)
+    # 1 / (labelled words per utterance in the split): the slot samples' weight (see the module docstring)
+    words_per_utterance = max(sum(int((c["slot_labels"] != -100).sum()) for c in chunks), 1) / len(split)
+    for c in chunks:
+        c["slot_scale"] = torch.full(c["index"].shape, 1.0 / words_per_utterance, dtype=dtype, device=device)
+    return chunks
 
 
 def scope_parameters(module: TaskLosses) -> dict:
