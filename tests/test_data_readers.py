@@ -526,3 +526,18 @@ def test_the_word_split_follows_the_training_words():
                                                                ("louis", 13, 18), ("now", 19, 22)]
     assert word_split_of([["play", "jazz"], ["wake", "me", "at", "6:30", ","]]) == "rule"
     assert word_split_of([["play", "jazz"], ["fly", "to", "st.", "louis"]]) == "whitespace"
+
+
+def test_a_span_whose_value_differs_from_its_text_warns(tmp_path):
+    """JavaScript annotation tools count UTF-16 units: after an emoji every offset is one too far."""
+    p = tmp_path / "train.json"
+    text = "🎵 play jazz now"
+    p.write_text(json.dumps([{"text": text, "intent": "play", "entities": [{"start": 8, "end": 12, "entity": "genre",
+                                                                           "value": "jazz"}]}]), encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"train.json:1: example 0: entity 0 \(genre\): the text at \[8, 12\) is 'azz '"):
+        read_span_json(p)
+    p.write_text(json.dumps([{"text": text, "intent": "play", "entities": [{"start": 7, "end": 11, "entity": "genre",
+                                                                           "value": "jazz"}]}]), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_span_json(p)[0]["slots"] == ["O", "O", "B-genre", "O"]

@@ -314,6 +314,11 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
         if not isinstance(label, str) or not label or any(c.isspace() for c in label):
             fail(f"entity {k}: 'entity' must be a non-empty string without spaces")
         _check_unicode([label], path, line, f"{where}: entity {k}: ")
+        value = ent.get("value")
+        if isinstance(value, str) and value != text[s:e]:  # Rasa's "value" may be a synonym: warn, do not refuse
+            warnings.warn(f"{path}:{line if line is not None else '-'}: {where}: entity {k} ({label}): the text at "
+                          f"[{s}, {e}) is {text[s:e]!r}, its 'value' is {value!r} (offsets counted in UTF-16 units "
+                          "or bytes, not characters? a synonym is fine)", stacklevel=3)
         spans.append((s, e, label, k))
     spans.sort()
     for (s1, e1, l1, k1), (s2, e2, l2, k2) in zip(spans, spans[1:]):
