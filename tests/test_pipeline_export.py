@@ -143,7 +143,7 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
         assert all(d.dim_param and not d.dim_value for d in dims), f"{tensor.name} has fixed axes"
     # batches of other sizes and lengths than the traced example, and the same predictions as the model
     runner = OnnxSLU(path, tokenizer, model.config)
-    texts = [t for t in TEXTS if t] + ["book a table for two at an italian place near the station tonight at eight"] * 3
+    texts = list(TEXTS) + ["book a table for two at an italian place near the station tonight at eight"] * 3
     intent_probs, slot_probs, word_mask = runner.probabilities(texts)
     assert intent_probs.shape == (len(texts), len(model.config.intent_labels))
     parser = SLUParser(model, tokenizer)  # early exit at the run's eps included

@@ -195,13 +195,16 @@ class OnnxSLU:
         return intent_probs, slot_probs, batch["word_mask"].numpy()
 
     def predict(self, texts: list) -> list:
+        """{"intent", "tags"} per text; text with no words gets intent None and no tags, as from SLUParser
+        (the graph is given a "." in its place, as it needs one word)."""
         intent_probs, slot_probs, word_mask = self.probabilities(texts)
         intent_ids = torch.from_numpy(intent_probs.argmax(-1))
         slot_ids = decode_slots(torch.from_numpy(slot_probs).clamp_min(1e-30).log(), torch.from_numpy(word_mask),
                                 self.config, intent_ids, cache=self._decode_cache)
+        split = WORD_SPLITS[getattr(self.config, "word_split", "rule")]
         return [{"intent": self.config.intent_labels[int(intent_ids[i])],
                  "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :int(word_mask[i].sum())]]}
-                for i in range(len(texts))]
+                if split(text) else {"intent": None, "tags": []} for i, text in enumerate(texts)]
 
 
 def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 32, atol: float = 1e-4,
