@@ -91,6 +91,8 @@ def foundation_table(results: dict) -> list:
              + " | ".join(f"test {label}" for _, label in METRICS) + " | targets met |",
              "|---|---|---|---|" + "---|" * (len(METRICS) + 1)]
     for dataset, (targets, names) in FOUNDATION.items():
+        # a candidate rerun with independent epoch seeds (`<name>_indep`, after 5e031f5) replaces its older row
+        names = [f"{n}_indep" if len(results.get(f"{n}_indep", {}).get("seeds", [])) >= 3 else n for n in names]
         runs = {n: results[n] for n in names if n in results and len(results[n]["seeds"]) >= 3}
         if not runs:
             continue

@@ -165,6 +165,12 @@ def test_foundation_targets_judge_the_candidate_chosen_on_validation():
     (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
     assert row.split(" | ")[1] == "atis" and "95.495 < 95.5" in row and row.endswith("| 2 of 3 |")
     assert render.foundation_table({"atis_feedback": candidate(95.0, 99.0)}) == []
+    # a rerun with independent seeds replaces the candidate's row (once it has 3 seeds)
+    results["atis_indep"] = candidate(91.65, 95.6, seeds=[1, 2])
+    assert render.foundation_table(results)[4].split(" | ")[1] == "atis"
+    results["atis_indep"]["seeds"] = [1, 2, 3]
+    (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
+    assert row.split(" | ")[1] == "atis_indep" and "atis 91.70" not in row and row.endswith("| 3 of 3 |")
 
 
 def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
