@@ -158,7 +158,7 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
     logits = torch.randn(2, 5, len(tags))
     logits[:, :, inside] += 8.0
     intent_probs = torch.eye(len(model.config.intent_labels))[[0, 1]].numpy()
-    runner.probabilities = lambda texts: (intent_probs, logits.softmax(-1).numpy(), torch.ones(2, 5).numpy())
+    runner.probabilities = lambda texts, words=None: (intent_probs, logits.softmax(-1).numpy(), torch.ones(2, 5).numpy())
     mask = torch.ones(2, 5, dtype=torch.bool)
     expected = model.decode_slots(logits, mask, torch.tensor([0, 1]))
     predicted = runner.predict(["a", "b"])

@@ -185,9 +185,14 @@ class OnnxSLU:
         feeds = {name: batch[name].long().numpy() for name in INPUT_NAMES if name in self.input_names}
         return self.session.run(OUTPUT_NAMES, feeds)
 
-    def probabilities(self, texts: list):
+    def words(self, texts: list) -> list:
+        """Each text split into words the way the run's training words were split."""
         split = WORD_SPLITS[getattr(self.config, "word_split", "rule")]
-        words = [[w for w, _, _ in split(t)] or ["."] for t in texts]
+        return [[w for w, _, _ in split(t)] for t in texts]
+
+    def probabilities(self, texts: list, words: list | None = None):
+        """`words`: `self.words(texts)` where the caller already has them."""
+        words = [w or ["."] for w in (self.words(texts) if words is None else words)]
         encoded = encode_words(self.tokenizer, words, self.max_length)
         rows = [{k: encoded[k][j] for k in encoded} for j in range(len(words))]
         batch = collate(rows, self.tokenizer.pad_token_id or 0)
@@ -197,14 +202,14 @@ class OnnxSLU:
     def predict(self, texts: list) -> list:
         """{"intent", "tags"} per text; text with no words gets intent None and no tags, as from SLUParser
         (the graph is given a "." in its place, as it needs one word)."""
-        intent_probs, slot_probs, word_mask = self.probabilities(texts)
+        words = self.words(texts)
+        intent_probs, slot_probs, word_mask = self.probabilities(texts, words)
         intent_ids = torch.from_numpy(intent_probs.argmax(-1))
         slot_ids = decode_slots(torch.from_numpy(slot_probs).clamp_min(1e-30).log(), torch.from_numpy(word_mask),
                                 self.config, intent_ids, cache=self._decode_cache)
-        split = WORD_SPLITS[getattr(self.config, "word_split", "rule")]
         return [{"intent": self.config.intent_labels[int(intent_ids[i])],
                  "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :int(word_mask[i].sum())]]}
-                if split(text) else {"intent": None, "tags": []} for i, text in enumerate(texts)]
+                if words[i] else {"intent": None, "tags": []} for i in range(len(texts))]
 
 
 def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 32, atol: float = 1e-4,
