@@ -226,6 +226,28 @@ def test_from_encoder_embeds_the_label_names_with_the_word_embeddings(tiny_encod
     assert any(k.endswith("label_embeddings") for k in model.state_dict()), "e_c is saved with the model"
 
 
+def test_joint_bilstm_vmtl_embeds_every_datasets_label_names_with_the_shared_table(tiny_encoder):
+    """A joint run keeps the first dataset's encoder: the other datasets' e_c must come from its
+    word embeddings, not from the random tables of the encoders they were built with."""
+    from slu_feedback.models.joint import JointSLUModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    models = {}
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)
+        config = SLUConfig(encoder_type="bilstm", vocab_size=len(tokenizer), embedding_dim=8, lstm_hidden=8,
+                           head_hidden=8, intent_labels=["play_music", "get_weather"],
+                           slot_labels=["O", "B-artist", "I-artist"], head="vmtl", vmtl={"latent_dim": 4})
+        models[name] = SLUModel.from_encoder(config, tokenizer=tokenizer)
+    before = models["b"].intent_head.label_embeddings.clone()
+    JointSLUModel(models, tokenizer=tokenizer)
+    table = models["a"].encoder.embedding.weight
+    for head in (models["b"].intent_head, models["b"].slot_head):
+        assert torch.allclose(head.label_embeddings, vmtl.embed_texts(head.label_texts, tokenizer, table))
+    assert not torch.allclose(before, models["b"].intent_head.label_embeddings)
+    assert torch.equal(models["a"].intent_head.label_embeddings, models["b"].intent_head.label_embeddings)
+
+
 # -- the model ------------------------------------------------------------------------------------
 HEAD_KEYS = ["intent_head.hidden.weight", "intent_head.hidden.bias", "intent_head.out.weight", "intent_head.out.bias",
              "slot_head.hidden.weight", "slot_head.hidden.bias", "slot_head.out.weight", "slot_head.out.bias"]

@@ -34,11 +34,13 @@ def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
 
 
 class JointSLUModel(nn.Module):
-    def __init__(self, models: dict, other_datasets_weight: float = 0.0):
+    def __init__(self, models: dict, other_datasets_weight: float = 0.0, tokenizer=None):
         """`other_datasets_weight` > 0: in training, the other datasets' intent heads also see each
         batch and are taught to have no preference on it (loss KL(uniform || p), outlier exposure).
         Each head otherwise sees only its own dataset and can be confidently wrong on another's
-        utterances, which misleads the parser's choice of the most confident head."""
+        utterances, which misleads the parser's choice of the most confident head.
+        `tokenizer` (VMTL heads, new models): the label names are embedded again with the shared
+        encoder's word embeddings, which replace each model's own (for a BiLSTM, a random table)."""
         super().__init__()
         self.other_datasets_weight = other_datasets_weight
         if len(models) < 2:
@@ -51,6 +53,8 @@ class JointSLUModel(nn.Module):
             model.encoder = self.encoder
             self.heads[name] = nn.ModuleDict({k: v for k, v in model.named_children() if k != "encoder"})
             model.vmtl_peers = {other: m for other, m in models.items() if other != name}
+            if tokenizer is not None and model.config.head == "vmtl":
+                model.embed_label_names(tokenizer)
 
     def forward(self, dataset: str, **batch):
         model = self.models[dataset]

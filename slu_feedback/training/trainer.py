@@ -268,7 +268,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
         build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
                            slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"])),
         encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
-    model = JointSLUModel(models, train_cfg["other_datasets_weight"]) if joint else models[""]
+    model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
         run_dir.mkdir(parents=True, exist_ok=True)
