@@ -352,6 +352,33 @@ def test_crf_loss_ignores_utterances_without_slot_labels():
     assert crf.neg_log_likelihood(emissions, torch.full_like(tags, -100), mask).item() == 0.0
 
 
+def test_crf_loss_marginalises_a_word_whose_tag_is_unseen():
+    """A validation tag unseen in training (-100) is skipped, as the softmax loss skips it: the
+    utterance scores all paths through its known tags, not the path with tag 0 at that word."""
+    crf = random_crf(3).double()
+    emissions = torch.randn(2, 4, 3, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    tags = torch.tensor([[2, -100, 1, -100], [1, 0, 2, 1]])
+
+    def score(b, path):
+        s = crf.start[path[0]] + emissions[b, 0, path[0]]
+        for i in range(1, len(path)):
+            s = s + crf.transitions[path[i - 1], path[i]] + emissions[b, i, path[i]]
+        return s + crf.end[path[-1]]
+
+    paths = list(itertools.product(range(3), repeat=3))
+    log_z = torch.logsumexp(torch.stack([score(0, p) for p in paths]), 0)
+    kept = torch.logsumexp(torch.stack([score(0, (2, t, 1)) for t in range(3)]), 0)
+    nll = crf.utterance_nll(emissions, tags, mask)
+    assert nll[0].item() == pytest.approx((log_z - kept).item(), rel=1e-9)
+    assert nll[0].item() != pytest.approx((log_z - score(0, (2, 0, 1))).item(), rel=1e-3)
+    full = crf.utterance_nll(emissions[1:], tags[1:], mask[1:])  # fully labelled: the gold path's score
+    assert nll[1].item() == pytest.approx(full.item(), rel=1e-9)
+    assert crf.neg_log_likelihood(emissions, tags, mask).item() == pytest.approx(nll.mean().item(), rel=1e-9)
+    assert torch.allclose(crf.utterance_nll(emissions, tags, mask, marginalise=True), nll, rtol=1e-9)
+    assert torch.allclose(crf.utterance_nll(emissions[1:], tags[1:], mask[1:], marginalise=True), full, rtol=1e-9)
+
+
 def test_predict_takes_the_feedback_steps_from_the_gathered_examples():
     """Under several processes `gather_for_metrics` drops the copies that pad the last batch; the
     mean step per round must come from the same examples as the predictions (here: the first two)."""

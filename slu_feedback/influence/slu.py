@@ -13,8 +13,8 @@ its logits `beta` get no gradient and leave the scope, as do amplifiers the hard
   skipped) divided by the split's mean number of labelled words per utterance, so that the mean over
   utterances is the per-word mean the trainer minimises (a per-utterance mean of word losses would
   weigh a 2-word utterance's words 10x a 20-word one's); CRF decoder: the utterance's CRF negative
-  log-likelihood (as `CRF.neg_log_likelihood`, per example; the trainer's CRF loss is a mean over
-  utterances too).
+  log-likelihood (`CRF.utterance_nll`, unseen tags marginalised; the trainer's CRF loss is its mean
+  over utterances).
 
 The training objective for the Hessian is the mean over utterances of
 `intent_loss_weight * intent + slot_loss_weight * slot`; earlier iterations and the convergence
@@ -99,9 +99,7 @@ class TaskLosses(nn.Module):
         labels = chunk["slot_labels"]
         crf = self.model.crf
         if crf is not None:
-            tags = labels.clamp(min=0)
-            labelled = ((labels != -100) & word_mask).any(1).to(slot_logits.dtype)  # no slot labels: no slot loss
-            slot = (crf._log_partition(slot_logits, word_mask) - crf._score(slot_logits, tags, word_mask)) * labelled
+            slot = crf.utterance_nll(slot_logits, labels, word_mask, marginalise=True)
         else:
             ce = F.cross_entropy(slot_logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
             counted = (labels != -100).to(ce.dtype)

@@ -12,12 +12,27 @@ class CRF(nn.Module):
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
 
     def neg_log_likelihood(self, emissions, tags, mask):
-        """Mean over the labelled utterances of -log p(tags | emissions). Tags at masked positions are
-        ignored; an utterance whose tags are all -100 has no slot labels and adds nothing."""
-        labelled = ((tags != -100) & mask).any(1).float()
-        tags = tags.clamp(min=0)  # -100 (unknown tag / padding) -> any valid index; masked below
-        nll = self._log_partition(emissions, mask) - self._score(emissions, tags, mask)
-        return (nll * labelled).sum() / labelled.sum().clamp(min=1)
+        """Mean over the labelled utterances of -log p(tags | emissions) (`utterance_nll`)."""
+        labelled = ((tags != -100) & mask).any(1)
+        return self.utterance_nll(emissions, tags, mask).sum() / labelled.sum().clamp(min=1)
+
+    def utterance_nll(self, emissions, tags, mask, marginalise: bool | None = None):
+        """-log p(tags | emissions) per utterance. Tags at masked positions are ignored; a word whose
+        tag is -100 (a tag unseen in training) is marginalised out: its utterance scores the total
+        probability of the paths through its known tags, as the softmax loss skips such a word. An
+        utterance whose tags are all -100 has no slot labels and scores 0. `marginalise=None` runs
+        the second forward pass only when a batch needs it, a data-dependent branch that
+        torch.func.vmap cannot trace (MTIF's per-example gradients pass True)."""
+        known = (tags != -100) & mask
+        gold = tags.clamp(min=0)  # -100 -> any valid index; masked or marginalised below
+        path = self._score(emissions, gold, mask)
+        partly = (mask & ~known).any(1) & known.any(1)
+        if marginalise or (marginalise is None and partly.any()):
+            # log-sum of the paths that keep the known tags: forbid every other tag there
+            other = torch.arange(emissions.shape[2], device=tags.device) != gold.unsqueeze(2)
+            kept = self._log_partition(emissions.masked_fill(known.unsqueeze(2) & other, -1e4), mask)
+            path = torch.where(partly, kept.to(path.dtype), path)
+        return (self._log_partition(emissions, mask) - path) * known.any(1)
 
     def _score(self, emissions, tags, mask):
         """Score of the given tag paths: start + emissions + transitions + end over each length."""
