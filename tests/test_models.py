@@ -377,6 +377,14 @@ def test_crf_loss_marginalises_a_word_whose_tag_is_unseen():
     assert crf.neg_log_likelihood(emissions, tags, mask).item() == pytest.approx(nll.mean().item(), rel=1e-9)
     assert torch.allclose(crf.utterance_nll(emissions, tags, mask, marginalise=True), nll, rtol=1e-9)
     assert torch.allclose(crf.utterance_nll(emissions[1:], tags[1:], mask[1:], marginalise=True), full, rtol=1e-9)
+    # MTIF takes per-example gradients with torch.func.vmap: the same gradients as one at a time
+    grad = torch.func.grad(lambda e, t, m: crf.utterance_nll(e[None], t[None], m[None], marginalise=True).sum())
+    batched = torch.func.vmap(grad)(emissions, tags, mask)
+    for b in range(2):
+        e = emissions[b:b + 1].clone().requires_grad_()
+        crf.utterance_nll(e, tags[b:b + 1], mask[b:b + 1]).sum().backward()
+        assert torch.allclose(batched[b], e.grad[0], rtol=1e-9, atol=1e-12)
+    assert batched[0, 1].abs().sum() > 0 and batched[0, 3].abs().sum() == 0  # the marginalised word; padding
 
 
 def test_predict_takes_the_feedback_steps_from_the_gathered_examples():
