@@ -24,15 +24,16 @@ class CRF(nn.Module):
         the second forward pass only when a batch needs it, a data-dependent branch that
         torch.func.vmap cannot trace (MTIF's per-example gradients pass True)."""
         known = (tags != -100) & mask
+        labelled = known.any(1)
         gold = tags.clamp(min=0)  # -100 -> any valid index; masked or marginalised below
         path = self._score(emissions, gold, mask)
-        partly = (mask & ~known).any(1) & known.any(1)
+        partly = (mask & ~known).any(1) & labelled
         if marginalise or (marginalise is None and partly.any()):
             # log-sum of the paths that keep the known tags: forbid every other tag there
             other = torch.arange(emissions.shape[2], device=tags.device) != gold.unsqueeze(2)
             kept = self._log_partition(emissions.masked_fill(known.unsqueeze(2) & other, -1e4), mask)
             path = torch.where(partly, kept.to(path.dtype), path)
-        return (self._log_partition(emissions, mask) - path) * known.any(1)
+        return (self._log_partition(emissions, mask) - path) * labelled
 
     def _score(self, emissions, tags, mask):
         """Score of the given tag paths: start + emissions + transitions + end over each length."""
