@@ -208,6 +208,22 @@ def test_jsonl_null_marks_a_task_without_labels(tmp_path):
         write_examples(ds["train"].to_list(), tmp_path / "folder" / "train", "folder")
 
 
+def test_a_word_without_sub_tokens_is_encoded_as_unknown():
+    from transformers import AutoTokenizer
+
+    from slu_feedback.data.features import encode_words
+    from slu_feedback.models.encoders import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("minilm-l6"))
+    # the word-piece tokenizer drops these characters; SNIPS train line 8427 has a word of U+FFFD
+    words = [["play", "\u200b", "jazz", "\ufffd\ufffd", "\x00"], ["play", "jazz"]]
+    encoded = encode_words(tokenizer, words, 64)
+    index, ids = encoded["word_index"][0], encoded["input_ids"][0]
+    assert index == [1, 2, 3, 4, 5] and [ids[i] for i in index[1::2]] == [tokenizer.unk_token_id] * 2
+    assert tokenizer.convert_ids_to_tokens(ids[3]) == "jazz" and encoded["word_index"][1] == [1, 2]
+    assert encode_words(tokenizer, words, 4)["word_index"][0] == [1, 2]  # truncation still cuts the rest
+
+
 def test_jsonl_null_errors_name_file_and_line(tmp_path):
     p = tmp_path / "train.jsonl"
     p.write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n{"tokens": ["a"], "slots": null, "intent": null}\n')

@@ -16,7 +16,10 @@ FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", 
 
 
 def encode_words(tokenizer, batch_tokens: list, max_length: int) -> dict:
-    """Tokenise pre-split words; return input ids plus the first sub-token position of each word."""
+    """Tokenise pre-split words; return input ids plus the first sub-token position of each word.
+    A word the tokenizer turns into nothing (a lone control, zero-width or U+FFFD character) is
+    encoded as the unknown token, so that it has a position of its own (as JointBERT does)."""
+    batch_tokens = [_unknown_for_empty(tokenizer, words) for words in batch_tokens]
     encoding = tokenizer(batch_tokens, is_split_into_words=True, truncation=True, max_length=max_length)
     word_index = []
     for i in range(len(batch_tokens)):
@@ -24,10 +27,18 @@ def encode_words(tokenizer, batch_tokens: list, max_length: int) -> dict:
         for position, word in enumerate(encoding.word_ids(i)):
             if word is not None and word not in first:
                 first[word] = position
-        # a word with no sub-tokens (e.g. a lone control character) borrows [CLS]'s position 0
+        # words cut by truncation have no position; a word with no sub-tokens (only where the tokenizer
+        # has no unknown token) borrows [CLS]'s position 0
         kept = max(first) + 1 if first else 0
         word_index.append([first.get(w, 0) for w in range(kept)])
     return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "word_index": word_index}
+
+
+def _unknown_for_empty(tokenizer, words: list) -> list:
+    """`words` with each word that has no sub-tokens replaced by the tokenizer's unknown token."""
+    if getattr(tokenizer, "unk_token", None) is None or all(word.isascii() and word.isprintable() for word in words):
+        return words  # the common case: no tokenizer call
+    return [word if tokenizer.tokenize(word) else tokenizer.unk_token for word in words]
 
 
 def make_features(examples: dict, tokenizer, label_maps, max_length: int) -> dict:

@@ -137,8 +137,8 @@ class SLUParser:
     def _parse_one(self, text, words, model, intent_probs, slot_probs, slot_ids, iterations, seen, n_subtokens) -> dict:
         """One utterance's result from its row of the batch output of `model`."""
         intents, slot_labels = model.config.intent_labels, model.config.slot_labels
-        # trailing words with no sub-tokens (zero-width or combining characters alone) are not
-        # "seen" either, but only a full-length encoding means the tokenizer cut the utterance
+        # every word has a sub-token (one the tokenizer drops is encoded as its unknown token), so
+        # words go unseen only when the tokenizer cut a full-length encoding
         if seen < len(words) and n_subtokens >= self.max_length:
             warnings.warn(f"utterance of {len(words)} words truncated to the first {seen} "
                           f"(max_length={self.max_length} sub-tokens); later words are tagged O")
