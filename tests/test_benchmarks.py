@@ -171,6 +171,12 @@ def test_foundation_targets_judge_the_candidate_chosen_on_validation():
     results["atis_indep"]["seeds"] = [1, 2, 3]
     (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
     assert row.split(" | ")[1] == "atis_indep" and "atis 91.70" not in row and row.endswith("| 3 of 3 |")
+    # equal means up to float noise (the same count of right frames): the smaller spread over seeds wins
+    results["atis_crf"]["validation"]["sentence_acc"] = {"mean": 91.65 + 1e-12, "std": 0.5}
+    results["atis_indep"]["validation"]["sentence_acc"] = {"mean": 91.65, "std": 0.2}
+    assert render.foundation_table(results)[4].split(" | ")[1] == "atis_indep"
+    results["atis_indep"]["validation"]["sentence_acc"]["std"] = 0.9
+    assert render.foundation_table(results)[4].split(" | ")[1] == "atis_crf"
 
 
 def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
