@@ -59,6 +59,33 @@ def test_mtif_matches_leave_one_out_retraining(linear_problem):
     assert result["datamodel"]["intent"]["spearman"] > 0.5 and result["datamodel"]["slot"]["spearman"] > 0.5
 
 
+def test_leave_one_out_resumes_from_its_rows_file(linear_problem, tmp_path, monkeypatch):
+    """An interrupted check keeps what it measured: a rerun retrains only the missing samples and
+    subsets and gives the same result; a rows file from other settings is not trusted."""
+    import slu_feedback.influence.mtif as mtif
+
+    calls = []
+    real_converge = mtif.converge
+    monkeypatch.setattr(mtif, "converge", lambda *a, **k: calls.append(1) or real_converge(*a, **k))
+    rows_file = tmp_path / "rows.jsonl"
+    kw = dict(solver="explicit", subsets=2, rows_file=rows_file)
+    first = leave_one_out(linear_problem, 0.1, [3, 7, 11], **kw)
+    assert len(calls) == 1 + 3 * 2 + 2  # w*, one retraining per sample, one per subset
+    lines = rows_file.read_text().splitlines()
+    assert len(lines) == 1 + 3 * 2 + 2
+    rows_file.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # killed while writing row 4
+
+    calls.clear()
+    resumed = leave_one_out(linear_problem, 0.1, [3, 7, 11], **kw)
+    assert len(calls) == 1 + (3 * 2 + 2 - 3)  # rows 1-3 were kept, the half-written one is redone
+    assert resumed["loo"] == first["loo"] and resumed["datamodel"] == first["datamodel"]
+    assert len(rows_file.read_text().splitlines()) == 1 + 3 * 2 + 2
+
+    calls.clear()
+    leave_one_out(linear_problem, 0.2, [3, 7, 11], **kw)  # other damping: everything is remeasured
+    assert len(calls) == 1 + 3 * 2 + 2
+
+
 def test_solvers_agree(linear_problem):
     w = linear_problem.flat()
     w_star = converge(linear_problem, w, w, 0.1)  # positive definite there

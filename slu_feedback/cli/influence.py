@@ -176,7 +176,8 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
 @_errors
 def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_iter, cg_iterations, out_dir):
     """Retrain the scope without single samples (and on random halves) and compare the actual
-    change of each task's validation loss with MTIF; writes validate.json and validate.png."""
+    change of each task's validation loss with MTIF; writes validate.json and validate.png.
+    Each retraining is appended to validate_rows.jsonl, so a rerun after an interruption resumes."""
     from ..influence.report import validate_run
 
     kw = {"max_iter": cg_iterations} if solver == "cg" else {}

@@ -20,9 +20,11 @@ objective L(w) + damping/2 * ||w - w_anchor||^2 that `converge` and the leave-on
 minimise, so the check tests the formula with the same H.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -256,6 +258,40 @@ def converge(problem: Problem, w_start, anchor, damping: float, weights=None, ma
     return w.detach()
 
 
+class _Measured:
+    """The actual changes `leave_one_out` measured, kept in a JSON Lines file: the first line holds
+    the settings they were measured under (a file with other settings is started afresh), then one
+    line per retraining. A half-written last line (the run killed mid-write) is dropped."""
+
+    def __init__(self, path, settings: dict):
+        self.path, self.rows = (Path(path) if path else None), {}
+        if self.path is None:
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        try:
+            same = bool(lines) and json.loads(lines[0]) == settings
+        except json.JSONDecodeError:
+            same = False
+        for line in lines[1:] if same else []:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.rows[json.dumps(row["id"])] = row["actual"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(x) + "\n" for x in [settings] + [
+            {"id": json.loads(k), "actual": v} for k, v in self.rows.items()]), encoding="utf-8")
+
+    def get(self, key: list, measure: Callable[[], list]) -> list:
+        if json.dumps(key) in self.rows:
+            return self.rows[json.dumps(key)]
+        actual = measure()
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"id": key, "actual": actual}) + "\n")
+        return actual
+
+
 def pearson(x, y) -> float:
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     x, y = x - x.mean(), y - y.mean()
@@ -277,7 +313,7 @@ def spearman(x, y) -> float:
 
 def leave_one_out(problem: Problem, damping: float, examples, solver: str = "explicit", subsets: int = 0,
                   subset_fraction: float = 0.5, seed: int = 0, retrain_iter: int = 500, progress: bool = False,
-                  **solver_kw) -> dict:
+                  rows_file=None, **solver_kw) -> dict:
     """Compare MTIF with actual retraining of the scope.
 
     1. w* = argmin of the proximal objective, anchored at the given parameters (so H at w* is the
@@ -287,11 +323,18 @@ def leave_one_out(problem: Problem, damping: float, examples, solver: str = "exp
     3. Linear datamodeling score: `subsets` random subsets keeping `subset_fraction` of the
        utterances; actual V_k(w_S) - V_k(w*) against the summed MTIF of the removed utterances
        (Spearman across subsets).
+
+    Each retraining takes seconds to minutes on a real run, so with `rows_file` every actual change
+    is appended to that JSON Lines file as it is measured, and a rerun with the same problem and
+    settings takes the measured ones from it instead of retraining: an interrupted check resumes.
     """
     anchor = problem.flat()
     T = len(problem.tasks)
     w_star = converge(problem, anchor, anchor, damping, max_iter=retrain_iter)
     v_star = problem.valid_losses(w_star).detach()
+    measured = _Measured(rows_file, {"n_train": problem.n, "n_params": problem.size, "damping": damping,
+                                     "retrain_iter": retrain_iter, "seed": seed, "subset_fraction": subset_fraction,
+                                     "valid_loss": [float(f"{v:.12g}") for v in v_star.tolist()]})
     s, info = influence_vectors(problem, damping, solver, w=w_star, **solver_kw)
     chunks = [{k: v[torch.isin(c["index"], torch.as_tensor(examples))] for k, v in c.items()} for c in problem.train]
     index, scores = score_chunks(problem, s, [c for c in chunks if len(c["index"])], w=w_star)
@@ -300,10 +343,13 @@ def leave_one_out(problem: Problem, damping: float, examples, solver: str = "exp
     rows = []
     for i in tqdm(list(examples), desc="leave-one-out", disable=not progress):
         for l in range(T):
-            weights = ones.clone()
-            weights[i, l] = 0
-            w_i = converge(problem, w_star, anchor, damping, weights, retrain_iter)
-            actual = (problem.valid_losses(w_i).detach() - v_star).tolist()
+            def retrain():
+                weights = ones.clone()
+                weights[i, l] = 0
+                w_i = converge(problem, w_star, anchor, damping, weights, retrain_iter)
+                return (problem.valid_losses(w_i).detach() - v_star).tolist()
+
+            actual = measured.get(["loo", int(i), l], retrain)
             rows.append({"example": int(i), "source": problem.tasks[l], "predicted": pred[int(i)][l].tolist(),
                          "actual": actual})
     result = {"n_train": problem.n, "n_params": problem.size, "damping": damping, "solver": info, "loo": rows,
@@ -328,15 +374,19 @@ def leave_one_out(problem: Problem, damping: float, examples, solver: str = "exp
         utterance = full.sum(1)  # (n, T targets): both samples of an utterance
         gen = torch.Generator().manual_seed(seed)
         lds_rows = []
-        for _ in tqdm(range(subsets), desc="datamodel subsets", disable=not progress):
+        for j in tqdm(range(subsets), desc="datamodel subsets", disable=not progress):
             keep = torch.randperm(problem.n, generator=gen)[: int(round(subset_fraction * problem.n))]
             mask = torch.zeros(problem.n, dtype=torch.bool)
             mask[keep] = True
-            weights = ones.clone()
-            weights[~mask.to(weights.device)] = 0
-            w_s = converge(problem, w_star, anchor, damping, weights, retrain_iter)
+
+            def retrain():
+                weights = ones.clone()
+                weights[~mask.to(weights.device)] = 0
+                w_s = converge(problem, w_star, anchor, damping, weights, retrain_iter)
+                return (problem.valid_losses(w_s).detach() - v_star).tolist()
+
             lds_rows.append({"predicted": utterance[~mask.to(utterance.device)].sum(0).tolist(),
-                             "actual": (problem.valid_losses(w_s).detach() - v_star).tolist()})
+                             "actual": measured.get(["subset", j], retrain)})
         result["datamodel"] = {"subsets": subsets, "fraction": subset_fraction, "rows": lds_rows, **{
             task: {"spearman": spearman([r["predicted"][k] for r in lds_rows], [r["actual"][k] for r in lds_rows]),
                    "pearson": pearson([r["predicted"][k] for r in lds_rows], [r["actual"][k] for r in lds_rows])}

@@ -308,7 +308,8 @@ def validate_run(run_dir, n: int = 40, scope: str = "heads", solver: str = "auto
     problem, _, _ = build_problem(run_dir, scope, batch_size)
     examples = torch.randperm(problem.n, generator=torch.Generator().manual_seed(seed))[: min(n, problem.n)].tolist()
     result = leave_one_out(problem, damping, examples, default_solver(problem, solver), subsets=subsets, seed=seed,
-                           retrain_iter=retrain_iter, progress=progress, **solver_kw)
+                           retrain_iter=retrain_iter, progress=progress, rows_file=out_dir / "validate_rows.jsonl",
+                           **solver_kw)
     result.update(run_dir=str(run_dir), scope=scope, seed=seed, seconds=time.perf_counter() - started)
     result = json.loads(json.dumps(result, default=float).replace("NaN", "null"))
     out_dir.mkdir(parents=True, exist_ok=True)
