@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -367,6 +368,23 @@ def test_intent_slot_constraints_are_learned_from_train_and_hold_in_every_predic
     assert not any(off_type(p["intent"], p["tags"]) for p in parser(texts))
     next(iter(parser.models.values())).config.intent_slot_constraints = False
     assert any(off_type(p["intent"], p["tags"]) for p in parser(texts))
+
+
+def test_parser_cuts_where_the_run_was_trained(tiny_run_factory):
+    """slu-parse reads as many sub-tokens as training and slu-eval did (the run's data.max_length)."""
+    run = tiny_run_factory("data.max_length=12")
+    long_text = " ".join(["boston"] * 30)
+    parser = SLUParser.from_pretrained(run)
+    assert parser.model.config.train_max_length == 12 and parser.max_length == 12
+    with pytest.warns(UserWarning, match="max_length=12"):
+        result = parser(long_text)
+    assert len(result["tags"]) == 30 and set(result["tags"][10:]) == {"O"}  # 10 words + [CLS] + [SEP]
+    wider = SLUParser.from_pretrained(run, max_length=64)  # an explicit length still wins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(wider(long_text)["tags"]) == 30
+    parser.model.config.train_max_length = None  # a run trained before the config kept it
+    assert SLUParser(parser.model, parser.tokenizer).max_length == 128
 
 
 def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypatch, tmp_path):

@@ -13,6 +13,13 @@ from torch.utils.data import DataLoader, Sampler
 from .dataset import UNKNOWN_ID
 
 FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", "slot_label"]
+LEGACY_PARSE_LENGTH = 128  # the parsers' cut for runs whose config has no train_max_length (trained before 2026-12-02)
+
+
+def parse_length(config, max_length: int | None = None) -> int:
+    """Sub-tokens per utterance at parse time: `max_length` if given, else the run's training
+    `data.max_length` (`config.train_max_length`), so that parsing cuts where training and `slu-eval` did."""
+    return max_length or getattr(config, "train_max_length", None) or LEGACY_PARSE_LENGTH
 
 
 def encode_words(tokenizer, batch_tokens: list, max_length: int) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.features import collate, encode_words
+from ..data.features import collate, encode_words, parse_length
 from ..data.readers import WORD_SPLITS, tokenize
 from ..models import load_run
 from ..models.modeling import decode_slots
@@ -169,7 +169,7 @@ class OnnxSLU:
     does. The graph holds no CRF transitions: a CRF run's tags are decoded per word (with the IOB2
     constraint), which can differ from the PyTorch model's Viterbi path."""
 
-    def __init__(self, onnx_file, tokenizer, config, max_length: int = 128, threads: int | None = None):
+    def __init__(self, onnx_file, tokenizer, config, max_length: int | None = None, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -178,7 +178,7 @@ class OnnxSLU:
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
+        self.tokenizer, self.config, self.max_length = tokenizer, config, parse_length(config, max_length)
         self._decode_cache = {}
 
     def run_batch(self, batch: dict):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.features import collate, encode_words
+from ..data.features import collate, encode_words, parse_length
 from ..data.readers import WORD_SPLITS, bio_to_spans
 from ..models import RunError, load_run
 from ..models.joint import joint_datasets
@@ -34,12 +34,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class SLUParser:
-    def __init__(self, model, tokenizer, max_length: int = 128, top_k: int = 3, models: dict | None = None):
-        """`model`: an `SLUModel`; or `models`, {dataset: SLUModel} sharing one encoder (a joint run)."""
+    def __init__(self, model, tokenizer, max_length: int | None = None, top_k: int = 3, models: dict | None = None):
+        """`model`: an `SLUModel`; or `models`, {dataset: SLUModel} sharing one encoder (a joint run).
+        `max_length`: sub-tokens per utterance (default: the run's training `data.max_length`)."""
         self.models = {name: m.eval() for name, m in (models or {"": model}).items()}
         self.model = next(iter(self.models.values()))
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = parse_length(self.model.config, max_length)
         self.top_k = top_k
         self.intents = self.model.config.intent_labels
         self.slot_labels = self.model.config.slot_labels

@@ -32,7 +32,7 @@ class SLUPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def __init__(self, *args, top_k: int = 3, max_length: int = 128, **kwargs):
+    def __init__(self, *args, top_k: int = 3, max_length: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.parser = SLUParser(self.model, self.tokenizer, max_length=max_length, top_k=top_k)
 

@@ -60,6 +60,9 @@ class SLUConfig(PreTrainedConfig):
         vmtl: dict | None = None,
         label_names: dict | None = None,  # label -> text for the VMTL label-name embeddings
         word_split: str = "rule",  # how raw text becomes words at parse time: rule (tokenize) | whitespace (set by slu-train)
+        # sub-tokens per utterance in training (data.max_length, set by slu-train); the parser cuts there
+        # too (not `max_length`: transformers reserves that name for generation settings)
+        train_max_length: int | None = None,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -86,6 +89,7 @@ class SLUConfig(PreTrainedConfig):
         self.vmtl = {**DEFAULT_VMTL, **(vmtl or {})}
         self.label_names = dict(label_names or {})
         self.word_split = word_split
+        self.train_max_length = train_max_length
         self.initializer_range = initializer_range
         if word_split not in ("rule", "whitespace"):
             raise ValueError(f"word_split must be 'rule' or 'whitespace', not {word_split!r}")

@@ -91,9 +91,10 @@ def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
 
 
 def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types=None,
-                       word_split: str = "rule") -> SLUConfig:
+                       word_split: str = "rule", max_length: int | None = None) -> SLUConfig:
     """`slot_types`: {intent: slot types seen with it in training} (see `slot_types_by_intent`);
-    `word_split`: how the training words were split (see `word_split_of`)."""
+    `word_split`: how the training words were split (see `word_split_of`); `max_length`: the
+    recipe's `data.max_length`, where the parser cuts utterances as training and `slu-eval` do."""
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints",
             "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden",
             "lstm_layers", "feedback", "head", "vmtl", "label_names"]
@@ -105,7 +106,8 @@ def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (),
     if model_cfg["encoder_type"] == "hf":
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
-                     slot_types_by_intent=slot_types, vocab_size=len(tokenizer), word_split=word_split, **kwargs)
+                     slot_types_by_intent=slot_types, vocab_size=len(tokenizer), word_split=word_split,
+                     train_max_length=max_length, **kwargs)
 
 
 def tau_at(progress: float, feedback: dict) -> float:
@@ -266,7 +268,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
     models = {name: SLUModel.from_encoder(
         build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
-                           slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"])),
+                           slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
+                           recipe["data"]["max_length"]),
         encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
