@@ -67,6 +67,7 @@ def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
     # the counts agree with a separate evaluation that stops at iteration 0 (no feedback)
     before = evaluate_run(trained_feedback_run, "test", iterations=0, out_dir=out.parent / "eval_k0")
     rows_0 = [json.loads(x) for x in (Path(before["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
+    assert before["feedback"]["mean_step"] == {} and not (Path(before["out_dir"]) / "feedback_steps.png").exists()
     frame = lambda r: (r["pred_intent"], r["pred_slots"])  # noqa: E731
     assert fb["changed"] == sum(frame(a) != frame(b) for a, b in zip(rows_0, rows))
     assert fb["fixed"] == sum(a["error"] and not b["error"] for a, b in zip(rows_0, rows))

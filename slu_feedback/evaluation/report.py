@@ -71,7 +71,8 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                                      if k != "n" and isinstance(metrics[k], (int, float))}}
     if feedback:
         report["feedback"] = feedback_changes(pred, raw, config)
-        plot_steps(report["feedback"]["mean_step"], out_dir / "feedback_steps.png")
+        if report["feedback"]["mean_step"]:  # none when evaluated with iterations=0: nothing to plot
+            plot_steps(report["feedback"]["mean_step"], out_dir / "feedback_steps.png")
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for i, example in enumerate(raw):
             row = {"id": i, "text": example["text"], "gold_intent": example["intent"],
