@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -336,8 +337,6 @@ def test_bad_data_leaves_no_empty_run_directory(tiny_recipe, tmp_path):
 
 
 def test_intent_slot_constraints_are_learned_from_train_and_hold_in_every_prediction(tiny_run_factory, tmp_path):
-    import shutil
-
     from slu_feedback.data import load_splits, slot_types_by_intent
     from slu_feedback.models import load_run
 
@@ -398,6 +397,10 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
     sample = Path(__file__).resolve().parents[1] / "data" / "sample"
     evaluate_run(run, "test", data=str(sample), out_dir=tmp_path / "eval")
     assert seen == [12]
+    bare = tmp_path / "bare_run"  # a model folder without the recipe: the length comes from its config
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("recipe.yaml", "checkpoint", "eval_*"))
+    evaluate_run(bare, "test", data=str(sample), out_dir=tmp_path / "eval_bare")
+    assert seen == [12, 12]
     # one split given by itself (a folder with seq.in, or a JSONL file) is scored whole, named after itself
     out = evaluate_run(run, "test", data=str(sample / "valid"), out_dir=tmp_path / "eval_valid")
     assert out["split"] == "valid" and out["n"] == len((sample / "valid" / "label").read_text().splitlines())

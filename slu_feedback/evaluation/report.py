@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
-from ..data.features import featurize, make_loader
+from ..data.features import featurize, make_loader, parse_length
 from ..models import load_run
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
 from .plots import plot_confusion, plot_reliability, plot_steps
@@ -29,9 +29,9 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     metrics.json, predictions.jsonl and PNGs (intent confusion, intent reliability diagram) into
     `out_dir`."""
     run_dir = Path(run_dir)
-    if data:  # other data, cut to the run's max_length when its recipe says it
+    if data:  # other data, cut where the run was trained (its recipe, else its config)
         path, base_dir, fmt = data, None, "auto"
-        max_length = run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else 64
+        max_length = run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else None  # None: from config
     else:
         path, base_dir, fmt, max_length = run_data_path(run_dir)
     splits = load_data(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
@@ -43,6 +43,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                          "only fully labelled splits can be scored")
     config = model.config
     labels = LabelMaps(config.intent_labels, config.slot_labels)
+    max_length = parse_length(config, max_length)
     loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
