@@ -69,6 +69,9 @@ def test_run_directory_is_written_once(distributed_run):
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("model.safetensors")) == \
         ["checkpoint/model.safetensors", "model.safetensors"]
     assert not list(run.glob("*.tmp")) and not list(run.glob("checkpoint.tmp"))
+    # each rank's random state reached the checkpoint (the folder moves only once both are written)
+    assert sorted(p.name for p in (run / "checkpoint").glob("random_states_*.pkl")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]
     assert [r["epoch"] for r in rows(run, "epoch")] == list(range(1, EPOCHS + 1))
     steps = [r["step"] for r in rows(run, "step")]
     assert steps == sorted(set(steps)), "step rows are logged by rank 0 only, never twice"

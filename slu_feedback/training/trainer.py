@@ -483,6 +483,8 @@ def save_checkpoint(accelerator, checkpoint: Path, state: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # every rank writes its own random_states_<rank>.pkl: all must be done before the folder moves
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
         _replace_dir(tmp, checkpoint)
