@@ -23,15 +23,20 @@ def run_data_path(run_dir: Path):
     return recipe["data"]["path"], recipe.get("recipe_dir"), recipe["data"]["format"], recipe["data"]["max_length"]
 
 
+def run_max_length(run_dir: Path, config) -> int:
+    """Sub-tokens per utterance the run was trained with, for other data (`--data`): its recipe's
+    `data.max_length`, else its config's (`parse_length`), so that the cut is the parser's."""
+    return parse_length(config, run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else None)
+
+
 def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
                  iterations=None, model=None, tokenizer=None, quantize: bool = False, device: str = "cpu") -> dict:
     """Score `run_dir` on `split` (on `device`, unless a loaded `model` is given); write
     metrics.json, predictions.jsonl and PNGs (intent confusion, intent reliability diagram) into
     `out_dir`."""
     run_dir = Path(run_dir)
-    if data:  # other data, cut where the run was trained (its recipe, else its config)
-        path, base_dir, fmt = data, None, "auto"
-        max_length = run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else None  # None: from config
+    if data:  # other data, cut where the run was trained (`run_max_length`, once the model is loaded)
+        path, base_dir, fmt, max_length = data, None, "auto", None
     else:
         path, base_dir, fmt, max_length = run_data_path(run_dir)
     splits = load_data(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
@@ -43,7 +48,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                          "only fully labelled splits can be scored")
     config = model.config
     labels = LabelMaps(config.intent_labels, config.slot_labels)
-    max_length = parse_length(config, max_length)
+    max_length = max_length or run_max_length(run_dir, config)
     loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)

@@ -222,12 +222,12 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
 
     from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
     from ..data.features import featurize, make_loader
-    from ..evaluation.report import run_data_path
+    from ..evaluation.report import run_data_path, run_max_length
 
     if model is None:
         model, tokenizer = load_run(run_dir)
-    # other data is cut where the run was trained (`parse_length`), as the parser would cut it
-    path, base_dir, fmt, max_length = (data, None, "auto", parse_length(model.config)) if data else run_data_path(Path(run_dir))
+    path, base_dir, fmt, max_length = ((data, None, "auto", run_max_length(Path(run_dir), model.config)) if data
+                                       else run_data_path(Path(run_dir)))
     _, raw = pick_split(load_data(resolve_data_path(path, base_dir), format=fmt), split)
     if limit:
         raw = raw.select(range(min(limit, len(raw))))
