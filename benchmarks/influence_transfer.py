@@ -4,7 +4,7 @@ benchmarks/results/influence_transfer_<name>.json.
     python benchmarks/influence_transfer.py runs/bench/atis/seed1 --name atis
 
 MTIF pruning drops the training samples whose removal it predicts lowers the *validation* loss;
-on ATIS that raised validation sentence accuracy but not test (README "Influence (MTIF)"). This
+on ATIS that raised validation sentence accuracy but not test (benchmarks/NOTES.md "Influence (MTIF)"). This
 scores the run's training set against both splits (RUN_DIR/influence, reused when it holds
 validation scores of the same scope, and RUN_DIR/influence_test) and compares them sample by
 sample (an utterance's intent sample and slot sample, each summed over both target tasks):

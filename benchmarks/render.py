@@ -1,4 +1,5 @@
-"""Render benchmarks/RESULTS.md and the README's results table from benchmarks/results/*.json.
+"""Render benchmarks/RESULTS.md (every run) and the README's results tables (HEADLINE's runs and the
+foundation targets) from benchmarks/results/*.json.
 
     python benchmarks/render.py
 
@@ -32,6 +33,15 @@ FOUNDATION = {
 }
 
 
+# The README's tables show these runs (each the recipe as it stands or the configuration chosen on
+# validation for it); RESULTS.md lists every run.
+HEADLINE = {
+    "atis": ["atis_indep", "atis_crf", "atis_feedback_gate_once", "atis_vmtl_geninit", "atis_bilstm", "atis_bilstm_feedback"],
+    "snips": ["snips_lr2e-4_indep", "snips_crf_indep", "snips_feedback_lr2e-4_gate_once", "snips_vmtl_geninit",
+              "snips_bilstm", "snips_bilstm_feedback"],
+}
+
+
 def fmt(stat: dict) -> str:
     return "-" if stat is None or stat.get("mean") is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
@@ -53,18 +63,50 @@ def accuracy_table(results: dict, anchors: dict, dataset: str) -> list:
     for name, r in results.items():
         if dataset_of(r) != dataset:
             continue
-        delta = "-"
-        base = results.get(r.get("compare_to") or "")
-        if base:  # over the run's seeds; "other seeds" where the base lacks one of them
-            paired = set(r["seeds"]) <= {row["seed"] for row in base.get("per_seed", [])}
-            d = r["test"]["sentence_acc"]["mean"] - seed_mean(base, "test", "sentence_acc", r["seeds"])
-            delta = f"{d:+.2f} (vs {base['recipe']}{'' if paired else ', other seeds'})"
         inf = r["inference_utt_per_s"]
         lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(fmt(r["test"][k]) for k, _ in METRICS)
-                     + f" | {delta} | {r['train_seconds_per_epoch']['mean']:.0f} | {inf['batch_1']['mean']:.0f} | {inf['batch_32']['mean']:.0f} |")
-    for a in anchors.get(dataset, []):
-        lines.append(f"| *{a['model']}, published* | | " + " | ".join(f"*{a[k]:.1f}*" for k, _ in METRICS) + " | | | | |")
-    return lines
+                     + f" | {delta_vs_base(results, r)} | {r['train_seconds_per_epoch']['mean']:.0f} | "
+                     f"{inf['batch_1']['mean']:.0f} | {inf['batch_32']['mean']:.0f} |")
+    return lines + anchor_rows(anchors, dataset, 1, 4)
+
+
+def headline_table(results: dict, anchors: dict, dataset: str) -> list:
+    """The README's table: HEADLINE's runs with what they ran (recipe and overrides, from the
+    results file's command), without timings (taken on different days, they compare only as
+    side-by-side ratios)."""
+    lines = [f"| run | recipe | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs base |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+    for name in HEADLINE.get(dataset, []):
+        if name in results:
+            r = results[name]
+            lines.append(f"| {name} | `{recipe_of(r['command'])}` | {len(r['seeds'])} | "
+                         + " | ".join(fmt(r["test"][k]) for k, _ in METRICS) + f" | {delta_vs_base(results, r)} |")
+    return lines + anchor_rows(anchors, dataset, 2, 1) if len(lines) > 2 else []
+
+
+def recipe_of(command: str) -> str:
+    """`python benchmarks/run.py recipes/x.yaml a.b=1 --seeds 1 2` -> `recipes/x.yaml a.b=1`."""
+    words = command.split()
+    start = next((i + 1 for i, w in enumerate(words) if w.endswith("run.py")), 0)
+    end = next((i for i, w in enumerate(words) if i >= start and w.startswith("--")), len(words))
+    return " ".join(words[start:end])
+
+
+def delta_vs_base(results: dict, r: dict) -> str:
+    """Test sentence accuracy against the run's base over the run's seeds ("other seeds" where
+    the base lacks one of them); "-" without a base."""
+    base = results.get(r.get("compare_to") or "")
+    if not base:
+        return "-"
+    paired = set(r["seeds"]) <= {row["seed"] for row in base.get("per_seed", [])}
+    d = r["test"]["sentence_acc"]["mean"] - seed_mean(base, "test", "sentence_acc", r["seeds"])
+    return f"{d:+.2f} (vs {base['recipe']}{'' if paired else ', other seeds'})"
+
+
+def anchor_rows(anchors: dict, dataset: str, before: int, after: int) -> list:
+    """The published numbers in italics, with `before` and `after` empty cells around the metrics."""
+    return ["| " + " | ".join([f"*{a['model']}, published*"] + [""] * before + [f"*{a[k]:.1f}*" for k, _ in METRICS]
+                              + [""] * after) + " |" for a in anchors.get(dataset, [])]
 
 
 def inference_targets(s: dict) -> list:
@@ -313,11 +355,14 @@ def render() -> tuple:
     results = load_results()
     anchors = json.loads((ROOT / "benchmarks" / "anchors.json").read_text())
     datasets = sorted({dataset_of(r) for r in results.values()})
-    summary = []
+    summary, readme = [], []
     for dataset in datasets:
-        summary += [f"**{dataset.upper()}** (test split, mean ± sample std over seeds; checkpoint chosen on validation)", ""]
-        summary += accuracy_table(results, anchors, dataset) + [""]
+        title = f"**{dataset.upper()}** (test split, mean ± sample std over seeds; checkpoint chosen on validation)"
+        summary += [title, ""] + accuracy_table(results, anchors, dataset) + [""]
+        headline = headline_table(results, anchors, dataset)
+        readme += [title, ""] + headline + [""] if headline else []
     summary += foundation_table(results)
+    readme += foundation_table(results)
     summary += comparison_table(results)
     summary += routing_table(results)
     summary += decoding_table(results)
@@ -367,7 +412,7 @@ def render() -> tuple:
             body += inference_targets(s)
         body += [
                  f"command `{s['command']}`, commit `{s['commit']}`, {s['date']}", ""]
-    return "\n".join(body) + "\n", "\n".join(summary)
+    return "\n".join(body) + "\n", "\n".join(readme)
 
 
 def main():

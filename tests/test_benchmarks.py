@@ -323,3 +323,17 @@ def test_other_decoding_scores_the_same_weights_with_the_constraint_off_and_on(t
     assert "other_decoding" not in run.summarise(rows + [row])  # only where every seed measured it
     table = render.decoding_table({"snips": {**result(90.0), **summary}})
     assert table[-2] == "| snips | 3 | 91.00 ± 0.00 | 93.00 ± 1.41 | 90.00 ± 0.00 | 94.00 ± 1.41 | 90.00 / 94.00 |"
+
+
+def test_the_readme_table_shows_the_headline_runs_with_what_they_ran(monkeypatch):
+    monkeypatch.setattr(render, "HEADLINE", {"atis": ["atis_crf", "atis", "missing"]})
+    base = result(87.0, command="python benchmarks/run.py recipes/atis.yaml --seeds 1 2 3")
+    crf = result(87.5, compare_to="atis", command="python benchmarks/run.py recipes/atis_crf.yaml model.dropout=0.2 --fresh --seeds 1 2 3")
+    other = result(90.0, command="python benchmarks/run.py recipes/atis_other.yaml --seeds 1")
+    anchors = {"atis": [{"model": "JointBERT", "intent_acc": 97.5, "slot_f1": 96.1, "sentence_acc": 88.2}]}
+    lines = render.headline_table({"atis": base, "atis_crf": crf, "atis_other": other}, anchors, "atis")
+    rows = [line for line in lines if line.startswith("| ")][1:]  # without the header
+    assert [row.split(" | ")[0] for row in rows] == ["| atis_crf", "| atis", "| *JointBERT, published*"]
+    assert "| `recipes/atis_crf.yaml model.dropout=0.2` | 3 |" in rows[0] and rows[0].endswith("| +0.50 (vs atis, other seeds) |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines if line.startswith("|"))
+    assert render.headline_table({"atis_other": other}, anchors, "atis") == []
