@@ -115,3 +115,21 @@ def test_fetch_offline_exits_1(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_module.urllib.request, "urlopen", no_network)
     res = run("fetch", "snips", "--dest", tmp_path)
     assert res.exit_code == 1 and "SLU_DATA_DIR" in res.output and "Traceback" not in res.output
+    monkeypatch.chdir(tmp_path)  # a relative --dest: the export it suggests works from anywhere
+    res = run("fetch", "snips", "--dest", "store")
+    assert f"export SLU_DATA_DIR={tmp_path.resolve() / 'store'}`" in res.output.replace("\n", "")
+
+
+def test_warnings_are_one_line_each_and_summarised(tmp_path):
+    """A Rasa synonym per example: one `warning:` line for each of the first three, then a count,
+    never Python's `file.py:N: UserWarning` form with the source line under it."""
+    examples = [{"text": f"wake me at {h}", "intent": "alarm",
+                 "entities": [{"start": 11, "end": 13, "entity": "time", "value": "soon"}]} for h in range(10, 20)]
+    for split, items in (("train", examples), ("valid", examples[:2]), ("test", examples[:2])):
+        (tmp_path / f"{split}.json").write_text(json.dumps(items))
+    res = run("validate", tmp_path)
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 4 and all("'value' is 'soon'" in line for line in lines[:3])
+    assert lines[3] == "warning: ... and 11 more of the same kind"  # 14 examples in all
+    assert "UserWarning" not in res.output

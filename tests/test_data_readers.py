@@ -387,6 +387,10 @@ def test_load_splits_dev_alias_and_missing_split(tmp_path):
     for split in ("train", "dev", "test"):
         write_split(tmp_path, split, *GOOD)
     assert len(load_splits(tmp_path)["validation"]) == 2
+    write_split(tmp_path, "valid", *GOOD)  # two candidates for one split: an error, not a silent choice
+    with pytest.raises(DataError, match="valid and dev could each be the validation split; keep one"):
+        load_splits(tmp_path)
+    shutil.rmtree(tmp_path / "valid")
     shutil.rmtree(tmp_path / "test")
     with pytest.raises(DataError, match="'test'") as err:
         load_splits(tmp_path, format="folder")
@@ -442,7 +446,7 @@ def test_resolve_data_path(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         resolve_data_path("snips", base_dir=tmp_path / "recipes")
     msg = str(err.value)
-    assert "SLU_DATA_DIR" in msg and "slu-data fetch atis" in msg and str(tmp_path / "store" / "snips") in msg
+    assert "SLU_DATA_DIR" in msg and "slu-data fetch snips" in msg and str(tmp_path / "store" / "snips") in msg
 
 
 # --- label maps and subsampling -----------------------------------------------------------

@@ -73,9 +73,12 @@ def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
     assert fb["changed"] == sum(frame(a) != frame(b) for a, b in zip(rows_0, rows))
     assert fb["fixed"] == sum(a["error"] and not b["error"] for a, b in zip(rows_0, rows))
     assert fb["broken"] == sum(b["error"] and not a["error"] for a, b in zip(rows_0, rows))
-    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation"])
+    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "valid"])  # as the data folders say
     assert result.exit_code == 0, result.output
-    assert "sentence accuracy" in result.output and "fixed" in result.output
+    assert "validation:" in result.output and "sentence accuracy" in result.output and "fixed" in result.output
+    assert re.search(r"intent ECE \(15 bins\) +[0-9.]+ %", result.output), "ECE is printed in percent, so say so"
+    result = CliRunner().invoke(eval_main, [str(Path(trained_feedback_run).parent)])  # a folder that is no run
+    assert result.exit_code == 1 and "not a trained run, missing config.json" in result.output, result.output
 
 
 def test_parser_handles_awkward_input(trained_feedback_run):
@@ -115,9 +118,13 @@ def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
     (tmp_path / "in.txt").write_bytes(b"play jazz\nplay caf\xe9\n")  # Latin-1, not UTF-8
     result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt")])
     assert result.exit_code == 1 and "in.txt:2: not UTF-8 text" in result.output and "Traceback" not in result.output
-    result = runner.invoke(parse_main, [str(trained_feedback_run)], input=":help\nplay jazz\n:explain\nplay jazz\n:quit\n")
+    result = runner.invoke(parse_main, [str(trained_feedback_run)],
+                           input=":help\nplay jazz\n:explain\nplay jazz\n:foo\n:quit\n")
     assert result.exit_code == 0 and "k=0" in result.output
-    assert len(re.findall(r"intent  \S+  [01]\.\d{3}", result.output)) == 2, "both utterances parsed"
+    assert len(re.findall(r"intent  \S+  [01]\.\d{3}", result.output)) == 2, "both utterances parsed, not :foo"
+    assert "unknown command :foo; :help lists the commands" in result.output
+    used = int(re.search(r"feedback iterations used: (\d)", result.output).group(1))
+    assert re.search(rf"k={used}: .*<- the answer", result.output) and result.output.count("<- the answer") == 1
 
 
 def test_parse_cli_names_a_broken_run(tmp_path):
@@ -413,6 +420,35 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
     out = evaluate_run(run, "validation", data=str(jsonl))
     assert out["split"] == "three.jsonl" and out["n"] == 3
     assert (Path(run) / "eval_data-three" / "predictions.jsonl").read_text().count("\n") == 3
+    # a split's file named after its split is named with its folder; other data of the same name
+    # gets a folder of its own instead of replacing those results, the same data the same folder
+    for folder, n in (("a", 2), ("b/a", 1), ("a", 2)):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "test.jsonl").write_text("".join(jsonl.read_text().splitlines(keepends=True)[:n]))
+        evaluate_run(run, "test", data=str(tmp_path / folder / "test.jsonl"))
+    written = {d.name: json.loads((d / "metrics.json").read_text()) for d in Path(run).glob("eval_data-a-test*")}
+    assert {name: (r["n"], r["data"]) for name, r in written.items()} == {
+        "eval_data-a-test": (2, str(tmp_path / "a" / "test.jsonl")), "eval_data-a-test-2": (1, str(tmp_path / "b" / "a" / "test.jsonl"))}
     monkeypatch.setattr(report, "load_run", lambda *a: pytest.fail("the model loads after the data"))
     with pytest.raises(Exception, match="nowhere"):
         evaluate_run(run, "test", data=str(tmp_path / "nowhere"))
+
+
+def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path):
+    from slu_feedback.training.trainer import TrainingError
+
+    run_dir = tmp_path / "run"
+    train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=1"))
+    before = (run_dir / "model.safetensors").read_bytes()
+    (run_dir / "eval_test").mkdir()  # outputs of the old model
+    with pytest.raises(TrainingError, match="already holds a run: continue it with --resume, start over in it with --overwrite"):
+        train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=1", "seed=3"))
+    assert (run_dir / "model.safetensors").read_bytes() == before and (run_dir / "eval_test").exists()
+
+    train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=1", "seed=3"), overwrite=True)
+    assert (run_dir / "model.safetensors").read_bytes() != before
+    assert not (run_dir / "eval_test").exists(), "nothing of the old run stays beside the new model"
+
+    with pytest.raises(TrainingError, match="--resume: .*none does not exist"):
+        train(tiny_recipe(f"output_dir={tmp_path / 'none'}"), resume=True)
+    assert not (tmp_path / "none").exists()

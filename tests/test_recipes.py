@@ -49,13 +49,17 @@ def test_overrides_are_typed_and_nested():
     assert recipe["model"]["feedback"]["tau"] == DEFAULTS["model"]["feedback"]["tau"]
 
 
-def test_missing_data_path_and_bad_yaml(tmp_path):
+def test_missing_data_path_and_bad_yaml(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="data.path"):
         load_recipe(None, [])
     broken = tmp_path / "broken.yaml"
     broken.write_text("data: [unclosed\n")
-    with pytest.raises(RecipeError, match="invalid YAML"):
+    with pytest.raises(RecipeError, match="invalid YAML") as error:
         load_recipe(broken)
+    assert str(error.value).startswith(f"{broken}:2: invalid YAML") and "\n" not in str(error.value)
+    monkeypatch.chdir(tmp_path)  # outside the repository: the error names the shipped recipe
+    with pytest.raises(RecipeError, match="recipe not found: recipes/atis.yaml \\(the shipped recipe is .*recipes/atis.yaml\\)"):
+        load_recipe("recipes/atis.yaml")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(None, ["data=3"])
 

@@ -16,6 +16,8 @@ import click
 from slu_feedback.data import DataError, bio_to_spans, load_data, write_examples
 from slu_feedback.data.fetch import fetch as fetch_dataset
 
+from . import console_output
+
 FORMAT_CHOICE = click.Choice(["auto", "folder", "jsonl", "spans"])
 # where each split goes when writing a dataset directory
 OUT_NAMES = {"train": "train", "validation": "valid", "test": "test"}
@@ -67,9 +69,10 @@ def _bars(counter: Counter, top: int, width: int = 40) -> list[str]:
     return lines
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Inspect, validate, convert and fetch intent/slot datasets."""
+    console_output()
 
 
 @main.command()

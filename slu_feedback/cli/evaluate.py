@@ -2,12 +2,13 @@
 
 import click
 
-from . import DEVICE, inference_device
+from . import DEVICE, console_output, inference_device
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--split", default="test", type=click.Choice(["train", "validation", "test"]), show_default=True)
+@click.option("--split", default="test", type=click.Choice(["train", "validation", "valid", "dev", "test"]), show_default=True,
+              help="valid and dev name the validation split, as the data folders do.")
 @click.option("--data", default=None, help="Dataset folder (scored on --split) or one split's file or folder "
                    "(scored whole) to evaluate on (default: the run's recipe's data).")
 @click.option("--out", "out_dir", default=None,
@@ -27,6 +28,8 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
     intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
     from ..models.joint import joint_datasets
 
+    console_output()
+    split = "validation" if split in ("valid", "dev") else split
     names = joint_datasets(run_dir)
     if names:  # a joint run: score each dataset with its own heads
         if data or out_dir:
@@ -65,7 +68,7 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
     click.echo(f"  slot F1 (seqeval)   {100 * m['slot_f1']:6.2f}   strict IOB2 {100 * m['slot_f1_strict']:6.2f}")
     click.echo(f"  sentence accuracy   {100 * m['sentence_acc']:6.2f}")
     nll = "n/a" if m["intent_nll"] is None else f"{m['intent_nll']:.4f}"
-    click.echo(f"  intent ECE (15 bins) {100 * m['intent_ece']:5.2f}   NLL {nll} (over {m['intent_nll_n']} with a known intent)")
+    click.echo(f"  intent ECE (15 bins) {100 * m['intent_ece']:5.2f} %   NLL {nll} (over {m['intent_nll_n']} with a known intent)")
     if "feedback" in report:
         fb = report["feedback"]
         click.echo(f"  feedback: {fb['changed']} utterances change between iteration 0 and the last "

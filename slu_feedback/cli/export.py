@@ -6,6 +6,8 @@ import warnings
 
 import click
 
+from . import console_output
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -26,6 +28,7 @@ def main(run_dir, fmt, out_file, exporter, opset, check, split, data, atol, as_j
     from ..data.errors import DataError
     from ..models import RunError, load_run
 
+    console_output()
     try:
         import onnx  # noqa: F401
     except ImportError:

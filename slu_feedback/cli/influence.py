@@ -19,6 +19,8 @@ import json
 
 import click
 
+from . import console_output
+
 SCOPE = click.option("--scope", default="heads", show_default=True, type=click.Choice(["heads", "heads+last"]),
                      help="Parameters in the influence scope; the encoder below them is fixed.")
 SOLVER = click.option("--solver", default="auto", show_default=True,
@@ -46,6 +48,7 @@ def _errors(fn):
 def main():
     """MTIF: influence of each training utterance's intent and slot samples on each task's
     validation loss; pruning of harmful utterances or samples; a check against retraining."""
+    console_output()
 
 
 @main.command()
@@ -164,7 +167,7 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--n", default=40, show_default=True, help="Training utterances to leave out (each sample separately).")
-@click.option("--subsets", default=20, show_default=True, help="Random 50%% subsets for the datamodeling score.")
+@click.option("--subsets", default=20, show_default=True, help="Random 50 % subsets for the datamodeling score.")
 @SCOPE
 @SOLVER
 @DAMPING

@@ -1,11 +1,12 @@
 """`slu-parse RUN_DIR`: an interactive prompt, or `--text` / `--input FILE` for scripts."""
 
 import json
+import re
 import sys
 
 import click
 
-from . import DEVICE, inference_device
+from . import DEVICE, console_output, inference_device
 
 HELP = """Type an utterance and press Enter to parse it.
   :help      this text
@@ -36,10 +37,13 @@ def render(result: dict, explain: bool = False) -> str:
         lines.append(f"  {click.style(slot['label'], fg=colour[slot['label']])} = {slot['text']!r}"
                      f"  [{slot['start']}:{slot['end']}]  {slot['score']:.3f}")
     if result["iterations"]:
-        lines.append(click.style(f"  feedback iterations used: {result['iterations']}", dim=True))
-    for step in result.get("explain", []) if explain else []:
+        lines.append(click.style(f"  feedback iterations used: {result['iterations']} (the loop stops once the "
+                                 "predictions settle)", dim=True))
+    for step in result.get("explain", []) if explain else []:  # every iteration, also those after the answer's
         tags = " ".join(f"{w}/{t}" for w, t in zip(result["words"], step["tags"]) if t != "O")
-        lines.append(click.style(f"  k={step['iteration']}: {step['intent']} {step['intent_score']:.3f}  {tags}", dim=True))
+        answer = "   <- the answer" if step["iteration"] == result["iterations"] else ""
+        lines.append(click.style(f"  k={step['iteration']}: {step['intent']} {step['intent_score']:.3f}  {tags}{answer}",
+                                 dim=not answer))
     return "\n".join(lines)
 
 
@@ -77,6 +81,7 @@ def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quanti
     from ..inference.parser import SLUParser
     from ..models import RunError
 
+    console_output()
     device = inference_device(device, quantize)
     try:
         parser = SLUParser.from_pretrained(run_dir, device=device, top_k=top_k,
@@ -122,6 +127,8 @@ def interactive(parser, as_json: bool, explain: bool) -> None:
         elif command == ":json":
             as_json = not as_json
             click.echo(f"json {'on' if as_json else 'off'}")
+        elif re.fullmatch(r":[A-Za-z]+", command):  # a mistyped command, not an utterance
+            click.echo(f"unknown command {command}; :help lists the commands")
         else:
             emit([parser(line, explain=explain)], as_json, explain)
 

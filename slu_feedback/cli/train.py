@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..data.errors import DataError
+from . import console_output
 from ..training.recipe import RecipeError, load_recipe
 
 
@@ -13,17 +14,19 @@ from ..training.recipe import RecipeError, load_recipe
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue the run in output_dir (default: the newest run of this recipe).")
+@click.option("--overwrite", is_flag=True, help="Start over in an output_dir that already holds a run (it is deleted).")
 @click.option("--detect-anomaly", is_flag=True, help="torch.autograd anomaly detection (slow; for NaN hunting).")
-def main(recipe, overrides, resume, detect_anomaly):
+def main(recipe, overrides, resume, overwrite, detect_anomaly):
     """Train a joint intent/slot model from a YAML RECIPE.
 
     Overrides use dotted keys, e.g. `slu-train recipes/atis.yaml optim.lr=1e-4 train.epochs=3`.
     """
     from ..training.trainer import TrainingError, train  # heavy imports after argument parsing
 
+    console_output(map_bars=True)
     try:
         recipe = load_recipe(recipe, overrides)
-        run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly)
+        run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly, overwrite=overwrite)
     except (RecipeError, DataError, TrainingError) as error:
         raise click.ClickException(str(error)) from None
     if os.environ.get("RANK", "0") == "0":  # once, also under torchrun

@@ -49,7 +49,7 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
     hint = "" if env else " (SLU_DATA_DIR is not set)"
     raise DataError(f"dataset {str(name_or_path)!r} not found; looked in: {looked}{hint}. "
                     "Point to the folder holding it with `export SLU_DATA_DIR=/path/to/data`, "
-                    "or download a benchmark with `slu-data fetch atis`.")
+                    f"or download a benchmark with `slu-data fetch {given.name if given.name in ('atis', 'snips') else 'atis'}`.")
 
 
 def _sniff_file(path: Path) -> str:
@@ -82,18 +82,20 @@ def _sniff_file(path: Path) -> str:
 
 def _split_file(folder: Path, split: str) -> Path | None:
     """The file holding a split in a directory of single-file splits, e.g. ``dev.jsonl``."""
-    for stem in SPLIT_NAMES[split]:
-        for ext in (".jsonl", ".json"):
-            if (folder / (stem + ext)).is_file():
-                return folder / (stem + ext)
-    return None
+    return _only_one(folder, split, [folder / (stem + ext) for stem in SPLIT_NAMES[split] for ext in (".jsonl", ".json")
+                                     if (folder / (stem + ext)).is_file()])
 
 
 def _split_folder(folder: Path, split: str) -> Path | None:
-    for stem in SPLIT_NAMES[split]:
-        if (folder / stem).is_dir():
-            return folder / stem
-    return None
+    return _only_one(folder, split, [folder / stem for stem in SPLIT_NAMES[split] if (folder / stem).is_dir()])
+
+
+def _only_one(folder: Path, split: str, found: list) -> Path | None:
+    """The one candidate for a split; two (valid/ and dev/, test.json and test.jsonl) are an error,
+    not a silent choice."""
+    if len(found) > 1:
+        raise DataError(f"{' and '.join(p.name for p in found)} could each be the {split} split; keep one", folder)
+    return found[0] if found else None
 
 
 def detect_format(path: str | os.PathLike) -> str:

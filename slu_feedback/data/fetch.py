@@ -32,7 +32,7 @@ def _md5(path: Path) -> str:
 def _manual_hint(name: str, dest: Path) -> str:
     return (f"Without network access, copy the files by hand to {dest / name}/{{train,valid,test}}/"
             f"{{seq.in,seq.out,label}} (from {BASE_URL}/{name}/), then "
-            f"`export SLU_DATA_DIR={dest}` and refer to the dataset as '{name}'.")
+            f"`export SLU_DATA_DIR={dest.resolve()}` and refer to the dataset as '{name}'.")
 
 
 def _complete(name: str, target: Path) -> bool:

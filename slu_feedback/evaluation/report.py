@@ -9,6 +9,7 @@ import yaml
 from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
 from ..data.features import featurize, make_loader, parse_length
 from ..models import load_run
+from ..models.run import check_run_files
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
 from .plots import plot_confusion, plot_reliability, plot_steps
 from .predict import evaluate_split
@@ -29,12 +30,34 @@ def run_max_length(run_dir: Path, config) -> int:
     return parse_length(config, run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else None)
 
 
+SPLIT_NAMES = {"train", "valid", "dev", "validation", "test"}
+
+
+def data_out_dir(run_dir: Path, data, split: str, one_split: bool) -> Path:
+    """Other data's results folder, never the run's own eval_<split>: eval_data-<name> for a split's
+    file or folder (its parent folder's name too where the name is a split's, as in other/test.jsonl),
+    eval_data-<folder>-<split> for a dataset; numbered where that folder holds other data's results."""
+    data = Path(data).resolve()
+    if one_split:
+        base = run_dir / f"eval_data-{f'{data.parent.name}-{data.stem}' if data.stem in SPLIT_NAMES else data.stem}"
+    else:
+        base = run_dir / f"eval_data-{data.name}-{split}"
+    out_dir, n = base, 1
+    while (out_dir / "metrics.json").exists() and \
+            json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")).get("data") != str(data):
+        n += 1
+        out_dir = base.with_name(f"{base.name}-{n}")
+    return out_dir
+
+
 def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_size: int = 64,
                  iterations=None, model=None, tokenizer=None, quantize: bool = False, device: str = "cpu") -> dict:
     """Score `run_dir` on `split` (on `device`, unless a loaded `model` is given); write
     metrics.json, predictions.jsonl and PNGs (intent confusion, intent reliability diagram) into
     `out_dir`."""
     run_dir = Path(run_dir)
+    if model is None:
+        check_run_files(run_dir)  # a folder that is not a run says so before anything asks for its data
     if data:  # other data, cut where the run was trained (`run_max_length`, once the model is loaded)
         path, base_dir, fmt, max_length = data, None, "auto", None
     else:
@@ -55,15 +78,11 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
 
     if out_dir:
         out_dir = Path(out_dir)
-    elif not data:
-        out_dir = run_dir / f"eval_{split}"
-    elif len(splits) == 1:  # other data gets its own folder, never the run's own eval_<split>
-        out_dir = run_dir / f"eval_data-{Path(split).stem}"
     else:
-        out_dir = run_dir / f"eval_data-{Path(path).name}-{split}"
+        out_dir = data_out_dir(run_dir, data, split, len(splits) == 1) if data else run_dir / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
-    report = {"split": split, "n": len(raw), "metrics": metrics,
+    report = {"split": split, "n": len(raw), **({"data": str(Path(data).resolve())} if data else {}), "metrics": metrics,
               "intents": intent_report(gold_intents, pred["pred_intents"]),
               "slots": slot_report(gold_slots, pred["pred_slots"])}
     confidences = [max(p) for p in pred["intent_probs"]]

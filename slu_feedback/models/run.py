@@ -36,11 +36,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_run(run_dir, device: str = "cpu"):
-    """Return (model in eval mode on `device`, see resolve_device, and tokenizer) from a run
-    directory or any `save_pretrained` folder."""
-    device = resolve_device(device)
-    run_dir = Path(run_dir)
+def check_run_files(run_dir: Path) -> None:
+    """A RunError unless `run_dir` holds one trained model (what load_run needs)."""
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
     names = joint_datasets(run_dir)
@@ -52,6 +49,14 @@ def load_run(run_dir, device: str = "cpu"):
         hint = " (training may still be running, or stopped before its first validation)" \
             if (run_dir / "recipe.yaml").exists() else ""
         raise RunError(f"{run_dir}: not a trained run, missing {', '.join(missing)}{hint}")
+
+
+def load_run(run_dir, device: str = "cpu"):
+    """Return (model in eval mode on `device`, see resolve_device, and tokenizer) from a run
+    directory or any `save_pretrained` folder."""
+    device = resolve_device(device)
+    run_dir = Path(run_dir)
+    check_run_files(run_dir)
     try:
         with safe_open(run_dir / "model.safetensors", framework="pt") as f:
             f.keys()

@@ -16,6 +16,9 @@ import yaml
 from ..data.readers import FORMATS
 from ..models.config import DEFAULT_FEEDBACK, DEFAULT_VMTL, HEADS
 
+# the recipes/ folder of a source checkout (editable install); absent in an installed wheel
+SHIPPED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
 DEFAULTS = {
     "seed": 42,
     "output_dir": None,  # default: runs/<recipe name>-<timestamp> in the working directory
@@ -216,11 +219,16 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise RecipeError(f"recipe not found: {path}")
+            shipped = SHIPPED_RECIPES / path.name
+            hint = f" (the shipped recipe is {shipped})" if not path.is_absolute() and shipped.is_file() else ""
+            raise RecipeError(f"recipe not found: {path}{hint}")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise RecipeError(f"{path}: invalid YAML: {error}") from None
+        except yaml.YAMLError as error:  # one line: file:line: what PyYAML says, without its excerpt
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            what = " ".join(str(x) for x in (getattr(error, "context", None), getattr(error, "problem", None)) if x)
+            raise RecipeError(f"{where}: invalid YAML: {what or error}") from None
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe must be a mapping of keys to values")
         values.pop("recipe_dir", None)

@@ -38,8 +38,28 @@ class TrainingError(RuntimeError):
     pass
 
 
+RUN_FILES = ("recipe.yaml", "metrics.jsonl", "config.json", "checkpoint")  # any of them: the folder holds a run
+
+
 def default_output_dir(recipe: dict) -> Path:
-    return Path("runs") / f"{recipe['recipe_name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<recipe>-<start time>, with a suffix when a run of the same second has it."""
+    path = base = Path("runs") / f"{recipe['recipe_name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Never train over a run by accident: a folder that holds one needs --resume (continue it) or
+    --overwrite (start over); --resume needs the folder."""
+    if resume:
+        if not run_dir.is_dir():
+            raise TrainingError(f"--resume: {run_dir} does not exist (run without --resume to start it)")
+    elif not overwrite and any((run_dir / name).exists() for name in RUN_FILES):
+        raise TrainingError(f"{run_dir} already holds a run: continue it with --resume, start over in it with "
+                            f"--overwrite, or choose another output_dir")
 
 
 def latest_run(recipe: dict) -> Path | None:
@@ -237,9 +257,11 @@ def copy_shared_views(models, weights, output_dir) -> None:
             seen.add(storage)
 
 
-def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop_after_epoch: int | None = None) -> Path:
+def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop_after_epoch: int | None = None,
+          overwrite: bool = False) -> Path:
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
-    interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended."""
+    interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended;
+    `overwrite=True` replaces a run already in output_dir (otherwise an error)."""
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
@@ -258,6 +280,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     else:
         run_dir = default_output_dir(recipe)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
+    check_run_dir(run_dir, resume, overwrite)
     recipe = {**recipe, "output_dir": str(run_dir)}
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
@@ -274,6 +297,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
+        if overwrite and not resume:  # and keeps the old run until then
+            shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
