@@ -57,7 +57,7 @@ def run_seed(recipe: str, overrides: list, seed: int, run_dir: Path, fractions: 
              damping: float, max_iter: int) -> dict:
     if not (run_dir / "model.safetensors").exists():  # trained as benchmarks/run.py trains it
         resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
-        train(load_recipe(recipe, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"]), resume=resume)
+        train(load_recipe(recipe, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"]), resume=resume, overwrite=not resume)
     started = time.perf_counter()
     refitter = Refitter(run_dir, damping, max_iter=max_iter)
     refitter.write_scores(run_dir / "refit" / "influence")

@@ -63,7 +63,7 @@ def run_seed(recipe_path, overrides, seed: int, run_dir: Path, device: str = "au
     inference speed run on `device` (training goes where Accelerate puts it)."""
     recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
     resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
-    run_dir = train(recipe, resume=resume)
+    run_dir = train(recipe, resume=resume, overwrite=not resume)  # no checkpoint: start over
     rows = {name: score_run(run_dir / name, seed, device) for name in joint_datasets(run_dir) or [""]}
     add_routing(run_dir, rows, device)
     return rows
