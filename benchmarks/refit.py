@@ -56,7 +56,7 @@ def add_losses(row: dict) -> dict:
 def run_seed(recipe: str, overrides: list, seed: int, run_dir: Path, fractions: list, per_intent: bool,
              damping: float, max_iter: int) -> dict:
     if not (run_dir / "model.safetensors").exists():  # trained as benchmarks/run.py trains it
-        resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
+        resume = any((run_dir / name / "trainer_state.json").exists() for name in ("checkpoint", "checkpoint.old"))
         train(load_recipe(recipe, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"]), resume=resume, overwrite=not resume)
     started = time.perf_counter()
     refitter = Refitter(run_dir, damping, max_iter=max_iter)

@@ -62,7 +62,7 @@ def run_seed(recipe_path, overrides, seed: int, run_dir: Path, device: str = "au
     """Train one seed; {dataset: row} ({"": row} unless the recipe is joint). Evaluation and
     inference speed run on `device` (training goes where Accelerate puts it)."""
     recipe = load_recipe(recipe_path, list(overrides) + [f"seed={seed}", f"output_dir={run_dir}"])
-    resume = (run_dir / "checkpoint" / "trainer_state.json").exists()
+    resume = any((run_dir / name / "trainer_state.json").exists() for name in ("checkpoint", "checkpoint.old"))
     run_dir = train(recipe, resume=resume, overwrite=not resume)  # no checkpoint: start over
     rows = {name: score_run(run_dir / name, seed, device) for name in joint_datasets(run_dir) or [""]}
     add_routing(run_dir, rows, device)

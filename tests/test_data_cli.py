@@ -127,9 +127,15 @@ def test_warnings_are_one_line_each_and_summarised(tmp_path):
                  "entities": [{"start": 11, "end": 13, "entity": "time", "value": "soon"}]} for h in range(10, 20)]
     for split, items in (("train", examples), ("valid", examples[:2]), ("test", examples[:2])):
         (tmp_path / f"{split}.json").write_text(json.dumps(items))
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    bars = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     res = run("validate", tmp_path)
     assert res.exit_code == 0, res.output
+    assert (datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()) == bars, \
+        "a command run in-process leaves the libraries' progress bars as it found them"
     lines = [line for line in res.output.splitlines() if line.startswith("warning:")]
     assert len(lines) == 4 and all("'value' is 'soon'" in line for line in lines[:3])
-    assert lines[3] == "warning: ... and 11 more of the same kind"  # 14 examples in all
+    assert lines[3].startswith("warning: ... and 11 more like the first: ") and "example 0: entity 0 (time)" in lines[3]
     assert "UserWarning" not in res.output

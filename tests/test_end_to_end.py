@@ -429,6 +429,10 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
     written = {d.name: json.loads((d / "metrics.json").read_text()) for d in Path(run).glob("eval_data-a-test*")}
     assert {name: (r["n"], r["data"]) for name, r in written.items()} == {
         "eval_data-a-test": (2, str(tmp_path / "a" / "test.jsonl")), "eval_data-a-test-2": (1, str(tmp_path / "b" / "a" / "test.jsonl"))}
+    (tmp_path / "ds").mkdir()  # a link is named as given; its target is what it records
+    (tmp_path / "ds" / "test.jsonl").symlink_to(jsonl)
+    out = evaluate_run(run, "test", data=str(tmp_path / "ds" / "test.jsonl"))
+    assert Path(out["out_dir"]).name == "eval_data-ds-test" and out["data"] == str(jsonl.resolve())
     monkeypatch.setattr(report, "load_run", lambda *a: pytest.fail("the model loads after the data"))
     with pytest.raises(Exception, match="nowhere"):
         evaluate_run(run, "test", data=str(tmp_path / "nowhere"))
@@ -452,3 +456,17 @@ def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path):
     with pytest.raises(TrainingError, match="--resume: .*none does not exist"):
         train(tiny_recipe(f"output_dir={tmp_path / 'none'}"), resume=True)
     assert not (tmp_path / "none").exists()
+    with pytest.raises(TrainingError, match="choose one"):
+        train(tiny_recipe(f"output_dir={run_dir}"), resume=True, overwrite=True)
+
+    # --overwrite deletes a run's folder only: a folder of other files is trained into, its files kept
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    train(tiny_recipe(f"output_dir={notes}", "train.epochs=1"), overwrite=True)
+    assert (notes / "mine.txt").read_text() == "keep me" and (notes / "model.safetensors").exists()
+    # through a link to the run's folder, the old run goes too
+    (tmp_path / "link").symlink_to(run_dir)
+    (run_dir / "eval_test").mkdir()
+    train(tiny_recipe(f"output_dir={tmp_path / 'link'}", "train.epochs=1"), overwrite=True)
+    assert not (run_dir / "eval_test").exists() and (run_dir / "model.safetensors").exists()

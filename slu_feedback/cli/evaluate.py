@@ -29,7 +29,6 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
     from ..models.joint import joint_datasets
 
     console_output()
-    split = "validation" if split in ("valid", "dev") else split
     names = joint_datasets(run_dir)
     if names:  # a joint run: score each dataset with its own heads
         if data or out_dir:

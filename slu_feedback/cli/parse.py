@@ -37,8 +37,7 @@ def render(result: dict, explain: bool = False) -> str:
         lines.append(f"  {click.style(slot['label'], fg=colour[slot['label']])} = {slot['text']!r}"
                      f"  [{slot['start']}:{slot['end']}]  {slot['score']:.3f}")
     if result["iterations"]:
-        lines.append(click.style(f"  feedback iterations used: {result['iterations']} (the loop stops once the "
-                                 "predictions settle)", dim=True))
+        lines.append(click.style(f"  feedback iterations used: {result['iterations']}", dim=True))
     for step in result.get("explain", []) if explain else []:  # every iteration, also those after the answer's
         tags = " ".join(f"{w}/{t}" for w, t in zip(result["words"], step["tags"]) if t != "O")
         answer = "   <- the answer" if step["iteration"] == result["iterations"] else ""
@@ -81,7 +80,7 @@ def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quanti
     from ..inference.parser import SLUParser
     from ..models import RunError
 
-    console_output()
+    console_output(limit=3 if texts or input_file else None)  # at the prompt, every utterance's warnings
     device = inference_device(device, quantize)
     try:
         parser = SLUParser.from_pretrained(run_dir, device=device, top_k=top_k,

@@ -24,7 +24,7 @@ from . import DEVICE, console_output, inference_device
 def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, max_chars, max_body_kb, threads, log_level):
     """Serve a trained run: POST /parse, GET /health, GET /model, the OpenAPI page at /docs and a
     web page at /. Concurrent requests are micro-batched."""
-    console_output()
+    console_output(limit=None)  # a server runs for days: every request's warnings
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

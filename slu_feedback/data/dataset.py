@@ -175,6 +175,7 @@ def pick_split(splits: dict, split: str) -> tuple[str, datasets.Dataset]:
     `split` says, else the split named `split` of a dataset."""
     if len(splits) == 1:
         return next(iter(splits.items()))
+    split = next((name for name, aliases in SPLIT_NAMES.items() if split in aliases), split)  # valid, dev: validation
     return split, splits[split]
 
 

@@ -2,11 +2,12 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import yaml
 
-from ..data.dataset import LabelMaps, load_data, pick_split, resolve_data_path
+from ..data.dataset import SPLIT_NAMES, LabelMaps, load_data, pick_split, resolve_data_path
 from ..data.features import featurize, make_loader, parse_length
 from ..models import load_run
 from ..models.run import check_run_files
@@ -30,21 +31,20 @@ def run_max_length(run_dir: Path, config) -> int:
     return parse_length(config, run_data_path(run_dir)[3] if (run_dir / "recipe.yaml").exists() else None)
 
 
-SPLIT_NAMES = {"train", "valid", "dev", "validation", "test"}
-
-
-def data_out_dir(run_dir: Path, data, split: str, one_split: bool) -> Path:
+def data_out_dir(run_dir: Path, data: Path, split: str, one_split: bool) -> Path:
     """Other data's results folder, never the run's own eval_<split>: eval_data-<name> for a split's
     file or folder (its parent folder's name too where the name is a split's, as in other/test.jsonl),
-    eval_data-<folder>-<split> for a dataset; numbered where that folder holds other data's results."""
-    data = Path(data).resolve()
+    eval_data-<folder>-<split> for a dataset; numbered where that folder holds other data's results
+    (`metrics.json`'s "data", the real path)."""
+    named = Path(os.path.abspath(data))  # as given (a link keeps its name), absolute for its folder's name
     if one_split:
-        base = run_dir / f"eval_data-{f'{data.parent.name}-{data.stem}' if data.stem in SPLIT_NAMES else data.stem}"
+        split_file = named.stem in {name for names in SPLIT_NAMES.values() for name in names}
+        base = run_dir / f"eval_data-{f'{named.parent.name}-{named.stem}' if split_file else named.stem}"
     else:
-        base = run_dir / f"eval_data-{data.name}-{split}"
+        base = run_dir / f"eval_data-{named.name}-{split}"
     out_dir, n = base, 1
     while (out_dir / "metrics.json").exists() and \
-            json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")).get("data") != str(data):
+            json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")).get("data") != str(data.resolve()):
         n += 1
         out_dir = base.with_name(f"{base.name}-{n}")
     return out_dir
@@ -62,7 +62,8 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
         path, base_dir, fmt, max_length = data, None, "auto", None
     else:
         path, base_dir, fmt, max_length = run_data_path(run_dir)
-    splits = load_data(resolve_data_path(path, base_dir), format=fmt)  # before the model: bad data fails fast
+    data_path = resolve_data_path(path, base_dir)  # where the data was found (SLU_DATA_DIR, ~ expanded)
+    splits = load_data(data_path, format=fmt)  # before the model: bad data fails fast
     split, raw = pick_split(splits, split)  # a split file or folder given with --data: all of it, named after itself
     if model is None:
         model, tokenizer = load_run(run_dir, device)
@@ -79,10 +80,10 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     if out_dir:
         out_dir = Path(out_dir)
     else:
-        out_dir = data_out_dir(run_dir, data, split, len(splits) == 1) if data else run_dir / f"eval_{split}"
+        out_dir = data_out_dir(run_dir, data_path, split, len(splits) == 1) if data else run_dir / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
-    report = {"split": split, "n": len(raw), **({"data": str(Path(data).resolve())} if data else {}), "metrics": metrics,
+    report = {"split": split, "n": len(raw), **({"data": str(data_path.resolve())} if data else {}), "metrics": metrics,
               "intents": intent_report(gold_intents, pred["pred_intents"]),
               "slots": slot_report(gold_slots, pred["pred_slots"])}
     confidences = [max(p) for p in pred["intent_probs"]]

@@ -51,15 +51,21 @@ def default_output_dir(recipe: dict) -> Path:
     return path
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def run_dir_problem(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
     """Never train over a run by accident: a folder that holds one needs --resume (continue it) or
-    --overwrite (start over); --resume needs the folder."""
-    if resume:
-        if not run_dir.is_dir():
-            raise TrainingError(f"--resume: {run_dir} does not exist (run without --resume to start it)")
-    elif not overwrite and any((run_dir / name).exists() for name in RUN_FILES):
-        raise TrainingError(f"{run_dir} already holds a run: continue it with --resume, start over in it with "
-                            f"--overwrite, or choose another output_dir")
+    --overwrite (start over); --resume needs the folder. None when training may go ahead."""
+    if resume and overwrite:
+        return "--resume continues a run and --overwrite deletes it: choose one"
+    if resume and not run_dir.is_dir():
+        return f"--resume: {run_dir} does not exist (run without --resume to start it)"
+    if not resume and not overwrite and holds_run(run_dir):
+        return (f"{run_dir} already holds a run: continue it with --resume, start over in it with --overwrite, "
+                "or choose another output_dir")
+    return None
 
 
 def latest_run(recipe: dict) -> Path | None:
@@ -280,7 +286,10 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     else:
         run_dir = default_output_dir(recipe)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
-    check_run_dir(run_dir, resume, overwrite)
+    # decided once, on rank 0 (ranks on other machines may not see its disk), for every rank
+    problem = broadcast_object_list([run_dir_problem(run_dir, resume, overwrite) if accelerator.is_main_process else None])[0]
+    if problem:
+        raise TrainingError(problem)
     recipe = {**recipe, "output_dir": str(run_dir)}
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
@@ -297,9 +306,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
-        if overwrite and not resume:  # and keeps the old run until then
-            shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and holds_run(run_dir):  # and keeps the old run until then; only a run's folder goes
+            shutil.rmtree(run_dir.resolve())
+        run_dir.resolve().mkdir(parents=True, exist_ok=True)  # (output_dir may be a link to the folder)
     accelerator.wait_for_everyone()
 
     max_length = recipe["data"]["max_length"]
