@@ -470,3 +470,18 @@ def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path):
     (run_dir / "eval_test").mkdir()
     train(tiny_recipe(f"output_dir={tmp_path / 'link'}", "train.epochs=1"), overwrite=True)
     assert not (run_dir / "eval_test").exists() and (run_dir / "model.safetensors").exists()
+
+
+def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tiny_run_factory):
+    baseline = tiny_run_factory("data.max_length=12")  # another model of the same data
+    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation", "--compare", str(baseline)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"sentence accuracy .* McNemar p = [01]\.\d{3}", result.output)
+    assert re.search(r"slot F1 \(seqeval\) .* 95 % interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\], p = ", result.output)
+    out = Path(trained_feedback_run) / "eval_validation"
+    compared = json.loads((out / f"compare-{Path(baseline).name}" / "compare.json").read_text())
+    own = json.loads((out / "metrics.json").read_text())["metrics"]
+    other = json.loads((out / f"compare-{Path(baseline).name}" / "metrics.json").read_text())["metrics"]
+    assert compared["n"] == own["n"] and compared["split"] == "validation"
+    for key in ("intent_acc", "slot_f1", "sentence_acc"):  # B is the run, A the baseline, as each scores alone
+        assert compared[key]["b"] == pytest.approx(own[key]) and compared[key]["a"] == pytest.approx(other[key])

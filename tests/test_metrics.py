@@ -1,3 +1,5 @@
+import pytest
+
 from slu_feedback.evaluation.metrics import compute_metrics, intent_report, slot_report
 
 
@@ -26,3 +28,32 @@ def test_reports():
     assert r["a"]["precision"] == 1.0 and r["a"]["recall"] == 0.5 and r["b"]["support"] == 1
     s = slot_report([["B-x", "O"]], [["B-x", "O"]])
     assert s["x"]["f1-score"] == 1.0
+
+
+def test_compare_predictions_is_paired_and_matches_seqeval():
+    from seqeval.metrics import f1_score
+
+    from slu_feedback.evaluation.compare import compare_predictions, mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(0, 6) == pytest.approx(2 / 64) and mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    gold = [["B-a", "I-a", "O"], ["O", "B-b"], ["B-a", "O", "B-b"]] * 20
+    preds_a = [["B-a", "O", "O"], ["O", "B-b"], ["B-a", "O", "O"]] * 20  # misses a span in 2 of 3
+    preds_b = [["B-a", "I-a", "O"], ["O", "B-b"], ["B-a", "O", "B-b"]] * 19 + [["O", "O", "O"], ["O", "B-b"], ["B-a", "O", "B-b"]]
+
+    def rows(preds):
+        return [{"text": str(i), "gold_intent": "x", "pred_intent": "x", "gold_slots": g, "pred_slots": p, "error": g != p}
+                for i, (g, p) in enumerate(zip(gold, preds))]
+
+    result = compare_predictions(rows(preds_a), rows(preds_b), resamples=2000)
+    assert result["slot_f1"]["a"] == pytest.approx(f1_score(gold, preds_a))
+    assert result["slot_f1"]["b"] == pytest.approx(f1_score(gold, preds_b))
+    s = result["sentence_acc"]
+    assert (s["only_a"], s["only_b"]) == (0, 39) and s["p"] < 1e-9 and s["diff"] == pytest.approx(39 / 60)
+    assert result["intent_acc"]["p"] == 1.0 and result["intent_acc"]["diff"] == 0
+    low, high = result["slot_f1"]["ci95"]
+    assert 0 < low < result["slot_f1"]["diff"] < high and result["slot_f1"]["p"] < 0.01
+    same = compare_predictions(rows(preds_a), rows(preds_a), resamples=200)
+    assert same["slot_f1"]["ci95"] == [0.0, 0.0] and same["sentence_acc"]["p"] == 1.0
+    with pytest.raises(ValueError, match="same utterances"):
+        compare_predictions(rows(preds_a), rows(preds_b)[:-1])

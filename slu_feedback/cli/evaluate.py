@@ -1,5 +1,8 @@
 """`slu-eval RUN_DIR [--split test] [--data PATH]`"""
 
+import json
+from pathlib import Path
+
 import click
 
 from . import DEVICE, console_output, inference_device
@@ -21,8 +24,10 @@ from . import DEVICE, console_output, inference_device
 @click.option("--intent-slot-constraints/--no-intent-slot-constraints", "intent_slots", default=None,
               help="Decode only slot types seen with the predicted intent in training, or not "
                    "(default: the run's model.intent_slot_constraints).")
+@click.option("--compare", "baseline", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Another run, scored on the same utterances: is RUN_DIR better than it? (paired tests)")
 @DEVICE
-def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device):
+def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, baseline, device):
     """Intent accuracy, slot F1 (seqeval default and strict IOB2), sentence accuracy, intent
     calibration (ECE, NLL), per-label reports, a predictions file with every error marked, and
     intent confusion-matrix and reliability-diagram PNGs. A joint run is scored per dataset."""
@@ -31,17 +36,49 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
     console_output()
     names = joint_datasets(run_dir)
     if names:  # a joint run: score each dataset with its own heads
-        if data or out_dir:
-            raise click.ClickException("--data and --out apply to one dataset: pass RUN_DIR/<dataset> of a joint run")
+        if data or out_dir or baseline:
+            raise click.ClickException("--data, --out and --compare apply to one dataset: pass RUN_DIR/<dataset> of a joint run")
         for name in names:
             click.echo(f"== {name} ==")
             evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode,
                          intent_slots, device)
         return
-    evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device)
+    report = evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device)
+    if baseline:
+        compare_runs(run_dir, baseline, report, split, data, batch_size, device)
 
 
-def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device):
+def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> None:
+    """Score `baseline` on the utterances `report` scored RUN_DIR on, then test RUN_DIR against it."""
+    from ..data.errors import DataError
+    from ..evaluation.compare import compare_predictions, read_predictions
+    from ..data.dataset import resolve_data_path
+    from ..evaluation.report import evaluate_run, run_data_path
+    from ..models import RunError
+
+    out_dir = Path(report["out_dir"]) / f"compare-{Path(baseline).resolve().name}"
+    try:
+        data = data or resolve_data_path(*run_data_path(Path(run_dir))[:2])  # RUN_DIR's data, whatever the baseline's
+        evaluate_run(baseline, split, data, out_dir, batch_size, device=inference_device(device, False))
+        result = compare_predictions(read_predictions(out_dir / "predictions.jsonl"),
+                                     read_predictions(Path(report["out_dir"]) / "predictions.jsonl"))
+    except (DataError, RunError, ValueError) as error:
+        raise click.ClickException(f"--compare {baseline}: {error}") from None
+    result.update(run=str(run_dir), baseline=str(baseline), split=report["split"])
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    click.echo(f"{run_dir} against {baseline} on the same {result['n']} utterances:")
+    click.echo(f"  {'':<20} {'baseline':>8} {'run':>8} {'change':>8}")
+    for key, name in (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"), ("sentence_acc", "sentence accuracy")):
+        m = result[key]
+        if "only_a" in m:
+            test = f"McNemar p = {m['p']:.3f} (right only in run {m['only_b']}, only in baseline {m['only_a']})"
+        else:
+            test = f"95 % interval [{100 * m['ci95'][0]:+.2f}, {100 * m['ci95'][1]:+.2f}], p = {m['p']:.3f} (paired bootstrap)"
+        click.echo(f"  {name:<20} {100 * m['a']:8.2f} {100 * m['b']:8.2f} {100 * m['diff']:+8.2f}   {test}")
+    click.echo(f"wrote {out_dir}/compare.json")
+
+
+def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device) -> dict:
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
     from ..models import RunError, load_run
@@ -79,6 +116,7 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
                           ("sentence_acc", "sentence accuracy")]:
             click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}")
     click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png, reliability.png")
+    return report
 
 
 if __name__ == "__main__":
