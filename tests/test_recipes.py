@@ -100,3 +100,8 @@ def test_numbers_written_as_text_become_numbers(tmp_path):
     assert recipe["optim"]["lr"] == 1e-4 and isinstance(recipe["train"]["epochs"], int)
     assert recipe["model"]["feedback"]["iter_weights"] == [0.5, 1] and recipe["optim"]["gate_lr"] == 1.0
     assert recipe["output_dir"] is None and recipe["model"]["tokenizer"] is None
+
+
+def test_a_combination_the_model_refuses_fails_with_the_recipe():
+    with pytest.raises(RecipeError, match="model.head=vmtl does not support model.slot_decoder=crf"):
+        load_recipe(None, ["data.path=x", "model.head=vmtl", "model.slot_decoder=crf"])

@@ -412,6 +412,11 @@ def test_a_tiny_vmtl_model_trains_evaluates_and_parses(tiny_recipe):
     result = CliRunner().invoke(eval_main, [str(run), "--split", "test"])
     assert result.exit_code == 0, result.output
     assert "ECE" in result.output and "NLL" in result.output
+    pytest.importorskip("onnx")
+    from slu_feedback.cli.export import main as export_main
+
+    result = CliRunner().invoke(export_main, [str(run), "--format", "onnx"])  # one line, not a trace dump
+    assert result.exit_code == 1 and "does not support model.head=vmtl" in result.output and len(result.output) < 300
     report = json.loads((run / "eval_test" / "metrics.json").read_text())
     m = report["metrics"]
     assert 0 <= m["intent_ece"] <= 1 and m["intent_nll"] > 0

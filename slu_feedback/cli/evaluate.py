@@ -115,7 +115,8 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
         for key, name in [("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
                           ("sentence_acc", "sentence accuracy")]:
             click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}")
-    click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png, reliability.png")
+    steps = ", feedback_steps.png" if (Path(report["out_dir"]) / "feedback_steps.png").exists() else ""
+    click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png, reliability.png{steps}")
     return report
 
 

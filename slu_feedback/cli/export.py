@@ -37,6 +37,9 @@ def main(run_dir, fmt, out_file, exporter, opset, check, split, data, atol, as_j
 
     try:
         model, tokenizer = load_run(run_dir)
+        if model.config.head == "vmtl":  # its Monte Carlo prediction draws from a seeded generator
+            raise click.ClickException("ONNX export does not support model.head=vmtl runs (the Monte Carlo "
+                                       "prediction is not traceable); serve them with slu-serve or SLUParser")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             path = export_onnx(run_dir, out_file, exporter=exporter, opset=opset, model=model, tokenizer=tokenizer)

@@ -24,11 +24,15 @@ def main(recipe, overrides, resume, overwrite, detect_anomaly):
     from ..training.trainer import TrainingError, train  # heavy imports after argument parsing
 
     console_output(map_bars=True)
+    recipe_path = recipe
     try:
         recipe = load_recipe(recipe, overrides)
         run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly, overwrite=overwrite)
     except (RecipeError, DataError, TrainingError) as error:
         raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:  # the last finished epoch's checkpoint is on disk
+        raise click.ClickException(f"interrupted; the last finished epoch is kept: continue with "
+                                   f"slu-train {' '.join([recipe_path, *overrides])} --resume") from None
     if os.environ.get("RANK", "0") == "0":  # once, also under torchrun
         click.echo(f"run directory: {run_dir}")
 

@@ -73,13 +73,14 @@ def plot_confusion(gold: list, pred: list, labels: list, out_path, max_labels: i
             matrix[index[g]][index[p]] += 1
     size = max(5, 0.35 * len(keep) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
+    top = min(max(map(max, matrix), default=0), 20)  # the darkest shade (counts above 20 are clipped)
     ax.imshow([[min(v, 20) for v in row] for row in matrix], cmap="Blues")
     ax.set_xticks(range(len(keep)), keep, rotation=90, fontsize=7)
     ax.set_yticks(range(len(keep)), keep, fontsize=7)
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white" if v > 10 else "black")
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white" if min(v, 20) > top / 2 else "black")
     ax.set(xlabel="predicted intent", ylabel="gold intent", title="intent confusion")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)

@@ -240,6 +240,9 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
         _validate(update, DEFAULTS)
         recipe = _merge(recipe, update)
     _check_values(recipe)
+    if recipe["model"]["head"] == "vmtl" and recipe["model"]["slot_decoder"] == "crf":  # before any loading
+        raise RecipeError("model.head=vmtl does not support model.slot_decoder=crf (the Monte Carlo loss needs "
+                          "per-word softmax outputs); use model.slot_decoder=softmax")
     if recipe["data"]["path"] is None:
         raise RecipeError("the recipe sets no data.path (add it to the YAML or pass data.path=...)")
     if isinstance(recipe["data"]["path"], (list, tuple)):  # several datasets: a joint model
