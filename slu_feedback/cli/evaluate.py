@@ -50,9 +50,10 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
 
 def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> None:
     """Score `baseline` on the utterances `report` scored RUN_DIR on, then test RUN_DIR against it."""
-    from ..data.errors import DataError
-    from ..evaluation.compare import compare_predictions, read_predictions
     from ..data.dataset import resolve_data_path
+    from ..data.errors import DataError
+    from ..evaluation.compare import compare_predictions
+    from ..evaluation.plots import read_jsonl
     from ..evaluation.report import evaluate_run, run_data_path
     from ..models import RunError
 
@@ -60,8 +61,8 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
     try:
         data = data or resolve_data_path(*run_data_path(Path(run_dir))[:2])  # RUN_DIR's data, whatever the baseline's
         evaluate_run(baseline, split, data, out_dir, batch_size, device=inference_device(device, False))
-        result = compare_predictions(read_predictions(out_dir / "predictions.jsonl"),
-                                     read_predictions(Path(report["out_dir"]) / "predictions.jsonl"))
+        result = compare_predictions(read_jsonl(out_dir / "predictions.jsonl"),
+                                     read_jsonl(Path(report["out_dir"]) / "predictions.jsonl"))
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(f"--compare {baseline}: {error}") from None
     result.update(run=str(run_dir), baseline=str(baseline), split=report["split"])

@@ -6,17 +6,10 @@ utterances one run gets right and the other wrong count), and a paired bootstrap
 for slot F1 (a span F1 is not a mean over utterances, so it has no closed-form test).
 """
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 from seqeval.metrics.sequence_labeling import get_entities
-
-
-def read_predictions(path) -> list:
-    """The rows of a predictions.jsonl that slu-eval wrote."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
