@@ -68,7 +68,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     name = args.name or Path(args.run_dir).name
-    kw = {"max_iter": args.cg_iterations} if args.solver == "cg" else {}
+    kw = {"max_iter": args.cg_iterations}  # used when the solver is cg (also when auto picks it)
     started = time.perf_counter()
     summary = score_run(args.run_dir, args.influence_dir, args.scope, args.solver, args.damping, args.batch_size, **kw)
     seconds = {"score": time.perf_counter() - started}

@@ -96,6 +96,13 @@ def test_solvers_agree(linear_problem):
     assert ((s_lissa - s_exp).norm() / s_exp.norm()) < 1e-2
     with pytest.raises(ValueError, match="cg"):
         influence_vectors(linear_problem, 0.1, "explicit", w=w_star, max_params=10)
+    # one cg step does not solve it: the warning names the residual and the option to raise;
+    # another solver's option is ignored (so `auto` honours --cg-iterations), a misspelt one is not
+    _, short = influence_vectors(linear_problem, 0.1, "cg", w=w_star, max_iter=1, depth=7)
+    assert short["iterations"] == 1 and max(short["residual"]) > 1e-3
+    assert "did not converge" in short["warning"] and "--cg-iterations" in short["warning"]
+    with pytest.raises(TypeError, match="max_iters"):
+        influence_vectors(linear_problem, 0.1, "cg", w=w_star, max_iters=1)
 
 
 def _loop_gradients(problem, w, chunk, rows):
@@ -187,6 +194,7 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     out = tmp_path / "influence"
     result = runner.invoke(main, ["score", str(tiny_run), "--solver", "cg", "--cg-iterations", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "the cg solve did not converge" in result.output  # 5 steps: too few
     rows = list(csv.DictReader((out / "influence.csv").open()))
     assert len(rows) == 200 and {"intent->intent", "intent->slot", "slot->intent", "slot->slot"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
@@ -215,6 +223,8 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
         result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--target", "both",
                                       "--scores", str(out / "influence.csv"), "--out", str(dest), *extra])
         assert result.exit_code == 0, result.output
+        # ranking by scores from an unconverged solve is said (random pruning does not use them)
+        assert ("warning:" in result.output and "did not converge" in result.output) == (not extra), result.output
         info = json.loads((dest / "prune.json").read_text())
         data = load_splits(dest / "data")
         assert len(data["train"]) == 200 - info["dropped"] and 0 < info["dropped"] <= 20

@@ -73,7 +73,7 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
     from ..models.joint import joint_datasets
     from ..influence.report import score_run
 
-    kw = {"max_iter": cg_iterations} if solver == "cg" else {"depth": lissa_depth} if solver == "lissa" else {}
+    kw = {"max_iter": cg_iterations, "depth": lissa_depth}  # the solver used (auto: cg or explicit) takes its own
     names = joint_datasets(run_dir)
     if names and out_dir:
         raise click.ClickException("--out applies to one dataset: pass RUN_DIR/<dataset> of a joint run")
@@ -130,6 +130,8 @@ def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, ou
                    f"{info['unlabelled']['slot']} without their slots; {info['utterances_dropped']} left out")
     if "note" in info:
         click.echo(f"note: {info['note']}", err=True)
+    if "warning" in info:
+        click.echo(f"warning: {info['warning']}", err=True)
     click.echo(f"data: {info['data']}\nrecipe: {info['recipe']}\ntrain it: slu-train {info['recipe']}")
 
 
@@ -158,6 +160,8 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
     change = info["validation_loss_change"]
     click.echo(f"dropped {info['dropped']} training {unit}s ({'random' if random_ else 'most harmful for ' + target}); "
                f"heads refitted in {info['seconds']:.1f}s")
+    if "warning" in info:
+        click.echo(f"warning: {info['warning']}", err=True)
     for task in ("intent", "slot"):
         click.echo(f"{task:>7} validation loss change: predicted {change['predicted'][task]:+.3e}  "
                    f"actual {change['actual'][task]:+.3e}")
@@ -180,11 +184,16 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
 def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_iter, cg_iterations, out_dir):
     """Retrain the scope without single samples (and on random halves) and compare the actual
     change of each task's validation loss with MTIF; writes validate.json and validate.png.
-    Each retraining is appended to validate_rows.jsonl, so a rerun after an interruption resumes."""
+    Each retraining is appended to validate_rows.jsonl, so a rerun after an interruption resumes.
+
+    Cost: 2 x N + SUBSETS retrainings of the scope. On the MiniLM ATIS heads one takes about a
+    minute on a laptop CPU, so the defaults take hours; try --n 5 --subsets 0 first."""
     from ..influence.report import validate_run
 
-    kw = {"max_iter": cg_iterations} if solver == "cg" else {}
+    kw = {"max_iter": cg_iterations}  # used when the solver is cg (also when auto picks it)
     result = validate_run(run_dir, n, scope, solver, damping, subsets, seed, batch_size, out_dir, max_iter, **kw)
+    if result["solver"].get("warning"):
+        click.echo(f"warning: {result['solver']['warning']}", err=True)
     for key, c in result["correlation"].items():
         click.echo(f"{key:>16}: pearson {_f(c['pearson'])}  spearman {_f(c['spearman'])}  (n={c['n']})")
     if subsets:

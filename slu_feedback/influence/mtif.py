@@ -188,11 +188,21 @@ def solve_lissa(problem, w, b, damping, depth: int = 1000, scale: float | None =
 
 
 SOLVERS = {"explicit": solve_explicit, "cg": solve_cg, "lissa": solve_lissa}
+RESIDUAL_LIMIT = 1e-3  # relative residual ||H x - b|| / ||b|| above which a solve counts as unconverged
+
+
+SOLVER_OPTIONS = {"explicit": {"max_params"}, "cg": {"tol", "max_iter"}, "lissa": {"depth", "scale"}}
 
 
 def inverse_hvp(problem, w, b, damping, solver: str = "cg", progress: bool = False, **kw) -> tuple:
+    """Solve H x = b with `solver`. Options of the other solvers are ignored, so a caller can pass
+    every solver's settings (--cg-iterations, --lissa-depth) and `auto` still honours them."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    unknown = set(kw) - set().union(*SOLVER_OPTIONS.values())
+    if unknown:
+        raise TypeError(f"unknown solver option(s): {', '.join(sorted(unknown))}")
+    kw = {k: v for k, v in kw.items() if k in SOLVER_OPTIONS[solver]}
     if solver != "explicit":
         kw["progress"] = progress
     return SOLVERS[solver](problem, w, b, damping, **kw)
@@ -208,6 +218,14 @@ def influence_vectors(problem: Problem, damping: float, solver: str = "cg", w=No
     s, info = inverse_hvp(problem, w, g, damping, solver, progress, **solver_kw)
     info.update(solver=solver, damping=damping, seconds=time.perf_counter() - started,
                 valid_loss=problem.valid_losses(w).tolist(), valid_grad_norm=g.norm(dim=1).tolist())
+    unsolved = [(task, r) for task, r in zip(problem.tasks, info["residual"]) if not r <= RESIDUAL_LIMIT]
+    if unsolved:  # the scores are then off by up to that fraction; say so instead of ranking silently
+        worst = ", ".join(f"{task} {r:.2g}" for task, r in unsolved)
+        hint = {"cg": "raise --cg-iterations or --damping", "lissa": "raise --lissa-depth or --damping"}.get(
+            solver, "raise --damping")
+        message = (f"the {solver} solve did not converge: relative residual {worst} (limit {RESIDUAL_LIMIT:g}), "
+                   f"so the influence scores are approximate; {hint}")
+        info["warning"] = f"{info['warning']}; {message}" if info.get("warning") else message
     return s, info
 
 
@@ -238,13 +256,16 @@ def compute_mtif(problem: Problem, damping: float = 0.01, solver: str = "cg", pr
 
 # -- retraining: the ground truth MTIF approximates -------------------------------------------------
 def converge(problem: Problem, w_start, anchor, damping: float, weights=None, max_iter: int = 500,
-             tol: float = 1e-10) -> torch.Tensor:
-    """argmin_w L(w; weights) + damping/2 ||w - anchor||^2 by full-batch L-BFGS from `w_start`."""
+             tol: float = 1e-10, progress: bool = False) -> torch.Tensor:
+    """argmin_w L(w; weights) + damping/2 ||w - anchor||^2 by full-batch L-BFGS from `w_start`.
+    `progress` counts the objective's evaluations (a fit on a real run takes minutes)."""
     w = w_start.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-16,
                             history_size=50, line_search_fn="strong_wolfe")
+    bar = tqdm(desc="fitting the scope (L-BFGS evaluations)", disable=not progress, leave=False)
 
     def closure():
+        bar.update()
         opt.zero_grad()
         loss = problem.objective(w, weights) + 0.5 * damping * ((w - anchor) ** 2).sum()
         loss.backward()
@@ -255,6 +276,7 @@ def converge(problem: Problem, w_start, anchor, damping: float, weights=None, ma
         closure()
         if w.grad.abs().max() <= tol:
             break
+    bar.close()
     return w.detach()
 
 
@@ -330,7 +352,7 @@ def leave_one_out(problem: Problem, damping: float, examples, solver: str = "exp
     """
     anchor = problem.flat()
     T = len(problem.tasks)
-    w_star = converge(problem, anchor, anchor, damping, max_iter=retrain_iter)
+    w_star = converge(problem, anchor, anchor, damping, max_iter=retrain_iter, progress=progress)
     v_star = problem.valid_losses(w_star).detach()
     measured = _Measured(rows_file, {"n_train": problem.n, "n_params": problem.size, "damping": damping,
                                      "retrain_iter": retrain_iter, "seed": seed, "subset_fraction": subset_fraction,

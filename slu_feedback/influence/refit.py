@@ -39,7 +39,7 @@ class Refitter:
         self.problem, splits, _ = build_problem(self.run_dir, "heads", batch_size)
         self.train = splits["train"]
         self.anchor = self.problem.flat()  # the trained heads; the proximal term keeps refits near them
-        self.w_full = converge(self.problem, self.anchor, self.anchor, damping, max_iter=max_iter)
+        self.w_full = converge(self.problem, self.anchor, self.anchor, damping, max_iter=max_iter, progress=progress)
         fitted = time.perf_counter()
         s, self.solver = influence_vectors(self.problem, damping, "cg", w=self.w_full, progress=progress)
         index, scores = score_chunks(self.problem, s, w=self.w_full, progress=progress)
@@ -125,5 +125,7 @@ def refit_run(run_dir, out_dir=None, fraction: float = 0.02, target: str = "both
     drop = refitter.select(fraction, target, random, seed, per_intent, unit)
     w, report = refitter.refit(drop)
     report.update(fraction=fraction, target=target, random=random, seed=seed, per_intent=per_intent, unit=unit)
+    if refitter.solver.get("warning") and not random:
+        report["warning"] = f"the ranking's scores: {refitter.solver['warning']}"
     refitter.save(w, out_dir, report)
     return {**report, "out_dir": str(out_dir)}

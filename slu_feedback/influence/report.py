@@ -245,7 +245,8 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     if not scores_file.exists():
         score_run(run_dir, scores_file.parent, **score_kw)
     summary_file = scores_file.parent / "summary.json"
-    if summary_file.exists() and json.loads(summary_file.read_text()).get("target_split") == "test":
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if summary.get("target_split") == "test":
         raise ValueError(f"{scores_file} was scored against the test split (a diagnostic); pruning by it would pick "
                          "the training data on test. Score against validation: slu-influence score RUN_DIR")
     rows = read_scores(scores_file)
@@ -293,6 +294,8 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     if negative < len(drop) and not random:
         info["note"] = (f"only {negative} of the {len(drop)} lowest-ranked {unit}s have negative influence on "
                         f"{target}; the others were dropped as the least helpful")
+    if summary.get("solver", {}).get("warning") and not random:
+        info["warning"] = f"{scores_file} was scored with a warning: {summary['solver']['warning']}"
     (out_dir / "prune.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
 
