@@ -1,12 +1,18 @@
 """PNG plots written into run directories (matplotlib with the non-interactive Agg backend)."""
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# line styles and markers cycled over series that may coincide (VMTL priors, a joint run's datasets)
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D", "x")
 
 
 def read_jsonl(path) -> list:
@@ -23,9 +29,10 @@ def flatten(values: dict) -> dict:
     return {f"{name}/{key}": v for name, inner in values.items() for key, v in inner.items()} if nested else values
 
 
-def plot_training_curves(metrics_path, out_path) -> None:
-    """Training loss per logged step, validation metrics per epoch, and the feedback gate's
-    probabilities over training when the model has feedback."""
+def plot_training_curves(metrics_path, out_path):
+    """Training loss per logged step, validation metrics per epoch (a joint run: the mean, solid, and
+    each dataset's, thinner), and the feedback gate's and VMTL prior's probabilities over training
+    when the model has them. Returns the (closed) figure, for inspection."""
     rows = read_jsonl(metrics_path)
     steps = [r for r in rows if r.get("type") == "step"]
     epochs = [r for r in rows if r.get("type") == "epoch"]
@@ -35,10 +42,19 @@ def plot_training_curves(metrics_path, out_path) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
     axes[0].set(title="training loss", xlabel="optimizer step", yscale="log")
+    # a joint run's epoch rows carry each dataset's metrics under validation["datasets"] (see mean_metrics)
+    datasets = sorted({name for r in epochs for name in r["validation"].get("datasets", {})})
     for key in ("intent_acc", "slot_f1", "sentence_acc"):
-        axes[1].plot([r["epoch"] for r in epochs], [100 * r["validation"][key] for r in epochs], marker="o", label=key)
+        mean, = axes[1].plot([r["epoch"] for r in epochs], [100 * r["validation"][key] for r in epochs], marker="o",
+                             label=f"{key} (mean)" if datasets else key)
+        for i, name in enumerate(datasets):  # same colour as the mean, one line style per dataset
+            own = [r for r in epochs if name in r["validation"].get("datasets", {})]
+            axes[1].plot([r["epoch"] for r in own], [100 * r["validation"]["datasets"][name][key] for r in own],
+                         color=mean.get_color(), ls=LINESTYLES[1 + i % 3], marker=MARKERS[1 + i % 5], ms=4, lw=1,
+                         alpha=0.7, label=f"{name}: {key}")
     axes[1].set(title="validation (%)", xlabel="epoch")
-    axes[1].legend()
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+    axes[1].legend(fontsize=7 if datasets else None)
     if gated:
         series = [flatten(r["gate"]) for r in gated]
         for direction in series[0]:
@@ -50,14 +66,18 @@ def plot_training_curves(metrics_path, out_path) -> None:
     if bayes:  # VMTL: weight of each prior on the other task's posterior (the rest is on N(0, I))
         ax = axes[-1]
         series = [flatten(r["prior"]) for r in bayes]
-        for prior in series[0]:
-            ax.plot([r["step"] for r in bayes], [p[prior]["other"] for p in series], label=f"{prior}: other task")
+        every = max(1, len(bayes) // 8)
+        for i, prior in enumerate(series[0]):  # priors often stay at the same weight: each gets its own style
+            ax.plot([r["step"] for r in bayes], [p[prior]["other"] for p in series], label=f"{prior}: other task",
+                    ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)], ms=4, alpha=0.8,
+                    markevery=(i % every, every))  # markers staggered so that they do not hide each other
         ax.axhline(0.5, color="grey", lw=0.5, ls=":")
         ax.set(title="VMTL prior weight on the other task", xlabel="optimizer step", ylim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def plot_confusion(gold: list, pred: list, labels: list, out_path, max_labels: int = 30) -> None:
@@ -87,16 +107,25 @@ def plot_confusion(gold: list, pred: list, labels: list, out_path, max_labels: i
     plt.close(fig)
 
 
-def plot_steps(steps_per_iteration: list, out_path) -> None:
-    """Mean JS step size per feedback iteration for each task: the convergence behaviour."""
+def plot_steps(steps_per_iteration: dict, out_path):
+    """Mean JS step size per feedback iteration for each task: the convergence behaviour. Returns
+    the (closed) figure, for inspection."""
     fig, ax = plt.subplots(figsize=(5, 4))
     for task, values in steps_per_iteration.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=task)
-    ax.set(title="feedback step size per iteration", xlabel="iteration k", ylabel="mean JS(P^k, P^k-1)", yscale="log")
+    ax.set(title="feedback step size per iteration", xlabel="iteration k", ylabel="mean JS(P^k, P^k-1)")
+    # Step sizes span decades, but a converged model's step is exactly 0, which a log axis drops: symlog
+    # is logarithmic above the smallest positive step (rounded down to a power of 10) and linear below,
+    # so 0 is drawn at the bottom. All zero (nothing positive): a plain linear axis.
+    positive = [v for values in steps_per_iteration.values() for v in values if v > 0]
+    if positive:
+        ax.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(min(positive))))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations only
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def plot_reliability(bins: list, ece: float, out_path, title: str = "intent reliability") -> None:
