@@ -485,3 +485,20 @@ def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tin
     assert compared["n"] == own["n"] and compared["split"] == "validation"
     for key in ("intent_acc", "slot_f1", "sentence_acc"):  # B is the run, A the baseline, as each scores alone
         assert compared[key]["b"] == pytest.approx(own[key]) and compared[key]["a"] == pytest.approx(other[key])
+
+
+def test_a_run_that_learnt_nothing_says_what_to_change(tiny_recipe):
+    from slu_feedback.training.trainer import untrained_hint
+
+    split = {"intent": ["a", "a", "a", "b"], "slots": [["O", "B-x"], ["O"], ["B-y"], ["O"]]}
+    recipe = {"train": {"epochs": 8}, "model": {"encoder_type": "bilstm"}}
+    hint = untrained_hint({"slot_f1": 0.0, "intent_acc": 0.75}, split, recipe, 8)
+    assert "no slot span" in hint and "always saying a" in hint and "BiLSTM" in hint and "train.epochs" in hint
+    recipe["model"]["encoder_type"] = "hf"
+    assert "BiLSTM" not in untrained_hint({"slot_f1": 0.0, "intent_acc": 1.0}, split, recipe, 8)
+    assert untrained_hint({"slot_f1": 0.4, "intent_acc": 0.76}, split, recipe, 8) is None
+    # no gold span to find, or a single intent: nothing to say
+    assert untrained_hint({"slot_f1": 0.0, "intent_acc": 1.0}, {"intent": ["a"], "slots": [["O"]]}, recipe, 8) is None
+    # the trainer says it at the end of a run: one epoch of a tiny random encoder learns nothing
+    with pytest.warns(UserWarning, match="on the validation split: train longer"):
+        train(tiny_recipe("train.epochs=1", "optim.lr=1e-7", "optim.head_lr=1e-7"))

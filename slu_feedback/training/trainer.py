@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,32 @@ def infusion_points(gates: dict) -> dict:
 # matrices that are not weights of a layer: the VMTL prior mixtures' logits (decay would pull each
 # mixture towards uniform) and the label-role offsets (per-role biases); they get no weight decay
 NO_DECAY = ("latent_beta", "weight_beta", "role_offset")
+
+
+def untrained_hint(validation: dict, split, recipe: dict, epochs_run: int) -> str | None:
+    """Why a finished run may be of no use, and what to change: at its best validation epoch it
+    found no slot span, or its intents are no better than always guessing the commonest (seen with
+    a BiLSTM on the quickstart's few hundred utterances, which learns nothing in 8 epochs)."""
+    from collections import Counter
+
+    problems = []
+    if validation["slot_f1"] == 0 and any(tag != "O" for tags in split["slots"] if tags for tag in tags):
+        problems.append("found no slot span (slot F1 0.00)")
+    intents = Counter(i for i in split["intent"] if i is not None)
+    if len(intents) > 1:
+        commonest, count = intents.most_common(1)[0]
+        share = count / intents.total()
+        if validation["intent_acc"] <= share:
+            problems.append(f"predicts intents no better than always saying {commonest} "
+                            f"({100 * validation['intent_acc']:.2f} % against {100 * share:.2f} %)")
+    if not problems:
+        return None
+    advice = (f"train longer (train.epochs, now {recipe['train']['epochs']}; {epochs_run} run) "
+              "or raise optim.lr and optim.head_lr")
+    if recipe["model"]["encoder_type"] == "bilstm":
+        advice += ("; a BiLSTM learns its embeddings from scratch and needs far more epochs and data than a "
+                   "pretrained encoder (recipes/atis_bilstm.yaml: 30 epochs on 4,478 utterances)")
+    return f"the model {' and '.join(problems)} on the validation split: {advice}"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -494,6 +521,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                     encoding="utf-8")
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         plot_training_curves(metrics_file, run_dir / "training_curves.png")
+        for name, (data, _) in parts.items() if best else ():
+            hint = untrained_hint(best["validation"]["datasets"][name] if joint else best["validation"],
+                                  data["validation"], recipe, state["epoch"])
+            if hint:
+                warnings.warn(f"{name}: {hint}" if joint else hint)
     if tensorboard is not None:
         tensorboard.close()
     accelerator.wait_for_everyone()
