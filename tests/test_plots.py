@@ -90,3 +90,15 @@ def test_feedback_steps_all_zero_plot_without_warnings(tmp_path):
     lo, hi = fig.axes[0].get_ylim()
     assert lo <= 0 <= hi
     assert (tmp_path / "steps.png").stat().st_size > 1000
+
+
+def test_the_kl_warm_up_is_marked_on_the_loss_panel(tmp_path):
+    prior = {"intent.weight": {"other": 0.5, "standard": 0.5}}
+    rows = [{**r, "kl_weight": min(1.0, r["step"] / 10)} for r in step_rows(20, prior=prior)] + [epoch_row(1, METRICS)]
+    fig = plot_training_curves(write_metrics(tmp_path / "metrics.jsonl", rows), tmp_path / "curves.png")
+    (span,) = fig.axes[0].patches
+    assert span.get_x() == 0 and span.get_width() == 9  # steps 1-9 have a KL weight under 1
+    assert "KL warm-up" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    no_warm_up = [{**r, "kl_weight": 1.0} for r in step_rows(20, prior=prior)] + [epoch_row(1, METRICS)]
+    fig = plot_training_curves(write_metrics(tmp_path / "metrics.jsonl", no_warm_up), tmp_path / "curves.png")
+    assert not fig.axes[0].patches

@@ -42,6 +42,10 @@ def plot_training_curves(metrics_path, out_path):
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
     axes[0].set(title="training loss", xlabel="optimizer step", yscale="log")
+    warm = [r["step"] for r in bayes if r.get("kl_weight", 1) < 1]
+    if warm:  # VMTL: the loss rises while the KL term's weight ramps up to 1; say where that ends
+        axes[0].axvspan(0, max(warm), color="grey", alpha=0.15, label="KL warm-up (the loss rises as KL enters)")
+        axes[0].legend(fontsize=7)
     # a joint run's epoch rows carry each dataset's metrics under validation["datasets"] (see mean_metrics)
     datasets = sorted({name for r in epochs for name in r["validation"].get("datasets", {})})
     for key in ("intent_acc", "slot_f1", "sentence_acc"):
