@@ -394,6 +394,42 @@ def test_parser_cuts_where_the_run_was_trained(tiny_run_factory):
     assert SLUParser(parser.model, parser.tokenizer).max_length == 128
 
 
+def test_a_truncated_result_says_so_in_json_and_in_the_plain_output(tiny_run_factory):
+    """The warning reaches neither an HTTP client nor a --json consumer: the result itself says it."""
+    run = tiny_run_factory("data.max_length=12")
+    parser = SLUParser.from_pretrained(run)
+    long_text = " ".join(["boston"] * 30)
+    with pytest.warns(UserWarning, match="truncated"):
+        result = parser(long_text)
+    assert result["truncated"] is True and result["words_seen"] == 10  # 10 words + [CLS] + [SEP]
+    for short in parser(["boston to denver", ""]):
+        assert short["truncated"] is False and "words_seen" not in short
+    runner = CliRunner()
+    out = runner.invoke(parse_main, [str(run), "--text", long_text, "--json"])
+    assert out.exit_code == 0, out.output
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert parsed["truncated"] is True and parsed["words_seen"] == 10
+    out = runner.invoke(parse_main, [str(run), "--text", long_text, "--text", "boston to denver"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.count("truncated: only the first 10 of 30 words") == 1, "a note for the long one only"
+
+
+def test_parse_cli_plain_output_shows_vmtl_uncertainty(tiny_run_factory, trained_feedback_run):
+    from slu_feedback.cli.parse import render
+
+    run = tiny_run_factory("model.head=vmtl", "model.vmtl.latent_dim=16", "model.feedback.iterations=1")
+    text = "play some jazz by miles davis"
+    parsed = SLUParser.from_pretrained(run)(text)
+    out = CliRunner().invoke(parse_main, [str(run), "--text", text])
+    assert out.exit_code == 0, out.output
+    assert re.search(rf"intent  \S+  [01]\.\d{{3}} \(uncertainty {parsed['intent_uncertainty']:.3f}\)", out.stdout)
+    assert out.stdout.count("(uncertainty ") == 1 + len(parsed["slots"])
+    slot = {"label": "artist", "text": "miles davis", "start": 18, "end": 29, "score": 0.9, "uncertainty": 0.25}
+    assert "[18:29]  0.900 (uncertainty 0.250)" in render(dict(parsed, slots=[slot]))
+    plain = CliRunner().invoke(parse_main, [str(trained_feedback_run), "--text", text])
+    assert plain.exit_code == 0 and "uncertainty" not in plain.output, "other heads: output as before"
+
+
 def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypatch, tmp_path):
     import slu_feedback.evaluation.report as report
 

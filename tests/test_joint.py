@@ -303,6 +303,21 @@ def test_server_parses_a_joint_run_and_takes_a_dataset(joint_run):
         assert set(client.get("/model").json()["datasets"]) == set(DOMAINS)
 
 
+def test_pipeline_loads_a_joint_run_as_the_parser_does(joint_run):
+    """`pipeline("slu", model=RUN)` fails inside transformers (no config.json at a joint run's top,
+    read before any code of ours); SLUPipeline.from_pretrained loads it as SLUParser does."""
+    from slu_feedback.inference.pipeline import SLUPipeline
+
+    texts = ["wake me up at 7 am", "book a table for two", "play some jazz"]
+    slu, parser = SLUPipeline.from_pretrained(joint_run), SLUParser.from_pretrained(joint_run)
+    assert slu(texts) == parser(texts) and slu(texts[1]) == parser(texts[1])
+    home = SLUPipeline.from_pretrained(joint_run, dataset="home", top_k=2)
+    assert home(texts) == SLUParser.from_pretrained(joint_run, dataset="home", top_k=2)(texts)
+    assert [r["dataset"] for r in home(texts)] == ["home"] * 3
+    with pytest.raises(RunError, match="no dataset 'news' in this run \\(it has travel, home\\)"):
+        SLUPipeline.from_pretrained(joint_run, dataset="news")
+
+
 def test_joint_vmtl_priors_span_both_datasets(tiny_encoder, domain_data, tmp_path):
     from conftest import REPO, tiny_overrides
     from slu_feedback.training.recipe import load_recipe

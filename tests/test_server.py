@@ -111,6 +111,16 @@ def test_parse_one_and_many_equal_the_parser(client, parser):
     assert "explain" not in one.json()
 
 
+def test_a_truncated_utterance_says_so_in_the_json(client, parser):
+    """The truncation warning stays in the server's log: the client learns it from the result."""
+    long_text = " ".join(["a"] * 99)  # more sub-tokens than the run's max_length (64), within max_chars
+    with pytest.warns(UserWarning, match="truncated"):
+        expected = parser(long_text)
+    results = client.post("/parse", json={"texts": [long_text, TEXTS[0]]}).json()
+    assert results[0]["truncated"] is True and results[0]["words_seen"] == expected["words_seen"] < 99
+    assert results[1]["truncated"] is False and "words_seen" not in results[1]
+
+
 BAD_REQUESTS = [  # (body, content type, status, part of the message)
     (b'{"text": ', "application/json", 400, "malformed JSON"),
     (b'{"text": "play", }', "application/json", 400, "malformed JSON"),

@@ -17,8 +17,14 @@ HELP = """Type an utterance and press Enter to parse it.
 COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
 
 
+def uncertainty(item: dict, key: str = "uncertainty") -> str:
+    """A VMTL run's estimate as ` (uncertainty 0.123)`; nothing for other heads, which have none."""
+    return f" (uncertainty {item[key]:.3f})" if item.get(key) is not None else ""
+
+
 def render(result: dict, explain: bool = False) -> str:
-    """Readable, coloured rendering: the utterance with slots highlighted, then intent and slots."""
+    """Readable, coloured rendering: the utterance with slots highlighted, then intent and slots
+    (with a VMTL run's uncertainties), and a note where the utterance was cut at max_length."""
     if result["intent"] is None:
         return click.style("(nothing to parse)", dim=True)
     text, pieces, last = result["text"], [], 0
@@ -32,10 +38,14 @@ def render(result: dict, explain: bool = False) -> str:
     lines = ["".join(pieces),
              (f"  dataset {result['dataset']}\n" if result.get("dataset") else "")
              + f"  intent  {click.style(result['intent'], bold=True)}  {result['intent_score']:.3f}"
+             + uncertainty(result, "intent_uncertainty")
              + "".join(f"   {t['intent']} {t['score']:.3f}" for t in result["top_intents"][1:])]
     for slot in result["slots"]:
         lines.append(f"  {click.style(slot['label'], fg=colour[slot['label']])} = {slot['text']!r}"
-                     f"  [{slot['start']}:{slot['end']}]  {slot['score']:.3f}")
+                     f"  [{slot['start']}:{slot['end']}]  {slot['score']:.3f}{uncertainty(slot)}")
+    if result.get("truncated"):  # stderr warns of the first few only (--input): say it by each result
+        lines.append(click.style(f"  truncated: only the first {result['words_seen']} of {len(result['words'])} "
+                                 "words were read (max_length); the rest are tagged O", fg="yellow"))
     if result["iterations"]:
         lines.append(click.style(f"  feedback iterations used: {result['iterations']}", dim=True))
     for step in result.get("explain", []) if explain else []:  # every iteration, also those after the answer's

@@ -4,7 +4,11 @@
     parser("show me flights from boston to denver")
     # {'intent': 'atis_flight', 'intent_score': 0.99, 'top_intents': [...],
     #  'slots': [{'label': 'fromloc.city_name', 'text': 'boston', 'start': 21, 'end': 27, 'score': 0.99}, ...],
-    #  'iterations': 1, ...}
+    #  'iterations': 1, 'truncated': False, ...}
+
+An utterance longer than the run's `max_length` sub-tokens is cut where training cut it: its later
+words are tagged O, the result says `"truncated": true` and `"words_seen"` (how many words the model
+read; only in a truncated result), and a warning is issued.
 
 A joint run (`slu-train recipes/atis_snips_joint.yaml`) holds one head pair per dataset on one
 encoder: the parser runs the encoder once and every dataset's heads, answers with the dataset whose
@@ -140,12 +144,17 @@ class SLUParser:
         intents, slot_labels = model.config.intent_labels, model.config.slot_labels
         # every word has a sub-token (one the tokenizer drops is encoded as its unknown token), so
         # words go unseen only when the tokenizer cut a full-length encoding
-        if seen < len(words) and n_subtokens >= self.max_length:
+        truncated = seen < len(words) and n_subtokens >= self.max_length
+        if truncated:
             warnings.warn(f"utterance of {len(words)} words truncated to the first {seen} "
                           f"(max_length={self.max_length} sub-tokens); later words are tagged O")
         tags = [slot_labels[s] for s in slot_ids[:seen].tolist()] + ["O"] * (len(words) - seen)
         scores = slot_probs[torch.arange(seen), slot_ids[:seen]].tolist() + [0.0] * (len(words) - seen)
         result = self._result(text, words, intent_probs, intents, tags, scores, iterations)
+        # in the result too: a warning never reaches an HTTP client or a --json consumer
+        result["truncated"] = truncated
+        if truncated:
+            result["words_seen"] = seen
         if self.bayesian:
             self._add_uncertainty(result, intent_probs, slot_probs[:seen], len(words))
         return result
@@ -193,4 +202,4 @@ class SLUParser:
     @staticmethod
     def _empty(text) -> dict:
         return {"text": text, "intent": None, "intent_score": 0.0, "top_intents": [], "slots": [],
-                "words": [], "tags": [], "iterations": 0}
+                "words": [], "tags": [], "iterations": 0, "truncated": False}

@@ -11,6 +11,13 @@
 
 Equivalent, without the registry: `SLUPipeline(model=model, tokenizer=tokenizer)` with the
 (model, tokenizer) pair from `slu_feedback.models.load_run`.
+
+A joint run (one folder per dataset, no model at its top): `pipeline("slu", model="RUN/atis")`
+answers with one dataset's heads; `SLUPipeline.from_pretrained("RUN")` loads the run as
+`SLUParser.from_pretrained` does (every dataset's heads, the most confident answers; `dataset=`
+picks one). `pipeline("slu", model="RUN")` cannot say this itself: transformers reads
+`RUN/config.json` (`AutoConfig`) before any code of this package runs, and fails with its own
+"Unrecognized model in RUN" error.
 """
 
 from transformers import AutoModel
@@ -25,16 +32,26 @@ TASK = "slu"
 class SLUPipeline(Pipeline):
     """Joint intent detection and slot filling. Input: a string or a list of strings. Output: per
     string, the `SLUParser` dict (`intent`, `intent_score`, `top_intents`, `slots` with character
-    offsets, `words`, `tags`, `iterations`, and `explain` when asked)."""
+    offsets, `words`, `tags`, `iterations`, `truncated`, and `explain` when asked)."""
 
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def __init__(self, *args, top_k: int = 3, max_length: int | None = None, **kwargs):
+    def __init__(self, *args, top_k: int = 3, max_length: int | None = None, parser: SLUParser | None = None,
+                 **kwargs):
+        """`parser`: a loaded `SLUParser` to answer with (from_pretrained passes a joint run's)."""
         super().__init__(*args, **kwargs)
-        self.parser = SLUParser(self.model, self.tokenizer, max_length=max_length, top_k=top_k)
+        self.parser = parser or SLUParser(self.model, self.tokenizer, max_length=max_length, top_k=top_k)
+
+    @classmethod
+    def from_pretrained(cls, run_dir, dataset: str | None = None, device: str = "cpu", **kwargs) -> "SLUPipeline":
+        """Any run, a joint run's top folder too, loaded as `SLUParser.from_pretrained(run_dir,
+        device=device, dataset=dataset, **kwargs)` loads it (`top_k`, `max_length`, `quantize`):
+        `transformers.pipeline` can only load one model folder."""
+        parser = SLUParser.from_pretrained(run_dir, device=device, dataset=dataset, **kwargs)
+        return cls(model=parser.model, tokenizer=parser.tokenizer, device=parser.device, parser=parser)
 
     def _sanitize_parameters(self, explain=None, **kwargs):
         forward_params = {} if explain is None else {"explain": bool(explain)}

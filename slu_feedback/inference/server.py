@@ -10,6 +10,9 @@
     GET  /model   labels, encoder, feedback settings, the run's all_results.json
     GET  /        a small web page to try utterances
 
+A result's `"truncated": true` says the utterance was longer than the run's `max_length` sub-tokens
+(see GET /model): only its first `"words_seen"` words were read, the later ones are tagged O.
+
 Concurrent requests are micro-batched: a single worker takes the first waiting request, gathers
 others for up to `wait_ms` milliseconds or until `max_batch` utterances, and parses them together
 in one forward pass on a dedicated thread (the event loop never blocks on the model).
