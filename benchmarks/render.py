@@ -43,7 +43,10 @@ HEADLINE = {
 
 
 def fmt(stat: dict) -> str:
-    return "-" if stat is None or stat.get("mean") is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    """mean ± sample std; one seed has no spread, so none is shown (not a misleading ± 0.00)."""
+    if stat is None or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.2f}" if stat.get("n") == 1 else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
 def load_results() -> dict:
@@ -254,7 +257,8 @@ def plot_paired_differences(results: dict, out_path) -> bool:
     axes[0].set_yticks(range(len(names)), names, fontsize=7)
     axes[0].invert_yaxis()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    if out_path is not None:  # None: only whether there is a figure (render.py --check)
+        fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return True
 
@@ -351,7 +355,7 @@ def refit_table(refits: dict) -> list:
     return lines
 
 
-def render() -> tuple:
+def render(figure=FIGURE) -> tuple:
     results = load_results()
     anchors = json.loads((ROOT / "benchmarks" / "anchors.json").read_text())
     datasets = sorted({dataset_of(r) for r in results.values()})
@@ -377,7 +381,7 @@ def render() -> tuple:
             "2-core CPU and are noisy (files from before 2026-11-27 record the mean epoch instead);",
             "compare speed only as ratios measured side by side in one run (see the speed rows below).", ""]
     body += summary
-    if plot_paired_differences(results, FIGURE):
+    if plot_paired_differences(results, figure):
         body += [f"![Per-seed differences against the base run]({FIGURE.name})", ""]
     body += ["## Per-run details", ""]
     for name, r in results.items():
@@ -415,17 +419,35 @@ def render() -> tuple:
     return "\n".join(body) + "\n", "\n".join(readme)
 
 
-def main():
-    results_md, table = render()
-    (ROOT / "benchmarks" / "RESULTS.md").write_text(results_md, encoding="utf-8")
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if RESULTS.md or the README table is out of date")
+    args = parser.parse_args(argv)
+    results_md, table = render(None if args.check else FIGURE)
     readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    new_text = text
     if START in text and END in text:
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
+        new_text = f"{head}{START}\n{table}\n{END}{tail}"
+    results_file = ROOT / "benchmarks" / "RESULTS.md"
+    stale = [f.name for f, new, old in ((results_file, results_md, results_file.read_text(encoding="utf-8")
+                                         if results_file.exists() else None), (readme, new_text, text))
+             if new != old]
+    if args.check:
+        print(f"out of date: {', '.join(stale)} (run python benchmarks/render.py)" if stale else "up to date")
+        return 1 if stale else 0
+    results_file.write_text(results_md, encoding="utf-8")
+    if new_text != text:
+        readme.write_text(new_text, encoding="utf-8")
     print("wrote benchmarks/RESULTS.md" + (" and the README table" if START in text else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

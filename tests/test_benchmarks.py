@@ -337,3 +337,10 @@ def test_the_readme_table_shows_the_headline_runs_with_what_they_ran(monkeypatch
     assert "| `recipes/atis_crf.yaml model.dropout=0.2` | 3 |" in rows[0] and rows[0].endswith("| +0.50 (vs atis, other seeds) |")
     assert all(line.count("|") == lines[0].count("|") for line in lines if line.startswith("|"))
     assert render.headline_table({"atis_other": other}, anchors, "atis") == []
+
+
+def test_one_seed_shows_no_spread_and_the_committed_tables_are_up_to_date(capsys):
+    assert render.fmt({"mean": 86.5, "std": 0.0, "n": 1}) == "86.50"
+    assert render.fmt({"mean": 86.5, "std": 0.25, "n": 3}) == "86.50 ± 0.25"
+    # RESULTS.md and the README table are what render.py makes of the committed results files
+    assert render.main(["--check"]) == 0, capsys.readouterr().out
