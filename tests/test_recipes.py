@@ -1,5 +1,6 @@
 """Every shipped recipe loads, validates and builds a model config; bad recipes fail clearly."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ def test_there_are_recipes():
 def test_shipped_recipe_is_valid(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# slu-train recipes/") and path.name in first, "a recipe starts with its command"
-    recipe = load_recipe(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shipped recipe sets nothing that its other settings switch off
+        recipe = load_recipe(path)
     model = recipe["model"]
     # the model section must be accepted by SLUConfig (catches bad decoder/gate values early)
     config = SLUConfig(encoder=model["encoder"], encoder_type=model["encoder_type"], pooling=model["pooling"],
@@ -72,9 +75,10 @@ def test_missing_data_path_and_bad_yaml(tmp_path, monkeypatch):
     ("data.train_fraction=0", r"'data.train_fraction' must be in \(0, 1\]"),
     ("optim.ema_decay=1", r"'optim.ema_decay' must be in \[0, 1\) \(0: off\)"),
     ("model.slot_decoder=crff", "must be one of softmax, crf, got 'crff'; did you mean 'crf'"),
-    ("model.feedback.gate=hard", "gumbel, soft or fixed:<point number>, got .hard."),
+    ("model.feedback.gate=hard", r"gumbel, soft or fixed:0 \(head input\), .*fixed:2 \(logits\); got .hard."),
+    ("model.feedback.gate=fixed:3", "fixed:2 \\(logits\\); got 'fixed:3'"),  # was a traceback after loading data
     ("model.feedback.max_iterations=2.5", "must be an integer"),
-    ("model.feedback.gate=fixed:x", "fixed:<point number>"),
+    ("model.feedback.gate=fixed:x", "got 'fixed:x'"),
     ("train.patience=0", "'train.patience' must be positive"),
     ("optim.lr=nan", "must be a finite number"),
     ("model.feedback.iter_weights=[0.5, x]", r"'model.feedback.iter_weights\[1\]' must be a number"),
@@ -105,3 +109,29 @@ def test_numbers_written_as_text_become_numbers(tmp_path):
 def test_a_combination_the_model_refuses_fails_with_the_recipe():
     with pytest.raises(RecipeError, match="model.head=vmtl does not support model.slot_decoder=crf"):
         load_recipe(None, ["data.path=x", "model.head=vmtl", "model.slot_decoder=crf"])
+
+
+def test_settings_switched_off_by_others_are_named():
+    with pytest.warns(UserWarning) as caught:
+        load_recipe(None, ["data.path=x", "model.feedback.gate=soft", "model.feedback.conv_weight=0.5",
+                           "model.vmtl.samples=2", "model.lstm_hidden=8"])
+    messages = [str(w.message) for w in caught]
+    assert messages == ["model.feedback.gate, model.feedback.conv_weight have no effect: model.feedback.iterations "
+                        "is 0 (no feedback loop)", "model.vmtl.samples has no effect: model.head is deterministic",
+                        "model.lstm_hidden has no effect: model.encoder_type is not bilstm"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same settings where they act: nothing to say
+        load_recipe(None, ["data.path=x", "model.feedback.iterations=2", "model.feedback.gate=soft",
+                           "model.head=vmtl", "model.vmtl.samples=2", "model.encoder_type=bilstm", "model.lstm_hidden=8"])
+
+
+def test_a_missing_encoder_folder_is_one_line(tiny_recipe):
+    from slu_feedback.models import resolve_encoder
+    from slu_feedback.training.trainer import TrainingError, train
+
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        resolve_encoder("/nonexistent/encoder")
+    assert resolve_encoder("bert-base-uncased") == "bert-base-uncased"  # a Hub id is left to transformers
+    with pytest.raises(TrainingError, match="model.encoder / model.tokenizer could not be loaded: encoder "
+                                            "'./no/such/encoder': no such folder"):
+        train(tiny_recipe("model.encoder=./no/such/encoder", "model.tokenizer=null"))

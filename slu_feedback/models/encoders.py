@@ -24,7 +24,11 @@ def resolve_encoder(name_or_path: str) -> str:
                 f"pip install {package.replace('_', '-')}"
             )
         return str(Path(spec.origin).parent / folder)
-    return name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and (path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1):
+        raise FileNotFoundError(f"encoder {name_or_path!r}: no such folder (give a model folder, a short name such as "
+                         f"{', '.join(SHORT_NAMES)}, or a Hugging Face model id such as bert-base-uncased)")
+    return str(path) if path.exists() else name_or_path
 
 
 class HFEncoder(nn.Module):

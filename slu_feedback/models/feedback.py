@@ -18,6 +18,9 @@ def infused_hidden(head, x, infusions):
     return h if infusions[1] is None else h + infusions[1]
 
 
+INFUSION_POINTS = ("head input", "hidden activation", "logits")  # where a gate may infuse, by number
+
+
 class Head(nn.Module):
     """Two-layer task head. Infusion points: 0 = head input (before the hidden layer), 1 = hidden
     activation (input of the output layer), 2 = logits.

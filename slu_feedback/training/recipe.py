@@ -9,15 +9,19 @@ import copy
 import difflib
 import math
 import re
+import warnings
 from pathlib import Path
 
 import yaml
 
 from ..data.readers import FORMATS
 from ..models.config import DEFAULT_FEEDBACK, DEFAULT_VMTL, HEADS
+from ..models.feedback import INFUSION_POINTS
 
 # the recipes/ folder of a source checkout (editable install); absent in an installed wheel
 SHIPPED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+BILSTM_KEYS = ("embedding_dim", "lstm_hidden", "lstm_layers")  # model keys only the bilstm encoder reads
 
 DEFAULTS = {
     "seed": 42,
@@ -154,9 +158,10 @@ def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> 
                         raise
                     raise RecipeError(f"recipe key {name!r} must be one of: "
                                       f"{', '.join(k.__name__ for k in kinds)}, got {value!r}") from None
-        if name == "model.feedback.gate" and value not in ("gumbel", "soft") \
-                and not re.fullmatch(r"fixed:\d+", value):
-            raise RecipeError(f"recipe key {name!r} must be gumbel, soft or fixed:<point number>, got {value!r}")
+        if name == "model.feedback.gate" and value not in ("gumbel", "soft") and not (
+                re.fullmatch(r"fixed:\d+", value) and int(value[6:]) < len(INFUSION_POINTS)):
+            points = ", ".join(f"fixed:{m} ({where})" for m, where in enumerate(INFUSION_POINTS))
+            raise RecipeError(f"recipe key {name!r} must be gumbel, soft or {points}; got {value!r}")
         if name == "model.feedback.iter_weights" and isinstance(value, list):
             value = [_typed(f"{name}[{i}]", w, float) for i, w in enumerate(value)]
             rounds = recipe["iterations"] + 1  # (this loop sees model.feedback as `recipe`)
@@ -243,6 +248,8 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     if recipe["model"]["head"] == "vmtl" and recipe["model"]["slot_decoder"] == "crf":  # before any loading
         raise RecipeError("model.head=vmtl does not support model.slot_decoder=crf (the Monte Carlo loss needs "
                           "per-word softmax outputs); use model.slot_decoder=softmax")
+    for message in unused_settings(recipe["model"]):
+        warnings.warn(message)
     if recipe["data"]["path"] is None:
         raise RecipeError("the recipe sets no data.path (add it to the YAML or pass data.path=...)")
     if isinstance(recipe["data"]["path"], (list, tuple)):  # several datasets: a joint model
@@ -253,6 +260,25 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     recipe["recipe_dir"] = str(path.parent.resolve()) if path else str(Path.cwd())
     recipe["recipe_name"] = path.stem if path else "recipe"
     return recipe
+
+
+def unused_settings(model: dict) -> list:
+    """Messages for settings that the model's other settings switch off (an ablation from the
+    command line, e.g. model.feedback.gate=soft while feedback.iterations is 0, would otherwise
+    train the plain model without a word)."""
+    groups = [("feedback", model["feedback"]["iterations"] == 0, DEFAULTS["model"]["feedback"],
+               "model.feedback.iterations is 0 (no feedback loop)"),
+              ("vmtl", model["head"] != "vmtl", DEFAULTS["model"]["vmtl"], f"model.head is {model['head']}"),
+              ("", model["encoder_type"] != "bilstm", {k: DEFAULTS["model"][k] for k in BILSTM_KEYS},
+               "model.encoder_type is not bilstm")]
+    messages = []
+    for group, off, defaults, why in groups:
+        values = model[group] if group else model
+        changed = [f"model.{group + '.' if group else ''}{k}" for k, v in defaults.items()
+                   if k != "iterations" and values[k] != v]
+        if off and changed:
+            messages.append(f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} no effect: {why}")
+    return messages
 
 
 def save_recipe(recipe: dict, path) -> None:

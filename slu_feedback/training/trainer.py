@@ -323,13 +323,16 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     set_seed(recipe["seed"])
     parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
     names = list(parts)
-    tokenizer = load_tokenizer(recipe["model"])
-    encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
-    models = {name: SLUModel.from_encoder(
-        build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
-                           slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
-                           recipe["data"]["max_length"]),
-        encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
+    try:  # an encoder that is neither a folder nor reachable on the Hub: one line, not transformers' traceback
+        tokenizer = load_tokenizer(recipe["model"])
+        encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
+        models = {name: SLUModel.from_encoder(
+            build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
+                               slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
+                               recipe["data"]["max_length"]),
+            encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
+    except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
+        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {str(error).splitlines()[0]}") from None
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
