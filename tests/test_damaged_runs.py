@@ -70,6 +70,16 @@ def test_missing_config_is_named(run_copy):
     assert "stopped before its first validation" in str(info.value), "recipe.yaml present: a hint is given"
 
 
+def test_a_missing_tokenizer_vocabulary_is_named(run_copy):
+    # transformers would build a tokenizer of a few special tokens from tokenizer_config.json alone:
+    # every word [UNK], confidently wrong answers
+    (run_copy / "tokenizer.json").unlink()
+    for extra in run_copy.glob("vocab*"):
+        extra.unlink()
+    with pytest.raises(RunError, match=r"the tokenizer has \d+ tokens but the model was trained with 30522"):
+        load_run(run_copy)
+
+
 def test_unreadable_config_is_named(run_copy):
     (run_copy / "config.json").write_text('{"model_type": ', encoding="utf-8")
     with pytest.raises(RunError, match="cannot load the model") as info:

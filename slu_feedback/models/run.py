@@ -68,4 +68,18 @@ def load_run(run_dir, device: str = "cpu"):
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
     except Exception as error:  # a damaged file: say which run, keep the cause
         raise RunError(f"{run_dir}: cannot load the model ({type(error).__name__}: {error})") from error
+    check_vocabulary(run_dir, model.config, tokenizer)
     return model.to(device).eval(), tokenizer
+
+
+def check_vocabulary(run_dir: Path, config, tokenizer) -> None:
+    """A RunError when the tokenizer does not fit the model's embeddings: without its vocabulary
+    file (tokenizer.json, vocab.txt) transformers builds a tokenizer of a handful of special tokens
+    that maps every word to [UNK], and the run answers confidently wrong."""
+    size = (config.encoder_config or {}).get("vocab_size") if config.encoder_type == "hf" else config.vocab_size
+    if size and not 0.9 * size <= len(tokenizer) <= size:
+        files = ", ".join(sorted(p.name for p in run_dir.glob("*") if p.name.startswith(("tokenizer", "vocab",
+                                                                                          "special_tokens"))))
+        raise RunError(f"{run_dir}: the tokenizer has {len(tokenizer)} tokens but the model was trained with "
+                       f"{size}: its vocabulary file is missing or from another model (tokenizer files here: "
+                       f"{files or 'none'}); copy the run's tokenizer.json again or retrain")
