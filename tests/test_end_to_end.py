@@ -73,12 +73,36 @@ def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
     assert fb["changed"] == sum(frame(a) != frame(b) for a, b in zip(rows_0, rows))
     assert fb["fixed"] == sum(a["error"] and not b["error"] for a, b in zip(rows_0, rows))
     assert fb["broken"] == sum(b["error"] and not a["error"] for a, b in zip(rows_0, rows))
+    # ... and so does each row: its iteration-0 frame and what feedback did to it, for error analysis
+    assert [(r["pred_intent_0"], r["pred_slots_0"]) for r in rows] == [frame(r) for r in rows_0]
+    for a, b in zip(rows_0, rows):
+        expected = None if frame(a) == frame(b) else "fixed" if a["error"] and not b["error"] else \
+            "broken" if b["error"] and not a["error"] else "changed"
+        assert b["feedback"] == expected
+    assert {r["feedback"] for r in rows_0} == {None}, "at K = 0 nothing changes"
     result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "valid"])  # as the data folders say
     assert result.exit_code == 0, result.output
     assert "validation:" in result.output and "sentence accuracy" in result.output and "fixed" in result.output
     assert re.search(r"intent ECE \(15 bins\) +[0-9.]+ %", result.output), "ECE is printed in percent, so say so"
     result = CliRunner().invoke(eval_main, [str(Path(trained_feedback_run).parent)])  # a folder that is no run
     assert result.exit_code == 1 and "not a trained run, missing config.json" in result.output, result.output
+
+
+def test_feedback_changes_flag_each_utterance_as_they_are_counted():
+    from types import SimpleNamespace
+
+    from slu_feedback.evaluation.report import feedback_changes
+
+    config = SimpleNamespace(intent_labels=["a", "b"], slot_labels=["O", "B-x"])
+    raw = [{"intent": "a", "slots": ["O", "B-x"]}] * 5
+    pred = {"intent_0": [0, 1, 0, 1, 0], "slots_0": [[0, 1], [0, 1], [0, 1], [0, 0], [0]],  # the last one cut
+            "pred_intents": ["a", "a", "b", "b", "a"], "pred_slots": [["O", "B-x"], ["O", "B-x"], ["O", "B-x"],
+                                                                   ["O", "B-x"], ["O", "O"]], "iterations": [1] * 5}
+    counts, rows = feedback_changes(pred, raw, config)
+    assert [r["feedback"] for r in rows] == [None, "fixed", "broken", "changed", None]
+    assert (counts["changed"], counts["fixed"], counts["broken"]) == (3, 1, 1)
+    assert rows[3] == {"pred_intent_0": "b", "pred_slots_0": ["O", "O"], "feedback": "changed"}
+    assert rows[4]["pred_slots_0"] == ["O", "O"], "words the model did not see are O, as in pred_slots"
 
 
 def test_parser_handles_awkward_input(trained_feedback_run):
@@ -519,8 +543,46 @@ def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tin
     own = json.loads((out / "metrics.json").read_text())["metrics"]
     other = json.loads((out / f"compare-{Path(baseline).name}" / "metrics.json").read_text())["metrics"]
     assert compared["n"] == own["n"] and compared["split"] == "validation"
-    for key in ("intent_acc", "slot_f1", "sentence_acc"):  # B is the run, A the baseline, as each scores alone
-        assert compared[key]["b"] == pytest.approx(own[key]) and compared[key]["a"] == pytest.approx(other[key])
+    for key in ("intent_acc", "slot_f1", "sentence_acc"):  # each run's value as it scores alone
+        assert compared[key]["run"] == pytest.approx(own[key]) and compared[key]["baseline"] == pytest.approx(other[key])
+    # which utterances only one of them gets right, by their id in both predictions files
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    base_rows = [json.loads(x) for x in (out / f"compare-{Path(baseline).name}" / "predictions.jsonl").read_text().splitlines()]
+    for key, right in (("intent_acc", lambda r: not r["intent_error"]), ("sentence_acc", lambda r: not r["error"]),
+                       ("slot_f1", lambda r: not r["slot_errors"])):
+        m = compared[key]
+        assert m["only_run_ids"] == [r["id"] for r, b in zip(rows, base_rows) if right(r) and not right(b)]
+        assert m["only_baseline_ids"] == [r["id"] for r, b in zip(rows, base_rows) if right(b) and not right(r)]
+        assert (m["only_run"], m["only_baseline"]) == (len(m["only_run_ids"]), len(m["only_baseline_ids"]))
+    m = compared["sentence_acc"]
+    assert f"right only in run {m['only_run']}, only in baseline {m['only_baseline']}" in result.output
+
+
+def test_eval_keeps_each_setting_in_its_own_folder(trained_feedback_run, tmp_path):
+    """An ablation (--iterations 0, ...) never overwrites the default eval_<split>/, and every
+    metrics.json says what its predictions were made with."""
+    run, runner = Path(trained_feedback_run), CliRunner()
+    result = runner.invoke(eval_main, [str(run), "--split", "validation", "--iterations", "2"])  # the trained K
+    assert result.exit_code == 0, result.output
+    default = run / "eval_validation"
+    own = json.loads((default / "metrics.json").read_text())["settings"]
+    assert own == {"iterations": 2, "intent_slot_constraints": False, "quantize": False}
+    written = {name: (default / name).read_bytes() for name in ("metrics.json", "predictions.jsonl")}
+    result = runner.invoke(eval_main, [str(run), "--split", "validation", "--iterations", "0", "--no-intent-slot-constraints"])
+    assert result.exit_code == 0 and "eval_validation-k0/metrics.json" in result.output, result.output
+    assert {name: (default / name).read_bytes() for name in written} == written, "the default results stay"
+    ablation = json.loads((run / "eval_validation-k0" / "metrics.json").read_text())
+    assert ablation["settings"] == {**own, "iterations": 0} and ablation["feedback"]["changed"] == 0
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    report = evaluate_run(run, "test", data=str(sample / "valid"), iterations=1, quantize=True)
+    assert Path(report["out_dir"]).name == "eval_data-sample-valid-k1-int8"
+    # a folder reused (--out) for other settings: comparisons against its old predictions go, as does the old plot
+    out = tmp_path / "eval"
+    for options, kept in (([], True), ([], True), (["--iterations", "0"], False)):
+        (out / "compare-other").mkdir(parents=True, exist_ok=True)
+        result = runner.invoke(eval_main, [str(run), "--split", "validation", "--out", str(out), *options])
+        assert result.exit_code == 0, result.output
+        assert (out / "compare-other").exists() == kept and (out / "feedback_steps.png").exists() == kept
 
 
 def test_a_run_that_learnt_nothing_says_what_to_change(tiny_recipe):

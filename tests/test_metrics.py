@@ -45,11 +45,12 @@ def test_compare_predictions_is_paired_and_matches_seqeval():
         return [{"text": str(i), "gold_intent": "x", "pred_intent": "x", "gold_slots": g, "pred_slots": p, "error": g != p}
                 for i, (g, p) in enumerate(zip(gold, preds))]
 
-    result = compare_predictions(rows(preds_a), rows(preds_b), resamples=2000)
-    assert result["slot_f1"]["a"] == pytest.approx(f1_score(gold, preds_a))
-    assert result["slot_f1"]["b"] == pytest.approx(f1_score(gold, preds_b))
+    result = compare_predictions(rows(preds_a), rows(preds_b), resamples=2000)  # baseline a, run b
+    assert result["slot_f1"]["baseline"] == pytest.approx(f1_score(gold, preds_a))
+    assert result["slot_f1"]["run"] == pytest.approx(f1_score(gold, preds_b))
     s = result["sentence_acc"]
-    assert (s["only_a"], s["only_b"]) == (0, 39) and s["p"] < 1e-9 and s["diff"] == pytest.approx(39 / 60)
+    assert (s["only_baseline"], s["only_run"]) == (0, 39) and s["p"] < 1e-9 and s["diff"] == pytest.approx(39 / 60)
+    assert s["only_run_ids"] == [i for i in range(57) if i % 3 != 1] + [59] and s["only_baseline_ids"] == []
     assert result["intent_acc"]["p"] == 1.0 and result["intent_acc"]["diff"] == 0
     low, high = result["slot_f1"]["ci95"]
     assert 0 < low < result["slot_f1"]["diff"] < high and result["slot_f1"]["p"] < 0.01

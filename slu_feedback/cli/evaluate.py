@@ -15,7 +15,8 @@ from . import DEVICE, console_output, inference_device
 @click.option("--data", default=None, help="Dataset folder (scored on --split) or one split's file or folder "
                    "(scored whole) to evaluate on (default: the run's recipe's data).")
 @click.option("--out", "out_dir", default=None,
-              help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]).")
+              help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]; "
+                   "options other than the run's own add -k<K>, -predict-<mode>, -[no-]constraints, -int8).")
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
@@ -71,32 +72,23 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
     click.echo(f"  {'':<20} {'baseline':>8} {'run':>8} {'change':>8}")
     for key, name in (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"), ("sentence_acc", "sentence accuracy")):
         m = result[key]
-        if "only_a" in m:
-            test = f"McNemar p = {m['p']:.3f} (right only in run {m['only_b']}, only in baseline {m['only_a']})"
+        if "ci95" not in m:
+            test = f"McNemar p = {m['p']:.3f} (right only in run {m['only_run']}, only in baseline {m['only_baseline']})"
         else:
             test = f"95 % interval [{100 * m['ci95'][0]:+.2f}, {100 * m['ci95'][1]:+.2f}], p = {m['p']:.3f} (paired bootstrap)"
-        click.echo(f"  {name:<20} {100 * m['a']:8.2f} {100 * m['b']:8.2f} {100 * m['diff']:+8.2f}   {test}")
+        click.echo(f"  {name:<20} {100 * m['baseline']:8.2f} {100 * m['run']:8.2f} {100 * m['diff']:+8.2f}   {test}")
     click.echo(f"wrote {out_dir}/compare.json")
 
 
 def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device) -> dict:
     from ..data.errors import DataError
     from ..evaluation.report import evaluate_run
-    from ..models import RunError, load_run
+    from ..models import RunError
 
     device = inference_device(device, quantize)
     try:
-        model = tokenizer = None
-        if predict_mode is not None or intent_slots is not None:
-            model, tokenizer = load_run(run_dir, device)
-        if predict_mode is not None:
-            if model.config.head != "vmtl":
-                raise click.ClickException("--predict applies to runs with model.head=vmtl only")
-            model.config.vmtl["predict"] = predict_mode
-        if intent_slots is not None:
-            model.config.intent_slot_constraints = intent_slots
-        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, model=model, tokenizer=tokenizer,
-                              quantize=quantize, device=device)
+        report = evaluate_run(run_dir, split, data, out_dir, batch_size, iterations, quantize=quantize, device=device,
+                              predict=predict_mode, intent_slot_constraints=intent_slots)
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     m = report["metrics"]
@@ -109,7 +101,8 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
     if "feedback" in report:
         fb = report["feedback"]
         click.echo(f"  feedback: {fb['changed']} utterances change between iteration 0 and the last "
-                   f"({fb['fixed']} fixed, {fb['broken']} broken); mean iterations {fb['mean_iterations']:.2f}")
+                   f"({fb['fixed']} fixed, {fb['broken']} broken; `feedback` in predictions.jsonl); "
+                   f"mean iterations {fb['mean_iterations']:.2f}")
     if "int8" in report:
         q, change = report["int8"]["metrics"], report["int8"]["change"]
         click.echo("  int8 (dynamic quantisation)      fp32     int8   change")
