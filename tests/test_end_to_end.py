@@ -122,6 +122,18 @@ def test_parser_handles_awkward_input(trained_feedback_run):
             assert len(r["explain"]) == 3 and r["iterations"] in (1, 2)
             assert len(r["tags"]) == len(r["words"])
     assert parser("set an alarm")["top_intents"][0]["intent"] == parser("set an alarm")["intent"]
+    # wrong arguments are named, not an error from deep inside (len(None), range(step 0), topk(0))
+    for bad, error, message in ((None, TypeError, "got NoneType"), (b"play", TypeError, "got bytes \\(decode"),
+                                (["play", 3], TypeError, "parses strings, got int")):
+        with pytest.raises(error, match=message):
+            parser(bad)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        parser(["play"], batch_size=0)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        SLUParser.from_pretrained(trained_feedback_run, top_k=0)
+    for option in ("--batch-size", "--top-k"):
+        result = CliRunner().invoke(parse_main, [str(trained_feedback_run), "--text", "play", option, "0"])
+        assert result.exit_code == 2 and "0 is not in the range x>=1" in result.output, result.output
 
 
 def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):

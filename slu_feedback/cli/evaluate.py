@@ -18,7 +18,7 @@ from . import DEVICE, console_output, inference_device
               help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]; "
                    "options other than the run's own add -k<K>, -predict-<mode>, -[no-]constraints, -int8).")
 @click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
               help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")

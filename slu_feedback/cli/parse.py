@@ -80,8 +80,8 @@ def read_lines(file) -> list:
 @click.option("--input", "input_file", type=click.File("rb"), help="One utterance a line, UTF-8 ('-' = stdin).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance.")
 @click.option("--explain", is_flag=True, help="Show the prediction at every feedback iteration.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--top-k", default=3, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1), help="Intents listed per utterance.")
 @click.option("--quantize", is_flag=True, help="Dynamic int8 quantisation of the Linear layers (CPU; faster, slightly less accurate).")
 @click.option("--dataset", default=None, help="Joint runs: answer with this dataset's heads (default: the most confident).")
 @DEVICE

@@ -200,16 +200,27 @@ class OnnxSLU:
         return intent_probs, slot_probs, batch["word_mask"].numpy()
 
     def predict(self, texts: list) -> list:
-        """{"intent", "tags"} per text; text with no words gets intent None and no tags, as from SLUParser
-        (the graph is given a "." in its place, as it needs one word)."""
+        """{"intent", "tags", "truncated"} per text, as from SLUParser: one tag per word, the words
+        after the run's max_length sub-tokens tagged O (with a warning); text with no words gets
+        intent None and no tags (the graph is given a "." in its place, as it needs one word)."""
         words = self.words(texts)
         intent_probs, slot_probs, word_mask = self.probabilities(texts, words)
         intent_ids = torch.from_numpy(intent_probs.argmax(-1))
         slot_ids = decode_slots(torch.from_numpy(slot_probs).clamp_min(1e-30).log(), torch.from_numpy(word_mask),
                                 self.config, intent_ids, cache=self._decode_cache)
-        return [{"intent": self.config.intent_labels[int(intent_ids[i])],
-                 "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :int(word_mask[i].sum())]]}
-                if words[i] else {"intent": None, "tags": []} for i in range(len(texts))]
+        results = []
+        for i, text_words in enumerate(words):
+            if not text_words:
+                results.append({"intent": None, "tags": [], "truncated": False})
+                continue
+            seen = int(word_mask[i].sum())  # every word has a sub-token: fewer seen only where the cut fell
+            if seen < len(text_words):
+                warnings.warn(f"utterance of {len(text_words)} words truncated to the first {seen} "
+                              f"(max_length={self.max_length} sub-tokens); later words are tagged O")
+            results.append({"intent": self.config.intent_labels[int(intent_ids[i])],
+                            "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :seen]]
+                            + ["O"] * (len(text_words) - seen), "truncated": seen < len(text_words)})
+        return results
 
 
 def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 32, atol: float = 1e-4,

@@ -45,6 +45,8 @@ class SLUParser:
         self.model = next(iter(self.models.values()))
         self.tokenizer = tokenizer
         self.max_length = parse_length(self.model.config, max_length)
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         self.top_k = top_k
         self.intents = self.model.config.intent_labels
         self.slot_labels = self.model.config.slot_labels
@@ -82,6 +84,11 @@ class SLUParser:
         (None: the most confident)."""
         if isinstance(text, str):
             return self.parse_batch([text], explain=explain, datasets=[dataset])[0]
+        if text is None or isinstance(text, (bytes, bytearray)):  # parse_batch checks a list's items
+            raise TypeError(f"SLUParser takes a string or a list of strings, got {type(text).__name__}"
+                            + (" (decode it first)" if text is not None else ""))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset] * len(text)
         results = []
         for start in range(0, len(text), batch_size):
