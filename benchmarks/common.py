@@ -4,11 +4,12 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from slu_feedback.provenance import git_commit as package_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -17,14 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def git_commit() -> str:
     """HEAD (+ "-dirty" when the code or recipes differ from it); SLU_BENCH_COMMIT overrides it for a
     copy of the tree whose git metadata lags behind (a tree sent to a GPU machine)."""
-    if os.environ.get("SLU_BENCH_COMMIT"):
-        return os.environ["SLU_BENCH_COMMIT"]
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "slu_feedback", "recipes"], cwd=ROOT).returncode
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return os.environ.get("SLU_BENCH_COMMIT") or package_commit(ROOT) or "unknown"
 
 
 def machine() -> dict:

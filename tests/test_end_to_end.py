@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from conftest import SAMPLE
 from slu_feedback.cli.evaluate import main as eval_main
 from slu_feedback.cli.parse import main as parse_main
 from slu_feedback.evaluation.report import evaluate_run
@@ -44,6 +45,13 @@ def test_run_directory_has_everything(trained_feedback_run):
     assert results["validation"]["sentence_acc"] == max(scores)
     taus = [r["tau"] for r in rows if r["type"] == "step"]
     assert taus == sorted(taus, reverse=True) and taus[0] > taus[-1], "the Gumbel temperature anneals"
+    # what produced it: versions, the checkout's commit, and the data it found (sizes and a hash)
+    made = results["provenance"]
+    assert made["slu_feedback"] and made["torch"] and made["transformers"] and made["date"]
+    assert made["commit"] is None or len(made["commit"].removesuffix("-dirty")) == 40
+    data = made["data"]["dataset"]
+    assert Path(data["path"]) == SAMPLE and data["train"]["n"] == 200 and len(data["train"]["sha256"]) == 16
+    assert data["validation"]["sha256"] != data["train"]["sha256"]
 
 
 def test_the_loop_learns_the_sample_set(tiny_recipe):

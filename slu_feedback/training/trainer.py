@@ -31,6 +31,7 @@ from ..data.features import featurize, make_loader
 from ..data.readers import word_split_of
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
+from ..provenance import run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
 from .recipe import save_recipe
@@ -512,6 +513,9 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                                        else infusion_points(state.get("gate_at_best", {})))}
         if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
             results["prior_weights"] = state.get("prior_at_best", {})
+        results["provenance"] = run_provenance(
+            {name: resolve_data_path(path, recipe.get("recipe_dir")) for name, path in paths.items()},
+            {name: data for name, (data, _) in parts.items()})
         if joint:
             results["datasets"] = names
             for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
