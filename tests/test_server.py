@@ -146,8 +146,16 @@ BAD_REQUESTS = [  # (body, content type, status, part of the message)
     (b'{"text": "play", "explain": "yes"}', "application/json", 422, "explain"),
     (b'{"text": "play", "dataset": "atis"}', "application/json", 422, "joint runs only"),
     (b'{"text": "play", "dataset": 3}', "application/json", 422, "dataset"),
-    (b'{"text": "play"}', "text/plain", 422, ""),
     (json.dumps({"text": "x" * 20000}).encode(), "application/json", 413, "too large"),
+    # Python's json reads NaN and Infinity; echoing them in `detail` used to fail the response (500)
+    (b'{"text": NaN}', "application/json", 422, "text: Input should be a valid string"),
+    (b'{"explain": NaN, "text": "a"}', "application/json", 422, "explain"),
+    (b'{"txt": -Infinity}', "application/json", 422, "unknown field 'txt'"),
+    (b'{"text": "a", "dataset": NaN}', "application/json", 422, "dataset"),
+    (b'{"texts": ["a", Infinity]}', "application/json", 422, "texts.1"),
+    (b'{"text": "caf\xe9"}', "application/json", 400, "not UTF-8"),  # latin-1 bytes
+    (b"[" * 5000, "application/json", 400, "malformed JSON"),  # deeper than the JSON decoder's recursion
+    (b"text=play+jazz", "application/x-www-form-urlencoded", 415, "Content-Type: application/json"),
 ]
 
 
@@ -158,6 +166,53 @@ def test_bad_requests_get_a_clear_4xx(client, body, content_type, status, messag
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert isinstance(error, str) and error and message in error
+
+
+def test_only_json_is_read_and_another_content_type_is_told_what_to_send(client):
+    """`curl -d` without `-H 'content-type: application/json'` sends a form type: 415 saying what to
+    send (a web page may send a form or text to a local server unasked, not JSON); no type is JSON."""
+    expected = client.post("/parse", json={"text": "play jazz"}).json()
+    for content_type in (None, "application/json; charset=utf-8", "application/x-www-form-urlencoded", "text/plain"):
+        headers = {} if content_type is None else {"content-type": content_type}
+        response = client.post("/parse", content=b'{"text": "play jazz"}', headers=headers)
+        assert response.request.headers.get("content-type") == content_type
+        if content_type is None or content_type.startswith("application/json"):
+            assert response.status_code == 200 and same_parse(response.json(), expected), response.text
+        else:
+            assert response.status_code == 415, response.text
+            assert response.json()["error"] == (f"Content-Type {content_type} is not JSON: send a JSON object such as "
+                                                 '{"text": "..."} with Content-Type: application/json')
+
+
+@pytest.mark.parametrize("body", [{"texts": "y" * 10000}, ["y" * 10000], {"y" * 10000: 1}, {"text": ["y" * 10000]}])
+def test_validation_errors_echo_only_a_short_excerpt_of_the_input(client, body):
+    response = client.post("/parse", json=body)
+    assert response.status_code == 422, response.text[:500]
+    assert len(response.content) < 1000 and "y" * 101 not in response.text
+    assert isinstance(response.json()["error"], str)
+
+
+def test_validation_error_detail_is_json_safe(client):
+    response = client.post("/parse", content=b'{"text": NaN, "txt": Infinity}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert [d["loc"] for d in detail] == [["body", "text"], ["body", "txt"]]
+    assert [d["input"] for d in detail] == ["nan", "inf"] and all(d["msg"] and d["type"] for d in detail)
+
+
+def test_openapi_declares_the_request_and_error_bodies(client):
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/parse"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"text", "texts", "explain", "dataset"} <= set(body["properties"])
+    responses = post["responses"]
+    assert "example" in responses["200"]["content"]["application/json"]
+    for status in ("400", "413", "422"):
+        ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+        error_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert error_schema["required"] == ["error"] and set(error_schema["properties"]) == {"error", "detail"}
+    assert "HTTPValidationError" not in json.dumps(post)
 
 
 def test_other_bad_requests_and_still_healthy(client, server):

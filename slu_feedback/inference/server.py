@@ -17,14 +17,20 @@ Concurrent requests are micro-batched: a single worker takes the first waiting r
 others for up to `wait_ms` milliseconds or until `max_batch` utterances, and parses them together
 in one forward pass on a dedicated thread (the event loop never blocks on the model).
 
-Bad input gets a 4xx with a message in `error` (400 malformed JSON, 413 body too large, 422
-wrong types, empty or too long text, too many texts); the server binds to loopback by default.
+Bad input gets a 4xx with a message in `error` (400 malformed JSON or a body that is not UTF-8,
+413 body too large, 422 wrong types, empty or too long text, too many texts); a 422 from the type
+checks also lists pydantic's errors in `detail`, each with a short excerpt of the offending input.
+A body sent with another Content-Type than JSON (or none) gets 415 with a message saying to send
+`Content-Type: application/json` (what `curl -d` without `-H` sends is a form); refusing it keeps
+the protection FastAPI gives: a web page can send a form or text to a local server without the
+browser asking first, but not JSON. The server binds to loopback by default.
 """
 
 import asyncio
 import contextlib
 import json
 import logging
+import reprlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,7 +39,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 from starlette.exceptions import HTTPException
 
 from .parser import SLUParser
@@ -61,6 +67,22 @@ class ParseRequest(BaseModel):
     texts: list[StrictStr] | None = None
     explain: StrictBool = False
     dataset: StrictStr | None = None  # joint runs: which dataset's heads answer (default: the most confident)
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer (for the OpenAPI page)."""
+
+    error: str  # one readable line
+    detail: list[dict] | None = None  # 422 from the type checks: pydantic's errors (type, loc, msg, input excerpt)
+
+
+PARSE_EXAMPLE = {"text": "play some jazz", "intent": "PlayMusic", "intent_score": 0.9731,
+                 "top_intents": [{"intent": "PlayMusic", "score": 0.9731},
+                                 {"intent": "AddToPlaylist", "score": 0.0112}],
+                 "slots": [{"label": "genre", "text": "jazz", "start": 10, "end": 14, "score": 0.9412}],
+                 "words": ["play", "some", "jazz"], "tags": ["O", "O", "B-genre"], "iterations": 2, "truncated": False}
+JSON_HINT = "send a JSON object such as {\"text\": \"...\"} with Content-Type: application/json"
+JSON_KINDS = {type(None): "null", list: "an array", str: "a string", bool: "true/false"}  # else a number
 
 
 # -- micro-batching -------------------------------------------------------------------------------
@@ -179,18 +201,51 @@ async def _send_json(send, status: int, payload: dict):
     await send({"type": "http.response.body", "body": body})
 
 
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 100
+_short.maxlevel = 3
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _excerpt(value) -> str:
+    """A short repr of a client's input: echoing it whole could return a megabyte, and a NaN or
+    Infinity (which Python's json reads) cannot be written back as JSON at all."""
+    return _clip(_short.repr(value))
+
+
 def _validation_message(errors) -> str:
     """One readable line from pydantic/FastAPI validation errors."""
     parts = []
     for error in errors:
-        where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
+        where = _clip(".".join(str(x) for x in error.get("loc", ()) if x != "body"))
         if error.get("type") == "extra_forbidden":
             parts.append(f"unknown field {where!r} (expected 'text' or 'texts', and optionally 'explain', 'dataset')")
-        elif error.get("type") == "missing" and not where:
-            parts.append("missing JSON body: send {\"text\": \"...\"} or {\"texts\": [...]}")
         else:
             parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
     return "; ".join(parts) or "invalid request"
+
+
+async def _read_json(request: Request):
+    """The body as JSON: 415 for another Content-Type (none counts as JSON, as in FastAPI), 400 with
+    a message for bytes that are not UTF-8 JSON, where FastAPI would give a generic text or a
+    misleading 422."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, f"Content-Type {media} is not JSON: {JSON_HINT}")
+    body = await request.body()
+    if not body:
+        raise HTTPException(422, "missing JSON body: send {\"text\": \"...\"} or {\"texts\": [...]}")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "malformed JSON: the body is not UTF-8; send UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as err:
+        raise HTTPException(400, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise HTTPException(400, "malformed JSON: nested too deeply") from None
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -218,13 +273,11 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
+        """422; `detail` keeps only JSON-safe fields and an excerpt of the input (see `_excerpt`)."""
         errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            detail = next(e for e in errors if e.get("type") == "json_invalid")
-            reason = (detail.get("ctx") or {}).get("error", "")
-            return JSONResponse({"error": f"malformed JSON{': ' + str(reason) if reason else ''}"}, status_code=400)
-        return JSONResponse({"error": _validation_message(errors),
-                             "detail": json.loads(json.dumps(errors, default=str))}, status_code=422)
+        detail = [{"type": str(e.get("type")), "msg": str(e.get("msg")), "input": _excerpt(e.get("input")),
+                   "loc": [x if isinstance(x, int) else _clip(str(x)) for x in e.get("loc", ())]} for e in errors]
+        return JSONResponse({"error": _validation_message(errors), "detail": detail}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: HTTPException):
@@ -233,8 +286,25 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
     def error(status: int, message: str):
         raise HTTPException(status, message)
 
-    @app.post("/parse", summary="Parse one utterance or a list of them")
-    async def parse(request: ParseRequest):
+    errors = {status: {"model": ErrorBody, "description": text} for status, text in (
+        (400, "Malformed JSON, or a body that is not UTF-8"), (413, "Request body too large"),
+        (415, "Content-Type is not application/json"),
+        (422, "Wrong types, empty or too long text, too many texts, unknown dataset"))}
+
+    # the body is read by `_read_json`, not by FastAPI, so its schema is given here
+    @app.post("/parse", summary="Parse one utterance or a list of them",
+              responses={200: {"description": "One result for `text`, a list of results for `texts`",
+                               "content": {"application/json": {"example": PARSE_EXAMPLE}}}, **errors},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": ParseRequest.model_json_schema()}}}})
+    async def parse(http: Request):
+        data = await _read_json(http)
+        if not isinstance(data, dict):
+            error(422, f"the JSON body must be an object, not {JSON_KINDS.get(type(data), 'a number')}: {JSON_HINT}")
+        try:
+            request = ParseRequest.model_validate(data)
+        except ValidationError as err:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
         if (request.text is None) == (request.texts is None):
             error(422, "give either 'text' (a string) or 'texts' (a list of strings), not both" if request.text is not None
                   else "missing 'text' (a string) or 'texts' (a list of strings)")
