@@ -6,7 +6,7 @@
 
 Checkpoints are selected on validation; the test split is scored once per seed at the end. The
 results file is rewritten after every seed, and seeds already in it are skipped (--fresh to redo them
-from scratch: it deletes their run directories under runs/bench/<name>/),
+from scratch: it deletes their run directories under runs/bench/<name>/, or --runs-dir),
 so an interrupted benchmark continues where it stopped; seeds measured earlier and not named now
 stay in the file (`--seeds 4 5` adds two seeds), each with the commit it ran at. A joint recipe (data.path a list) writes one
 results file per dataset, `<name>_<dataset>.json`, compared by default with `<dataset>`; a
@@ -189,6 +189,10 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a sentence for RESULTS.md")
     parser.add_argument("--device", default="auto",
                         help="where evaluation and the inference speed run: auto (a GPU if torch sees one), cpu, cuda")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where the results file goes (default: benchmarks/results, what render.py reads)")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench",
+                        help="where each seed's run directory goes (<runs-dir>/<name>/seed<N>)")
     parser.add_argument("--fresh", action="store_true",
                         help="redo every seed: ignore the results file and delete the seeds' run directories")
     args = parser.parse_intermixed_args(seeds_last(sys.argv[1:] if argv is None else argv))
@@ -196,7 +200,7 @@ def main(argv=None):
     name = args.name or Path(args.recipe).stem
     paths = load_recipe(args.recipe, args.overrides)["data"]["path"]
     datasets = [Path(str(p)).stem for p in paths] if isinstance(paths, list) and len(paths) > 1 else [""]
-    outs = {d: RESULTS / (f"{name}_{d}.json" if d else f"{name}.json") for d in datasets}
+    outs = {d: args.results_dir / (f"{name}_{d}.json" if d else f"{name}.json") for d in datasets}
     if args.compare_to and "{dataset}" in args.compare_to and datasets == [""]:
         parser.error("--compare-to: {dataset} is for joint recipes (data.path a list)")
     try:  # each dataset's base, checked before any seed trains
@@ -213,7 +217,7 @@ def main(argv=None):
         if all(any(r["seed"] == seed for r in rows[d]) for d in datasets):
             print(f"[{name}] seed {seed}: already in {', '.join(o.name for o in outs.values())}, skipped")
             continue
-        run_dir = ROOT / "runs" / "bench" / name / f"seed{seed}"
+        run_dir = args.runs_dir / name / f"seed{seed}"
         if args.fresh:  # a finished or stale run there would be resumed, whatever the recipe says now
             shutil.rmtree(run_dir, ignore_errors=True)
         by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir, args.device)
@@ -226,7 +230,7 @@ def main(argv=None):
                       **pruning_info(args.recipe),
                       **({"dataset": d, "joint_datasets": datasets} if d else {}),
                       "seeds": [r["seed"] for r in rows[d]], **summarise(rows[d]), "per_seed": rows[d]}
-            RESULTS.mkdir(parents=True, exist_ok=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=1) + "\n")
             t = result["test"]
             print(f"[{out.stem}] seeds {result['seeds']}: test intent {t['intent_acc']['mean']:.2f}  slot F1 "

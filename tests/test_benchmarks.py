@@ -131,10 +131,11 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     stale = tmp_path / "runs" / "bench" / "atis" / "seed1" / "checkpoint"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
-    seen = []
+    seen, where = [], []
 
     def fake_run_seed(recipe, overrides, seed, run_dir, device="auto"):
         seen.append((run_dir / "checkpoint").exists())
+        where.append(run_dir)
         scores = {k: 90.0 for k in run.METRICS}
         return {"": {"seed": seed, "test": scores, "validation": scores, "train_seconds_per_epoch": 1.0,
                      "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 1.0}, "peak_memory_mb": 1.0}}
@@ -144,8 +145,13 @@ def test_fresh_retrains_from_scratch_instead_of_resuming_a_stale_run(tmp_path, m
     run.main([recipe, "--seeds", "1"])
     run.main([recipe, "--seeds", "1"])  # already in the results file: skipped
     run.main([recipe, "--seeds", "1", "--fresh"])
-    assert seen == [True, False], "without --fresh the run resumes; with it, it starts from an empty directory"
+    assert seen[:2] == [True, False], "without --fresh the run resumes; with it, it starts from an empty directory"
     assert json.loads((tmp_path / "results" / "atis.json").read_text())["seeds"] == [1]
+    # a rerun elsewhere (reproducing a row without touching the committed results)
+    run.main([recipe, "--seeds", "2", "--name", "again", "--results-dir", str(tmp_path / "mine"),
+              "--runs-dir", str(tmp_path / "my_runs")])
+    assert json.loads((tmp_path / "mine" / "again.json").read_text())["seeds"] == [2]
+    assert not (tmp_path / "results" / "again.json").exists() and where[-1] == tmp_path / "my_runs" / "again" / "seed2"
 
 
 def test_foundation_targets_judge_the_candidate_chosen_on_validation():

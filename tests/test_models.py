@@ -116,6 +116,14 @@ def test_only_a_fixed_gate_leaves_parameters_without_gradient(gate):
     assert new_accelerator(1, joint=False).ddp_handler is None
 
 
+def test_a_misspelt_argument_is_an_error_not_a_missing_loss():
+    model = make_model()
+    batch = make_batch()
+    with pytest.raises(TypeError, match="unexpected argument\\(s\\) labels; it takes input_ids"):
+        model(**batch, labels=torch.zeros(len(batch["input_ids"]), dtype=torch.long))
+    assert model(**batch, return_dict=True, output_hidden_states=False).intent_logits is not None  # HF's flags
+
+
 def test_a_model_without_feedback_refuses_to_iterate():
     with pytest.raises(ValueError, match="max_iterations needs feedback.iterations"):
         make_model(feedback={"iterations": 0, "max_iterations": 2})

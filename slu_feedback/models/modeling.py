@@ -35,6 +35,9 @@ class SLUOutput(ModelOutput):
     loss_parts: dict | None = None
 
 
+IGNORED_HF_FLAGS = {"return_dict", "output_attentions", "output_hidden_states", "token_type_ids", "use_cache"}
+
+
 class SLUModel(PreTrainedModel):
     config_class = SLUConfig
     base_model_prefix = "slu"
@@ -201,10 +204,18 @@ class SLUModel(PreTrainedModel):
         iterations: int | None = None,
         return_iterations: bool = False,
         features: tuple | None = None,
-        **unused,
+        **hf_flags,
     ) -> SLUOutput:
-        """`features`: (utterance, words) from `encode`, when the caller has them already (a joint
-        run's parser encodes once for every dataset's heads)."""
+        """A batch as `data.features.collate` builds it (labels optional: with them, `loss`).
+        `features`: (utterance, words) from `encode`, when the caller has them already (a joint
+        run's parser encodes once for every dataset's heads). Of other keyword arguments only
+        transformers' generic flags are accepted (and ignored): a misspelt label argument, e.g.
+        `labels=`, would otherwise return no loss without a word."""
+        unknown = set(hf_flags) - IGNORED_HF_FLAGS
+        if unknown:
+            raise TypeError(f"SLUModel.forward got unexpected argument(s) {', '.join(sorted(unknown))}; it takes "
+                            "input_ids, attention_mask, word_index, word_mask, intent_labels, slot_labels, "
+                            "iterations, return_iterations")
         fb = self.config.feedback
         word_mask = word_mask.bool()
         if iterations is None:
