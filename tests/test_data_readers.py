@@ -275,10 +275,16 @@ def test_span_partial_overlap_tags_whole_word(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps({"text": "fly to new york.", "intent": "f",
                              "entities": [{"start": 8, "end": 14, "entity": "to"}]}) + "\n")
-    with pytest.warns(UserWarning, match=r"t.jsonl:1: example 0: entity span adjusted: .*'ew yor' widened to the "
-                                         r"whole word\(s\) 'new', 'york'"):
+    with pytest.warns(UserWarning, match=r"t.jsonl:1: example 0: entity span adjusted: .*'ew yor' widened to "
+                                         r"'new york' \(word-level tags cover whole words; cut: 'new', 'york'\)"):
         [ex] = read_span_json(p)
     assert ex["slots"] == ["O", "O", "B-to", "I-to", "O"]
+    # a span cut at its end only: the message names the whole span it became, not just the cut word
+    p.write_text(json.dumps({"text": "turn on kitchen lights", "intent": "f",
+                             "entities": [{"start": 8, "end": 18, "entity": "room"}]}) + "\n")
+    with pytest.warns(UserWarning, match=r"'kitchen li' widened to 'kitchen lights' \(.*cut: 'lights'\)"):
+        [ex] = read_span_json(p)
+    assert ex["slots"] == ["O", "O", "B-room", "I-room"]
     p.write_text(json.dumps({"text": "fly to new york.", "intent": "f",
                              "entities": [{"start": 7, "end": 16, "entity": "to"}]}) + "\n")
     with warnings.catch_warnings():

@@ -135,3 +135,18 @@ def test_a_missing_encoder_folder_is_one_line(tiny_recipe):
     with pytest.raises(TrainingError, match="model.encoder / model.tokenizer could not be loaded: encoder "
                                             "'./no/such/encoder': no such folder"):
         train(tiny_recipe("model.encoder=./no/such/encoder", "model.tokenizer=null"))
+
+
+def test_print_recipe_shows_every_key_as_it_would_train_and_trains_nothing(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from slu_feedback.cli.train import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, [str(RECIPES[0].parent / "quickstart.yaml"), "--print-recipe",
+                                       "model.feedback.iterations=2", f"output_dir={out}"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["model"]["feedback"]["iterations"] == 2 and shown["model"]["feedback"]["gate"] == "gumbel"
+    assert set(shown) == set(DEFAULTS) and not out.exists()

@@ -4,6 +4,7 @@ import os
 import sys
 
 import click
+import yaml
 
 from ..data.errors import DataError
 from . import console_output
@@ -16,15 +17,26 @@ from ..training.recipe import RecipeError, load_recipe
 @click.option("--resume", is_flag=True, help="Continue the run in output_dir (default: the newest run of this recipe).")
 @click.option("--overwrite", is_flag=True, help="Start over in an output_dir that already holds a run (it is deleted).")
 @click.option("--detect-anomaly", is_flag=True, help="torch.autograd anomaly detection (slow; for NaN hunting).")
-def main(recipe, overrides, resume, overwrite, detect_anomaly):
+@click.option("--print-recipe", is_flag=True,
+              help="Print the recipe as it would train (every key, defaults and overrides applied) and exit.")
+def main(recipe, overrides, resume, overwrite, detect_anomaly, print_recipe):
     """Train a joint intent/slot model from a YAML RECIPE.
 
-    Overrides use dotted keys, e.g. `slu-train recipes/atis.yaml optim.lr=1e-4 train.epochs=3`.
+    Overrides use dotted keys, e.g. `slu-train recipes/atis.yaml optim.lr=1e-4 train.epochs=3`;
+    `--print-recipe` lists every key with the value it would train with.
     """
-    from ..training.trainer import TrainingError, train  # heavy imports after argument parsing
-
     console_output(map_bars=True)
     recipe_path = recipe
+    if print_recipe:
+        try:
+            resolved = load_recipe(recipe, overrides)
+        except RecipeError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(yaml.safe_dump({k: v for k, v in resolved.items() if k not in ("recipe_dir", "recipe_name")},
+                                  sort_keys=False), nl=False)
+        return
+    from ..training.trainer import TrainingError, train  # heavy imports after argument parsing
+
     try:
         recipe = load_recipe(recipe, overrides)
         run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly, overwrite=overwrite)

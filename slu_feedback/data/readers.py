@@ -331,9 +331,10 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
             fail(f"entity {k} ({label}) covers no word")
         cut = [words[i][0] for i in hit if words[i][1] < s or words[i][2] > e]
         if cut:  # a span ending inside a word: word-level tags can only take the whole word
+            widened = text[words[hit[0]][1]:words[hit[-1]][2]]
             warnings.warn(f"{path}:{line if line is not None else '-'}: {where}: entity span adjusted: entity {k} "
-                          f"({label}) {text[s:e]!r} widened to the whole word(s) {', '.join(map(repr, cut))}",
-                          stacklevel=3)
+                          f"({label}) {text[s:e]!r} widened to {widened!r} (word-level tags cover whole words; "
+                          f"cut: {', '.join(map(repr, cut))})", stacklevel=3)
         for i in hit:
             if slots[i] != "O":
                 fail(f"word {words[i][0]!r} is part of two entities; word-level tags cannot represent that")
