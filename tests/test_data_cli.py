@@ -100,6 +100,27 @@ def test_convert_round_trip(tmp_path):
         assert (tmp_path / "folder" / "train" / name).read_bytes() == (SAMPLE / "train" / name).read_bytes()
 
 
+def test_split_one_file_into_a_dataset_by_intent(tmp_path):
+    from collections import Counter
+
+    res = run("split", SAMPLE / "train", tmp_path / "mine", "--valid", "0.2", "--test", "0.1", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    parts = load_splits(tmp_path / "mine")
+    train = load_splits(SAMPLE)["train"]
+    assert sum(len(parts[s]) for s in parts) == len(train)
+    assert sorted(x for s in parts for x in parts[s]["tokens"]) == sorted(train["tokens"])  # each utterance once
+    whole, held = Counter(train["intent"]), Counter(parts["validation"]["intent"])
+    assert set(parts["train"]["intent"]) == set(whole)  # every intent is learnt
+    assert all(held[i] == min(round(0.2 * n), n - 1 - min(round(0.1 * n), n - 1)) for i, n in whole.items())
+    again = tmp_path / "again"
+    assert run("split", SAMPLE / "train", again, "--valid", "0.2", "--test", "0.1", "--seed", "3").exit_code == 0
+    assert (again / "test.jsonl").read_bytes() == (tmp_path / "mine" / "test.jsonl").read_bytes()  # seeded
+    res = run("split", SAMPLE, tmp_path / "x")
+    assert res.exit_code == 1 and "holds the splits" in res.output
+    res = run("split", SAMPLE / "train", tmp_path / "x", "--valid", "0.5", "--test", "0.5")
+    assert res.exit_code == 2 and "nothing to train on" in res.output
+
+
 def test_convert_bad_source_exits_1(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

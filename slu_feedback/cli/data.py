@@ -1,4 +1,4 @@
-"""``slu-data``: inspect, validate, convert and fetch datasets.
+"""``slu-data``: inspect, validate, convert, split and fetch datasets.
 
 Data problems are shown as ``Error: path:line: message`` with exit code 1, never a traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -71,7 +72,7 @@ def _bars(counter: Counter, top: int, width: int = 40) -> list[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """Inspect, validate, convert and fetch intent/slot datasets."""
+    """Inspect, validate, convert, split and fetch intent/slot datasets."""
     console_output()
 
 
@@ -131,6 +132,51 @@ def convert(src, dst, to_fmt, from_fmt):
         out = Path(dst) / (out_name + OUT_EXT.get(to_fmt, ""))
         write_examples(ds, out, to_fmt)
         click.echo(f"{name}: {len(ds)} -> {out}")
+
+
+def stratified_split(intents: list, valid: float, test: float, seed: int) -> dict:
+    """Indices of train/validation/test, the same shares of every intent (rounded; an intent's
+    first example always stays in train, so every intent is learnt), the same for the same seed."""
+    by_intent = {}
+    for i, intent in enumerate(intents):
+        by_intent.setdefault(intent, []).append(i)
+    rng, parts = random.Random(seed), {"train": [], "validation": [], "test": []}
+    for intent in sorted(by_intent, key=str):
+        idx = by_intent[intent]
+        rng.shuffle(idx)
+        n_test = min(round(test * len(idx)), len(idx) - 1)
+        n_valid = min(round(valid * len(idx)), len(idx) - 1 - n_test)
+        parts["test"] += idx[:n_test]
+        parts["validation"] += idx[n_test:n_test + n_valid]
+        parts["train"] += idx[n_test + n_valid:]
+    return {name: sorted(idx) for name, idx in parts.items()}
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--valid", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of each intent's utterances for validation.")
+@click.option("--test", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of each intent's utterances for test.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--to", "to_fmt", type=click.Choice(["folder", "jsonl", "spans"]), default="jsonl", show_default=True)
+@click.option("--from", "from_fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@_data_errors_to_click
+def split(src, dst, valid, test, seed, to_fmt, from_fmt):
+    """Split one file or split folder SRC (all your labelled data) into DST's train/valid/test,
+    stratified by intent, so that slu-train can take it."""
+    if valid + test >= 1:
+        raise click.BadParameter(f"--valid {valid} and --test {test} leave nothing to train on")
+    splits = _load(src, from_fmt)
+    if len(splits) != 1:
+        raise click.ClickException(f"{src} holds the splits {', '.join(splits)} already; split takes one file or "
+                                   "split folder (slu-data convert copies a whole dataset)")
+    data = next(iter(splits.values()))
+    for name, idx in stratified_split(list(data["intent"]), valid, test, seed).items():
+        out = Path(dst) / (OUT_NAMES[name] + OUT_EXT.get(to_fmt, ""))
+        write_examples(data.select(idx), out, to_fmt)
+        click.echo(f"{name}: {len(idx)} -> {out}")
 
 
 @main.command()
