@@ -98,8 +98,12 @@ def test_parse_and_eval_cli_quantize(feedback_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "int8" in result.output and "change" in result.output
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "p (paired, same utterances)" in result.output
     for key in ("intent_acc", "slot_f1", "sentence_acc"):
         assert report["int8"]["change"][key] == pytest.approx(report["int8"]["metrics"][key] - report["metrics"][key])
+        # the paired test compares the same two sets of predictions: its difference is the change
+        paired = report["int8"]["compare"][key]
+        assert paired["diff"] == pytest.approx(report["int8"]["change"][key]) and 0 <= paired["p"] <= 1
 
 
 # -- ONNX export ----------------------------------------------------------------------------------

@@ -104,11 +104,12 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
                    f"({fb['fixed']} fixed, {fb['broken']} broken; `feedback` in predictions.jsonl); "
                    f"mean iterations {fb['mean_iterations']:.2f}")
     if "int8" in report:
-        q, change = report["int8"]["metrics"], report["int8"]["change"]
-        click.echo("  int8 (dynamic quantisation)      fp32     int8   change")
+        q, change, paired = report["int8"]["metrics"], report["int8"]["change"], report["int8"]["compare"]
+        click.echo("  int8 (dynamic quantisation)      fp32     int8   change   p (paired, same utterances)")
         for key, name in [("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
                           ("sentence_acc", "sentence accuracy")]:
-            click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}")
+            click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}"
+                       f"   {paired[key]['p']:.3f}")
     steps = ", feedback_steps.png" if (Path(report["out_dir"]) / "feedback_steps.png").exists() else ""
     click.echo(f"wrote {report['out_dir']}/metrics.json, predictions.jsonl, confusion.png, reliability.png{steps}")
     return report

@@ -12,6 +12,7 @@ from ..data.dataset import SPLIT_NAMES, LabelMaps, load_data, pick_split, resolv
 from ..data.features import featurize, make_loader, parse_length
 from ..models import SLUConfig, load_run
 from ..models.run import check_run_files
+from .compare import compare_predictions
 from .metrics import intent_report, reliability_bins, sentence_correct, slot_report
 from .plots import plot_confusion, plot_reliability, plot_steps
 from .predict import evaluate_split
@@ -142,10 +143,12 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     if quantize:  # the same split with a dynamically int8-quantised copy: metrics and the change
         from ..inference.quantize import quantize_model
 
-        int8_metrics, _ = evaluate_split(quantize_model(model), loader, raw, config, iterations=iterations)
+        int8_metrics, int8_pred = evaluate_split(quantize_model(model), loader, raw, config, iterations=iterations)
         report["int8"] = {"metrics": int8_metrics,
                           "change": {k: int8_metrics[k] - metrics[k] for k in metrics
-                                     if k != "n" and isinstance(metrics[k], (int, float))}}
+                                     if k != "n" and isinstance(metrics[k], (int, float))},
+                          # is the change more than noise? the same paired tests as slu-eval --compare
+                          "compare": compare_predictions(frames(raw, pred), frames(raw, int8_pred), resamples=2000)}
     clear_stale(out_dir, report)
     (out_dir / "feedback_steps.png").unlink(missing_ok=True)  # an old setting's plot, unless replotted below
     changes = [{}] * len(raw)
@@ -171,6 +174,13 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     plot_reliability(report["reliability"], metrics["intent_ece"], out_dir / "reliability.png")
     report["out_dir"] = str(out_dir)
     return report
+
+
+def frames(raw, pred: dict) -> list:
+    """Each utterance's gold and predicted frame, as `compare_predictions` reads a predictions file."""
+    return [{"text": ex["text"], "gold_intent": ex["intent"], "gold_slots": ex["slots"], "pred_intent": intent,
+             "pred_slots": slots, "error": not sentence_correct(ex["intent"], intent, ex["slots"], slots)}
+            for ex, intent, slots in zip(raw, pred["pred_intents"], pred["pred_slots"])]
 
 
 def feedback_changes(pred: dict, raw, config) -> tuple:
