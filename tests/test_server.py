@@ -387,3 +387,18 @@ def test_serve_cli_rejects_a_broken_run(tmp_path):
     assert result.exit_code == 1 and "unknown device 'gpu0'" in result.output
     result = CliRunner().invoke(main, [str(tmp_path), "--quantize", "--device", "cuda"])
     assert result.exit_code == 1 and "--quantize" in result.output
+
+
+def test_an_app_for_worker_processes_is_made_from_the_environment(trained_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from slu_feedback.inference.server import app_from_env
+
+    monkeypatch.delenv("SLU_RUN", raising=False)
+    with pytest.raises(RuntimeError, match="set SLU_RUN"):
+        app_from_env()
+    monkeypatch.setenv("SLU_RUN", str(trained_run))
+    monkeypatch.setenv("SLU_QUANTIZE", "1")
+    with TestClient(app_from_env()) as client:
+        assert client.get("/model").json()["quantized"] is True
+        assert client.post("/parse", json={"text": "play jazz"}).json()["intent"]

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import reprlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -369,6 +370,18 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
         except (OSError, ValueError) as err:
             logger.warning("cannot read %s: %s", results, err)
     return info
+
+
+def app_from_env() -> FastAPI:
+    """The app for a process manager of one's own or several worker processes (each loads the model):
+    `SLU_RUN=runs/atis-1 uvicorn slu_feedback.inference.server:app_from_env --factory --workers 4`;
+    SLU_DEVICE (default cpu) and SLU_QUANTIZE=1 as slu-serve's --device and --quantize."""
+    run_dir = os.environ.get("SLU_RUN")
+    if not run_dir:
+        raise RuntimeError("set SLU_RUN to the run directory to serve")
+    quantize = os.environ.get("SLU_QUANTIZE", "").lower() in ("1", "true", "yes")
+    parser = SLUParser.from_pretrained(run_dir, device=os.environ.get("SLU_DEVICE", "cpu"), quantize=quantize)
+    return create_app(parser, run_dir, quantized=quantize)
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, quantize: bool = False,
