@@ -301,6 +301,48 @@ def test_span_rasa_and_jsonl_agree(tmp_path):
     assert read_span_json(rasa) == read_span_json(jl)
 
 
+def test_rasa_yaml_reads_like_the_same_spans_and_names_bad_lines(tmp_path):
+    nlu = tmp_path / "nlu.yml"
+    nlu.write_text("""version: "3.1"
+nlu:
+- intent: book
+  examples: |
+    - Book a table in [Zürich](city), [São Paulo]{"entity": "city", "value": "Sao Paulo"} at [8pm](time:20:00)!
+- synonym: Sao Paulo
+  examples: |
+    - SP
+- intent: greet
+  examples: |
+    - hello there
+""", encoding="utf-8")
+    book, greet = read_span_json(nlu)
+    assert book == read_span_json_one(tmp_path, SPAN_EX)  # the same words, tags and offsets as character spans
+    assert greet["intent"] == "greet" and greet["slots"] == ["O", "O"]
+    nlu.write_text("nlu:\n- intent: a\n  examples: |\n    - fine\n    no dash here\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"nlu.yml:5: intent 'a': an example line must start with '- '"):
+        read_span_json(nlu)
+    nlu.write_text("nlu:\n- intent: a\n  examples: |\n    - fly to [rome]{\"role\": \"x\"}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"nlu.yml:4: entity annotation .* has no \"entity\""):
+        read_span_json(nlu)
+    nlu.write_text("rules: []\n", encoding="utf-8")
+    with pytest.raises(DataError, match="a mapping with an 'nlu' list"):
+        read_span_json(nlu)
+    # a folder of train/valid/test .yml files is a dataset like any other
+    folder = tmp_path / "rasa"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.yml").write_text("nlu:\n- intent: a\n  examples: |\n    - go to [rome](city)\n",
+                                             encoding="utf-8")
+    assert load_splits(folder)["test"]["slots"] == [["O", "O", "B-city"]]
+
+
+def read_span_json_one(tmp_path, obj):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({k: v for k, v in obj.items()}) + "\n", encoding="utf-8")
+    [ex] = read_span_json(path)
+    return ex
+
+
 def test_sample_span_files_load():
     assert len(read_span_json(SAMPLE / "spans_example.json")) >= 3
     assert len(read_span_json(SAMPLE / "rasa_example.json")) >= 3

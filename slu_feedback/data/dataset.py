@@ -54,6 +54,8 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
 
 def _sniff_file(path: Path) -> str:
     """'jsonl' (word-level) or 'spans' (character-level) from the first example in a file."""
+    if path.suffix in (".yml", ".yaml"):
+        return "spans"  # Rasa YAML
     text = read_text(path)  # a DataError with the line for bytes that are not UTF-8
     head = text[:4096]
     body = head.lstrip()
@@ -82,7 +84,8 @@ def _sniff_file(path: Path) -> str:
 
 def _split_file(folder: Path, split: str) -> Path | None:
     """The file holding a split in a directory of single-file splits, e.g. ``dev.jsonl``."""
-    return _only_one(folder, split, [folder / (stem + ext) for stem in SPLIT_NAMES[split] for ext in (".jsonl", ".json")
+    return _only_one(folder, split, [folder / (stem + ext) for stem in SPLIT_NAMES[split]
+                                     for ext in (".jsonl", ".json", ".yml", ".yaml")
                                      if (folder / (stem + ext)).is_file()])
 
 

@@ -343,13 +343,83 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
             "text": text, "offsets": [[s, e] for _, s, e in words]}
 
 
+RASA_ENTITY = re.compile(r"\[(?P<text>[^\]]+)\](?:\((?P<short>[^)]+)\)|(?P<json>\{[^}]*\}))")
+
+
+def _rasa_annotated(line: str, path: Path, line_no: int | None) -> dict:
+    """`book a flight to [paris](city)` (also `[paris](city:Paris)` and `[paris]{"entity": "city", ...}`)
+    -> {"text", "entities"} with character offsets into the text without the markup (synonym values,
+    roles and groups are not kept)."""
+    text, entities, last = "", [], 0
+    for m in RASA_ENTITY.finditer(line):
+        text += line[last:m.start()]
+        if m["json"]:
+            try:
+                spec = json.loads(m["json"])
+            except ValueError:
+                raise DataError(f"entity annotation {m['json']} is not valid JSON", path, line_no) from None
+            if not isinstance(spec, dict) or "entity" not in spec:
+                raise DataError(f"entity annotation {m['json']} has no \"entity\"", path, line_no)
+            label = spec["entity"]
+        else:
+            label = m["short"].partition(":")[0]  # (entity:value): Rasa 1's synonym shorthand
+        # a synonym's value is what the entity means, not a word to tag: the tags need only the span
+        entities.append({"start": len(text), "end": len(text) + len(m["text"]), "entity": label})
+        text, last = text + m["text"], m.end()
+    return {"text": text + line[last:], "entities": entities}
+
+
+def read_rasa_yaml(path: str | os.PathLike) -> list[dict]:
+    """Rasa 2/3 training data (`nlu.yml`): each `- intent: NAME` item's `examples` block, one
+    `- utterance` a line with entities annotated in place; synonym, regex and lookup items are
+    skipped. Errors name the example's line."""
+    import yaml
+
+    path = Path(path)
+    text = read_text(path)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise DataError(f"invalid YAML: {getattr(error, 'problem', None) or error}", path,
+                        mark.line + 1 if mark else None) from None
+    nlu = next((v for k, v in root.value if k.value == "nlu"), None) if isinstance(root, yaml.MappingNode) else None
+    if not isinstance(nlu, yaml.SequenceNode):
+        raise DataError("expected Rasa training data: a mapping with an 'nlu' list", path)
+    examples = []
+    for item in nlu.value:
+        fields = {k.value: v for k, v in item.value} if isinstance(item, yaml.MappingNode) else {}
+        if "intent" not in fields:
+            continue  # synonym, regex, lookup: no utterances
+        intent, block = fields["intent"].value, fields.get("examples")
+        if not isinstance(block, yaml.ScalarNode):
+            raise DataError(f"intent {intent!r}: 'examples' must be a block of '- utterance' lines", path,
+                            item.start_mark.line + 1)
+        first = block.start_mark.line + (1 if block.style in ("|", ">") else 0)  # a block starts on the next line
+        for offset, raw in enumerate(block.value.split("\n")):
+            line = raw.strip()
+            if not line:
+                continue
+            line_no = first + offset + 1 if block.style == "|" else None
+            if not line.startswith("- "):
+                raise DataError(f"intent {intent!r}: an example line must start with '- ', got {line!r}", path, line_no)
+            example = {**_rasa_annotated(line[2:].strip(), path, line_no), "intent": intent}
+            examples.append(_span_example(example, path, line_no, f"intent {intent}"))
+    if not examples:
+        raise DataError("no intent examples in file", path)
+    return examples
+
+
 def read_span_json(path: str | os.PathLike) -> list[dict]:
-    """Read character-span data: a JSON list, JSONL, or a Rasa NLU ``{"rasa_nlu_data": ...}`` file.
+    """Read character-span data: a JSON list, JSONL, a Rasa NLU ``{"rasa_nlu_data": ...}`` file,
+    or Rasa 2/3 YAML (``.yml``/``.yaml``, see `read_rasa_yaml`).
 
     Entity spans are mapped to words from :func:`tokenize`: every word overlapping a span gets
     its tag (B- on the first such word, I- on the rest).
     """
     path = Path(path)
+    if path.suffix in (".yml", ".yaml"):
+        return read_rasa_yaml(path)
     text = read_text(path)
     body = text.lstrip()
     if not body:
