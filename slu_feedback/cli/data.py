@@ -134,22 +134,28 @@ def convert(src, dst, to_fmt, from_fmt):
         click.echo(f"{name}: {len(ds)} -> {out}")
 
 
-def stratified_split(intents: list, valid: float, test: float, seed: int) -> dict:
-    """Indices of train/validation/test, the same shares of every intent (rounded; an intent's
-    first example always stays in train, so every intent is learnt), the same for the same seed."""
-    by_intent = {}
-    for i, intent in enumerate(intents):
-        by_intent.setdefault(intent, []).append(i)
-    rng, parts = random.Random(seed), {"train": [], "validation": [], "test": []}
-    for intent in sorted(by_intent, key=str):
+def stratified_split(examples, valid: float, test: float, seed: int) -> dict:
+    """Indices of train/validation/test: round(share * n) utterances held out in all, spread over
+    the intents in proportion to their size (each intent's utterances shuffled and given evenly
+    spaced keys, the smallest keys held out), so that even intents of a few utterances take their
+    turn; an intent's first utterance and every utterance without both labels stay in train."""
+    rng, by_intent, train, keyed = random.Random(seed), {}, [], []
+    for i, (intent, slots) in enumerate(zip(examples["intent"], examples["slots"])):
+        if intent is None or slots is None:
+            train.append(i)  # only fully labelled utterances can be scored
+        else:
+            by_intent.setdefault(intent, []).append(i)
+    for intent in sorted(by_intent):
         idx = by_intent[intent]
         rng.shuffle(idx)
-        n_test = min(round(test * len(idx)), len(idx) - 1)
-        n_valid = min(round(valid * len(idx)), len(idx) - 1 - n_test)
-        parts["test"] += idx[:n_test]
-        parts["validation"] += idx[n_test:n_test + n_valid]
-        parts["train"] += idx[n_test + n_valid:]
-    return {name: sorted(idx) for name, idx in parts.items()}
+        train.append(idx[0])
+        keyed += [((r + rng.random()) / len(idx), i) for r, i in enumerate(idx[1:])]
+    keyed = [i for _, i in sorted(keyed)]
+    n = len(examples["intent"])
+    n_test = min(round(test * n), len(keyed))
+    n_valid = min(round(valid * n), len(keyed) - n_test)
+    return {"train": sorted(train + keyed[n_test + n_valid:]), "validation": sorted(keyed[n_test:n_test + n_valid]),
+            "test": sorted(keyed[:n_test])}
 
 
 @main.command()
@@ -173,7 +179,12 @@ def split(src, dst, valid, test, seed, to_fmt, from_fmt):
         raise click.ClickException(f"{src} holds the splits {', '.join(splits)} already; split takes one file or "
                                    "split folder (slu-data convert copies a whole dataset)")
     data = next(iter(splits.values()))
-    for name, idx in stratified_split(list(data["intent"]), valid, test, seed).items():
+    parts = stratified_split(data, valid, test, seed)
+    empty = [name for name in ("validation", "test") if not parts[name]]
+    if empty:
+        raise click.ClickException(f"{len(data)} utterances leave nothing for {' and '.join(empty)} (every intent's "
+                                   "first utterance stays in train): raise --valid/--test or label more data")
+    for name, idx in parts.items():
         out = Path(dst) / (OUT_NAMES[name] + OUT_EXT.get(to_fmt, ""))
         write_examples(data.select(idx), out, to_fmt)
         click.echo(f"{name}: {len(idx)} -> {out}")
