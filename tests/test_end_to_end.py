@@ -85,7 +85,7 @@ def test_eval_writes_reports_and_feedback_changes(trained_feedback_run):
     assert [(r["pred_intent_0"], r["pred_slots_0"]) for r in rows] == [frame(r) for r in rows_0]
     for a, b in zip(rows_0, rows):
         expected = None if frame(a) == frame(b) else "fixed" if a["error"] and not b["error"] else \
-            "broken" if b["error"] and not a["error"] else "changed"
+            "broken" if b["error"] and not a["error"] else "still_wrong"
         assert b["feedback"] == expected
     assert {r["feedback"] for r in rows_0} == {None}, "at K = 0 nothing changes"
     result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "valid"])  # as the data folders say
@@ -107,9 +107,9 @@ def test_feedback_changes_flag_each_utterance_as_they_are_counted():
             "pred_intents": ["a", "a", "b", "b", "a"], "pred_slots": [["O", "B-x"], ["O", "B-x"], ["O", "B-x"],
                                                                    ["O", "B-x"], ["O", "O"]], "iterations": [1] * 5}
     counts, rows = feedback_changes(pred, raw, config)
-    assert [r["feedback"] for r in rows] == [None, "fixed", "broken", "changed", None]
+    assert [r["feedback"] for r in rows] == [None, "fixed", "broken", "still_wrong", None]
     assert (counts["changed"], counts["fixed"], counts["broken"]) == (3, 1, 1)
-    assert rows[3] == {"pred_intent_0": "b", "pred_slots_0": ["O", "O"], "feedback": "changed"}
+    assert rows[3] == {"pred_intent_0": "b", "pred_slots_0": ["O", "O"], "feedback": "still_wrong"}
     assert rows[4]["pred_slots_0"] == ["O", "O"], "words the model did not see are O, as in pred_slots"
 
 

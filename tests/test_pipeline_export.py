@@ -160,6 +160,7 @@ def test_onnx_graph_has_dynamic_axes_and_unrolled_feedback(onnx_deps, feedback_r
         expected = parser(text)
         assert predicted["intent"] == expected["intent"] and predicted["tags"] == expected["tags"]
         assert predicted["truncated"] == expected["truncated"] == (text == long)
+        assert predicted.get("words_seen") == expected.get("words_seen")
     # tags are decoded as the model decodes them: here every word's argmax is an I- tag, which
     # cannot start a span, so the IOB2 constraint must change the first word at least
     tags = model.config.slot_labels

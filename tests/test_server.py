@@ -87,6 +87,7 @@ def test_health_model_and_openapi(client, parser, trained_run):
     assert info["feedback"]["iterations"] == 2 and info["encoder_type"] == "hf"
     assert set(info["gate_probabilities"]) == {"slot_to_intent", "intent_to_slot"}
     assert info["metrics"] == json.loads((Path(trained_run) / "all_results.json").read_text())
+    assert info["provenance"] == info["metrics"]["provenance"] and info["provenance"]["data"]["dataset"]["train"]["n"]
     assert info["limits"]["max_texts"] == 8 and info["quantized"] is False and info["device"] == "cpu"
     schema = client.get("/openapi.json").json()
     assert {"/parse", "/health", "/model"} <= set(schema["paths"])
@@ -208,7 +209,7 @@ def test_openapi_declares_the_request_and_error_bodies(client):
     assert {"text", "texts", "explain", "dataset"} <= set(body["properties"])
     responses = post["responses"]
     assert "example" in responses["200"]["content"]["application/json"]
-    for status in ("400", "413", "422"):
+    for status in ("400", "413", "415", "422"):
         ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
         error_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
         assert error_schema["required"] == ["error"] and set(error_schema["properties"]) == {"error", "detail"}

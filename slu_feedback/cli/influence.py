@@ -147,16 +147,18 @@ def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, ou
 @click.option("--seed", default=0, show_default=True, help="Seed of --random.")
 @DAMPING
 @click.option("--max-iter", default=500, show_default=True, help="L-BFGS iterations per fit.")
+@click.option("--cg-iterations", default=1000, show_default=True, help="Maximum iterations of the cg solve.")
 @click.option("--out", "out_dir", default=None, help="Output run directory (default: RUN_DIR/refit/<name>).")
 @_errors
-def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, max_iter, out_dir):
+def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, max_iter, cg_iterations, out_dir):
     """Prune within MTIF's scope: fit the heads on the fixed encoder (scope heads) to convergence,
     score MTIF there, drop the most harmful samples and refit the heads without them. Writes a run
     directory (slu-eval, slu-parse load it) with refit.json (predicted and actual change of each
     task's validation loss) and the scores in influence/. Minutes, not a training run."""
     from ..influence.refit import refit_run
 
-    info = refit_run(run_dir, out_dir, fraction, target, random_, seed, per_intent, unit, damping, max_iter)
+    info = refit_run(run_dir, out_dir, fraction, target, random_, seed, per_intent, unit, damping, max_iter,
+                     cg_iterations=cg_iterations)
     change = info["validation_loss_change"]
     click.echo(f"dropped {info['dropped']} training {unit}s ({'random' if random_ else 'most harmful for ' + target}); "
                f"heads refitted in {info['seconds']:.1f}s")
@@ -179,9 +181,11 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-iter", default=500, show_default=True, help="L-BFGS iterations per retraining.")
 @click.option("--cg-iterations", default=1000, show_default=True, help="cg: maximum iterations.")
+@click.option("--lissa-depth", default=1000, show_default=True, help="lissa: recursion depth.")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
 @_errors
-def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_iter, cg_iterations, out_dir):
+def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_iter, cg_iterations, lissa_depth,
+             out_dir):
     """Retrain the scope without single samples (and on random halves) and compare the actual
     change of each task's validation loss with MTIF; writes validate.json and validate.png.
     Each retraining is appended to validate_rows.jsonl, so a rerun after an interruption resumes.
@@ -190,7 +194,7 @@ def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_
     minute on a laptop CPU, so the defaults take hours; try --n 5 --subsets 0 first."""
     from ..influence.report import validate_run
 
-    kw = {"max_iter": cg_iterations}  # used when the solver is cg (also when auto picks it)
+    kw = {"max_iter": cg_iterations, "depth": lissa_depth}  # the solver used (auto: cg or explicit) takes its own
     result = validate_run(run_dir, n, scope, solver, damping, subsets, seed, batch_size, out_dir, max_iter, **kw)
     if result["solver"].get("warning"):
         click.echo(f"warning: {result['solver']['warning']}", err=True)

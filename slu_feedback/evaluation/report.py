@@ -148,7 +148,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                           "change": {k: int8_metrics[k] - metrics[k] for k in metrics
                                      if k != "n" and isinstance(metrics[k], (int, float))},
                           # is the change more than noise? the same paired tests as slu-eval --compare
-                          "compare": compare_predictions(frames(raw, pred), frames(raw, int8_pred), resamples=2000)}
+                          "compare": compare_predictions(frames(raw, pred), frames(raw, int8_pred))}
     clear_stale(out_dir, report)
     (out_dir / "feedback_steps.png").unlink(missing_ok=True)  # an old setting's plot, unless replotted below
     changes = [{}] * len(raw)
@@ -187,7 +187,8 @@ def feedback_changes(pred: dict, raw, config) -> tuple:
     """How many utterances change their frame between iteration 0 and the final iteration:
     `fixed` (wrong -> right), `broken` (right -> wrong), and the mean step size per iteration; and,
     for error analysis from predictions.jsonl, each utterance's iteration-0 frame and `feedback`:
-    "fixed", "broken", "changed" (wrong either way, differently) or None (unchanged)."""
+    "fixed", "broken", "still_wrong" (wrong either way, differently) or None (unchanged); `changed`
+    counts all three."""
     rows = []
     for i, example in enumerate(raw):
         slots_0 = [config.slot_labels[s] for s in pred["slots_0"][i]]
@@ -198,7 +199,7 @@ def feedback_changes(pred: dict, raw, config) -> tuple:
         if before != after:
             ok_before = sentence_correct(example["intent"], before[0], example["slots"], before[1])
             ok_after = sentence_correct(example["intent"], after[0], example["slots"], after[1])
-            change = "fixed" if ok_after and not ok_before else "broken" if ok_before and not ok_after else "changed"
+            change = "fixed" if ok_after and not ok_before else "broken" if ok_before and not ok_after else "still_wrong"
         rows.append({"pred_intent_0": before[0], "pred_slots_0": before[1], "feedback": change})
     changes = [row["feedback"] for row in rows]
     iterations = pred["iterations"]

@@ -200,7 +200,7 @@ class OnnxSLU:
         return intent_probs, slot_probs, batch["word_mask"].numpy()
 
     def predict(self, texts: list) -> list:
-        """{"intent", "tags", "truncated"} per text, as from SLUParser: one tag per word, the words
+        """{"intent", "tags", "truncated" (and "words_seen" when it is)} per text, as from SLUParser: one tag per word, the words
         after the run's max_length sub-tokens tagged O (with a warning); text with no words gets
         intent None and no tags (the graph is given a "." in its place, as it needs one word)."""
         words = self.words(texts)
@@ -219,7 +219,8 @@ class OnnxSLU:
                               f"(max_length={self.max_length} sub-tokens); later words are tagged O")
             results.append({"intent": self.config.intent_labels[int(intent_ids[i])],
                             "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :seen]]
-                            + ["O"] * (len(text_words) - seen), "truncated": seen < len(text_words)})
+                            + ["O"] * (len(text_words) - seen), "truncated": seen < len(text_words),
+                            **({"words_seen": seen} if seen < len(text_words) else {})})
         return results
 
 

@@ -20,7 +20,7 @@ in one forward pass on a dedicated thread (the event loop never blocks on the mo
 Bad input gets a 4xx with a message in `error` (400 malformed JSON or a body that is not UTF-8,
 413 body too large, 422 wrong types, empty or too long text, too many texts); a 422 from the type
 checks also lists pydantic's errors in `detail`, each with a short excerpt of the offending input.
-A body sent with another Content-Type than JSON (or none) gets 415 with a message saying to send
+A body sent with another Content-Type than JSON gets 415 (one without a Content-Type is read as JSON) with a message saying to send
 `Content-Type: application/json` (what `curl -d` without `-H` sends is a form); refusing it keeps
 the protection FastAPI gives: a web page can send a form or text to a local server without the
 browser asking first, but not JSON. The server binds to loopback by default.
@@ -358,7 +358,7 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
         "feedback": dict(config.feedback), "gate_probabilities": parser.model.gate_probabilities(),
         "quantized": quantized, "device": str(parser.device), "max_length": parser.max_length,
         "limits": asdict(settings),
-        "metrics": None,
+        "metrics": None, "provenance": None,  # what trained the run (all_results.json's, at the top for a deployer)
     }
     if len(parser.models) > 1:  # a joint run: each dataset's labels (the top-level ones are the first's)
         info["datasets"] = {name: {"intents": list(m.config.intent_labels), "slot_tags": list(m.config.slot_labels)}
@@ -367,6 +367,7 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
     if results is not None and results.exists():
         try:
             info["metrics"] = json.loads(results.read_text(encoding="utf-8"))
+            info["provenance"] = info["metrics"].get("provenance")
         except (OSError, ValueError) as err:
             logger.warning("cannot read %s: %s", results, err)
     return info

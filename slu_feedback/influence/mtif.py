@@ -222,7 +222,7 @@ def influence_vectors(problem: Problem, damping: float, solver: str = "cg", w=No
     if unsolved:  # the scores are then off by up to that fraction; say so instead of ranking silently
         worst = ", ".join(f"{task} {r:.2g}" for task, r in unsolved)
         hint = {"cg": "raise --cg-iterations or --damping", "lissa": "raise --lissa-depth or --damping"}.get(
-            solver, "raise --damping")
+            solver, "raise --damping")  # every slu-influence command that solves has these options
         message = (f"the {solver} solve did not converge: relative residual {worst} (limit {RESIDUAL_LIMIT:g}), "
                    f"so the influence scores are approximate; {hint}")
         info["warning"] = f"{info['warning']}; {message}" if info.get("warning") else message

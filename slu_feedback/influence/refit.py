@@ -33,7 +33,7 @@ class Refitter:
     (w_full, where the influence formula is exact for the damped objective), MTIF scored there."""
 
     def __init__(self, run_dir, damping: float = 0.01, batch_size: int = 64, max_iter: int = 500,
-                 progress: bool = True):
+                 progress: bool = True, cg_iterations: int = 1000):
         self.run_dir, self.damping, self.max_iter = Path(run_dir), damping, max_iter
         started = time.perf_counter()
         self.problem, splits, _ = build_problem(self.run_dir, "heads", batch_size)
@@ -41,7 +41,8 @@ class Refitter:
         self.anchor = self.problem.flat()  # the trained heads; the proximal term keeps refits near them
         self.w_full = converge(self.problem, self.anchor, self.anchor, damping, max_iter=max_iter, progress=progress)
         fitted = time.perf_counter()
-        s, self.solver = influence_vectors(self.problem, damping, "cg", w=self.w_full, progress=progress)
+        s, self.solver = influence_vectors(self.problem, damping, "cg", w=self.w_full, progress=progress,
+                                           max_iter=cg_iterations)
         index, scores = score_chunks(self.problem, s, w=self.w_full, progress=progress)
         self.table = torch.empty_like(scores)
         self.table[index] = scores
@@ -111,14 +112,14 @@ class Refitter:
 
 def refit_run(run_dir, out_dir=None, fraction: float = 0.02, target: str = "both", random: bool = False,
               seed: int = 0, per_intent: bool = False, unit: str = "sample", damping: float = 0.01,
-              max_iter: int = 500, progress: bool = True) -> dict:
+              max_iter: int = 500, progress: bool = True, cg_iterations: int = 1000) -> dict:
     """`slu-influence refit`: drop the `fraction` of training samples (or utterances) with the most
     negative MTIF (or as many at random), refit the heads, save the run; returns refit.json."""
     if not 0 <= fraction < 1:
         raise ValueError(f"--fraction must be in [0, 1), got {fraction}")
     if unit not in ("utterance", "sample"):
         raise ValueError(f"--unit must be utterance or sample, not {unit!r}")
-    refitter = Refitter(run_dir, damping, max_iter=max_iter, progress=progress)
+    refitter = Refitter(run_dir, damping, max_iter=max_iter, progress=progress, cg_iterations=cg_iterations)
     name = f"refit-{'random' if random else 'mtif'}-{pruning_name(target, fraction, per_intent, unit)}"
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "refit" / name
     refitter.write_scores(out_dir / "influence")

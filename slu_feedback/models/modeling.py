@@ -42,6 +42,7 @@ class SLUModel(PreTrainedModel):
     config_class = SLUConfig
     base_model_prefix = "slu"
     main_input_name = "input_ids"
+    accepts_loss_kwargs = False  # transformers' Trainer: forward's **hf_flags takes no num_items_in_batch
 
     def __init__(self, config: SLUConfig):
         super().__init__(config)
@@ -215,7 +216,7 @@ class SLUModel(PreTrainedModel):
         if unknown:
             raise TypeError(f"SLUModel.forward got unexpected argument(s) {', '.join(sorted(unknown))}; it takes "
                             "input_ids, attention_mask, word_index, word_mask, intent_labels, slot_labels, "
-                            "iterations, return_iterations")
+                            "iterations, return_iterations, features")
         fb = self.config.feedback
         word_mask = word_mask.bool()
         if iterations is None:

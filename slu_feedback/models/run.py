@@ -76,10 +76,15 @@ def check_vocabulary(run_dir: Path, config, tokenizer) -> None:
     """A RunError when the tokenizer does not fit the model's embeddings: without its vocabulary
     file (tokenizer.json, vocab.txt) transformers builds a tokenizer of a handful of special tokens
     that maps every word to [UNK], and the run answers confidently wrong."""
-    size = (config.encoder_config or {}).get("vocab_size") if config.encoder_type == "hf" else config.vocab_size
-    if size and not 0.9 * size <= len(tokenizer) <= size:
+    trained = getattr(config, "tokenizer_size", None)  # recorded by slu-train since 2026-12-03
+    if trained:
+        fits = len(tokenizer) == trained
+    else:  # an older run: the embeddings' size, which a (model.tokenizer) tokenizer may fall a little short of
+        trained = (config.encoder_config or {}).get("vocab_size") if config.encoder_type == "hf" else config.vocab_size
+        fits = not trained or 0.9 * trained <= len(tokenizer) <= trained
+    if not fits:
         files = ", ".join(sorted(p.name for p in run_dir.glob("*") if p.name.startswith(("tokenizer", "vocab",
                                                                                           "special_tokens"))))
         raise RunError(f"{run_dir}: the tokenizer has {len(tokenizer)} tokens but the model was trained with "
-                       f"{size}: its vocabulary file is missing or from another model (tokenizer files here: "
+                       f"{trained}: its vocabulary file is missing or from another model (tokenizer files here: "
                        f"{files or 'none'}); copy the run's tokenizer.json again or retrain")

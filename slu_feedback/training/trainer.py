@@ -135,7 +135,7 @@ def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (),
         kwargs["encoder_config"] = encoder_config_dict(model_cfg["encoder"])
     return SLUConfig(intent_labels=label_maps.intents, slot_labels=label_maps.slots,
                      slot_types_by_intent=slot_types, vocab_size=len(tokenizer), word_split=word_split,
-                     train_max_length=max_length, **kwargs)
+                     train_max_length=max_length, tokenizer_size=len(tokenizer), **kwargs)
 
 
 def tau_at(progress: float, feedback: dict) -> float:
@@ -333,7 +333,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
                                recipe["data"]["max_length"]),
             encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
     except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
-        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {str(error).splitlines()[0]}") from None
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}") from None
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
