@@ -314,6 +314,7 @@ def test_pipeline_loads_a_joint_run_as_the_parser_does(joint_run):
     home = SLUPipeline.from_pretrained(joint_run, dataset="home", top_k=2)
     assert home(texts) == SLUParser.from_pretrained(joint_run, dataset="home", top_k=2)(texts)
     assert [r["dataset"] for r in home(texts)] == ["home"] * 3
+    assert home(texts[0])["dataset"] == "home"  # one string: through the pipeline's own steps, same heads
     with pytest.raises(RunError, match="no dataset 'news' in this run \\(it has travel, home\\)"):
         SLUPipeline.from_pretrained(joint_run, dataset="news")
 
