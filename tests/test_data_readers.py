@@ -346,6 +346,8 @@ def read_span_json_one(tmp_path, obj):
 def test_sample_span_files_load():
     assert len(read_span_json(SAMPLE / "spans_example.json")) >= 3
     assert len(read_span_json(SAMPLE / "rasa_example.json")) >= 3
+    yml = read_span_json(SAMPLE / "rasa_example.yml")
+    assert len(yml) == 5 and yml[0]["slots"] == ["O"] * 6 + ["B-city", "B-date"]
 
 
 @pytest.mark.parametrize("entities, match", [
