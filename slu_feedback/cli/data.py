@@ -162,9 +162,9 @@ def stratified_split(examples, valid: float, test: float, seed: int) -> dict:
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--valid", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of each intent's utterances for validation.")
+              help="Share of all utterances held out for validation (spread over the intents).")
 @click.option("--test", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of each intent's utterances for test.")
+              help="Share of all utterances held out for test (spread over the intents).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--to", "to_fmt", type=click.Choice(["folder", "jsonl", "spans"]), default="jsonl", show_default=True)
 @click.option("--from", "from_fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
