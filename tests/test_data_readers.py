@@ -59,7 +59,11 @@ def test_combining_marks_stay_with_their_word():
     assert words("ok 🙂\ufe0f!") == ["ok", "🙂\ufe0f", "!"]
     assert words("a\x1cb\u3000c") == ["a", "b", "c"], "whitespace is what str.isspace says"
     # word characters are Python's \w (every number, not only digits); no joiners or connectors
-    assert words("km² 3½ H₂O a\u200db") == ["km²", "3½", "H₂O", "a", "\u200d", "b"]
+    assert words("km² 3½ H₂O a\u200db") == ["km²", "3½", "H₂O", "a", "b"]
+    # a grapheme cluster is one token (an emoji family joined by ZWJ, a flag); invisible format
+    # characters (zero-width space, BOM) separate tokens as whitespace does and are none themselves
+    assert words("👨\u200d👩\u200d👧 at hi\u200bthere \ufeff🇫🇷!") == ["👨\u200d👩\u200d👧", "at", "hi", "there", "🇫🇷", "!"]
+    assert words("\u200b") == [] and words("\ufffd\ufffd x") == ["\ufffd", "\ufffd", "x"]
 
 
 def test_bio_to_spans_is_lenient():

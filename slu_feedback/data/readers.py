@@ -36,7 +36,10 @@ FORMATS = ("folder", "jsonl", "spans")
 _SPACE = "".join(sorted({chr(i) for i in range(0x3001) if chr(i).isspace()}))  # none above U+3000
 _NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
 _WORD = r"[\p{L}\p{N}_\p{M}]"  # Python's \w (letters, all numbers, "_": not regex's \w) plus marks
-_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?:(?!" + _WORD + ")" + _NOT_SPACE + r")\p{M}*")
+# any other character starts a token of one grapheme cluster (\X: an emoji ZWJ sequence, a flag or
+# a symbol with its marks stays whole); invisible format characters (\p{Cf}: zero-width space,
+# a stray joiner, BOM) are no token, like whitespace
+_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?![\p{L}\p{N}_\p{M}\p{Cf}])(?=" + _NOT_SPACE + r")\X")
 _TAG_RE = re.compile(r"O|[BI]-\S+")
 
 
@@ -48,7 +51,9 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
     Rule: a word is a run of ``\\w`` characters (any Unicode letter, digit or ``_``) and combining
     marks (so "मुंबई" and a decomposed "café" are one word each), optionally
     joined by an internal ``'``, ``’``, ``.``, ``:``, ``-``, ``/`` or ``&`` that is followed by
-    more word characters; every other non-space character is a token by itself.
+    more word characters; every other non-space character is a token by itself, with the rest of
+    its grapheme cluster (an emoji ZWJ sequence is one token), except invisible format characters
+    (zero-width space, a stray joiner), which separate tokens as whitespace does.
     Examples: ``"wake me at 6:30, o'clock"`` -> wake | me | at | 6:30 | , | o'clock;
     ``"st. louis"`` -> st | . | louis; ``""`` -> [].
     Text is not lowercased or normalised here.
