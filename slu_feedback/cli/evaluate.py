@@ -8,6 +8,9 @@ import click
 from . import DEVICE, console_output, inference_device
 
 
+MEASURES = (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"), ("sentence_acc", "sentence accuracy"))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="test", type=click.Choice(["train", "validation", "valid", "dev", "test"]), show_default=True,
@@ -70,7 +73,7 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
     (out_dir / "compare.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     click.echo(f"{run_dir} against {baseline} on the same {result['n']} utterances:")
     click.echo(f"  {'':<20} {'baseline':>8} {'run':>8} {'change':>8}")
-    for key, name in (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"), ("sentence_acc", "sentence accuracy")):
+    for key, name in MEASURES:
         m = result[key]
         if "ci95" not in m:
             test = f"McNemar p = {m['p']:.3f} (right only in run {m['only_run']}, only in baseline {m['only_baseline']})"
@@ -106,8 +109,7 @@ def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize
     if "int8" in report:
         q, change, paired = report["int8"]["metrics"], report["int8"]["change"], report["int8"]["compare"]
         click.echo("  int8 (dynamic quantisation)      fp32     int8   change   p (paired, same utterances)")
-        for key, name in [("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
-                          ("sentence_acc", "sentence accuracy")]:
+        for key, name in MEASURES:
             click.echo(f"    {name:<28} {100 * m[key]:6.2f}  {100 * q[key]:6.2f}  {100 * change[key]:+6.2f}"
                        f"   {paired[key]['p']:.3f}")
     steps = ", feedback_steps.png" if (Path(report["out_dir"]) / "feedback_steps.png").exists() else ""

@@ -157,17 +157,14 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
         if report["feedback"]["mean_step"]:  # none when evaluated with iterations=0: nothing to plot
             plot_steps(report["feedback"]["mean_step"], out_dir / "feedback_steps.png")
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
-        for i, example in enumerate(raw):
-            row = {"id": i, "text": example["text"], "gold_intent": example["intent"],
-                   "pred_intent": pred["pred_intents"][i], "intent_score": round(max(pred["intent_probs"][i]), 4),
-                   "intent_error": example["intent"] != pred["pred_intents"][i],
-                   "slot_errors": [j for j, (g, p) in enumerate(zip(example["slots"], pred["pred_slots"][i])) if g != p],
-                   "gold_slots": example["slots"], "pred_slots": pred["pred_slots"][i], "iterations": pred["iterations"][i],
-                   **changes[i]}
+        for i, frame in enumerate(frames(raw, pred)):
+            row = {"id": i, **frame, "intent_score": round(max(pred["intent_probs"][i]), 4),
+                   "intent_error": frame["gold_intent"] != frame["pred_intent"],
+                   "slot_errors": [j for j, (g, p) in enumerate(zip(frame["gold_slots"], frame["pred_slots"])) if g != p],
+                   "iterations": pred["iterations"][i], **changes[i]}
             if config.head == "vmtl":  # predictive entropy of the intent distribution (nats)
                 probs = pred["intent_probs"][i]
                 row["intent_entropy"] = round(-sum(q * math.log(q) for q in probs if q > 0), 4)
-            row["error"] = row["intent_error"] or bool(row["slot_errors"])
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     plot_confusion(gold_intents, pred["pred_intents"], config.intent_labels, out_dir / "confusion.png")
@@ -177,7 +174,8 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
 
 
 def frames(raw, pred: dict) -> list:
-    """Each utterance's gold and predicted frame, as `compare_predictions` reads a predictions file."""
+    """Each utterance's gold and predicted frame and whether it is wrong: the core of a predictions.jsonl
+    row, and what `compare_predictions` reads of one."""
     return [{"text": ex["text"], "gold_intent": ex["intent"], "gold_slots": ex["slots"], "pred_intent": intent,
              "pred_slots": slots, "error": not sentence_correct(ex["intent"], intent, ex["slots"], slots)}
             for ex, intent, slots in zip(raw, pred["pred_intents"], pred["pred_slots"])]

@@ -36,6 +36,7 @@ from ..data.readers import WORD_SPLITS, tokenize
 from ..models import load_run
 from ..models.modeling import decode_slots
 from ..models.feedback import FeedbackGate
+from .parser import warn_truncated
 
 INPUT_NAMES = ["input_ids", "attention_mask", "word_index", "word_mask"]
 OUTPUT_NAMES = ["intent_probs", "slot_probs"]
@@ -215,8 +216,7 @@ class OnnxSLU:
                 continue
             seen = int(word_mask[i].sum())  # every word has a sub-token: fewer seen only where the cut fell
             if seen < len(text_words):
-                warnings.warn(f"utterance of {len(text_words)} words truncated to the first {seen} "
-                              f"(max_length={self.max_length} sub-tokens); later words are tagged O")
+                warn_truncated(len(text_words), seen, self.max_length)
             results.append({"intent": self.config.intent_labels[int(intent_ids[i])],
                             "tags": [self.config.slot_labels[int(s)] for s in slot_ids[i, :seen]]
                             + ["O"] * (len(text_words) - seen), "truncated": seen < len(text_words),

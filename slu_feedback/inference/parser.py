@@ -37,6 +37,12 @@ from ..models.joint import joint_datasets
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def warn_truncated(n_words: int, seen: int, max_length: int) -> None:
+    """The one warning for an utterance cut at max_length (the parser's and the ONNX runner's)."""
+    warnings.warn(f"utterance of {n_words} words truncated to the first {seen} "
+                  f"(max_length={max_length} sub-tokens); later words are tagged O")
+
+
 class SLUParser:
     def __init__(self, model, tokenizer, max_length: int | None = None, top_k: int = 3, models: dict | None = None):
         """`model`: an `SLUModel`; or `models`, {dataset: SLUModel} sharing one encoder (a joint run).
@@ -153,8 +159,7 @@ class SLUParser:
         # words go unseen only when the tokenizer cut a full-length encoding
         truncated = seen < len(words) and n_subtokens >= self.max_length
         if truncated:
-            warnings.warn(f"utterance of {len(words)} words truncated to the first {seen} "
-                          f"(max_length={self.max_length} sub-tokens); later words are tagged O")
+            warn_truncated(len(words), seen, self.max_length)
         tags = [slot_labels[s] for s in slot_ids[:seen].tolist()] + ["O"] * (len(words) - seen)
         scores = slot_probs[torch.arange(seen), slot_ids[:seen]].tolist() + [0.0] * (len(words) - seen)
         result = self._result(text, words, intent_probs, intents, tags, scores, iterations)
