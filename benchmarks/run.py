@@ -122,10 +122,9 @@ def other_decoding(run_dir: Path, device: str = "auto") -> dict:
         return {}
     out = {"intent_slot_constraints": model.config.intent_slot_constraints}
     for setting in ("off", "on"):
-        model.config.intent_slot_constraints = setting == "on"
-        for split in ("validation", "test"):
-            report = evaluate_run(run_dir, split, out_dir=run_dir / f"eval_{split}_constraints_{setting}",
-                                  model=model, tokenizer=tokenizer)
+        for split in ("validation", "test"):  # into slu-eval's folders (eval_<split>[-[no-]constraints])
+            report = evaluate_run(run_dir, split, model=model, tokenizer=tokenizer,
+                                  intent_slot_constraints=setting == "on")
             out.setdefault(setting, {})[split] = {k: 100 * report["metrics"][k] for k in METRICS}
     return out
 

@@ -15,17 +15,21 @@ SOURCE = Path(__file__).resolve().parents[1]  # the checkout of an editable inst
 
 
 def git_commit(root: Path = SOURCE) -> str | None:
-    """HEAD of the checkout at `root`, + "-dirty" when the package or recipes differ from it; None
-    outside a git checkout (an installed wheel)."""
-    if not (root / ".git").exists():
-        return None
+    """HEAD of the git checkout that tracks the package at `root` (also when that checkout is a
+    folder of a larger repository), + "-dirty" when the package or recipes differ from it; None for
+    an installed wheel, even one inside somebody else's repository (a virtualenv in a project)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
     try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "slu_feedback", "recipes"], cwd=root,
-                               stderr=subprocess.DEVNULL).returncode
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+        if git("ls-files", "--error-unmatch", "slu_feedback/provenance.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--", "slu_feedback", "recipes").returncode
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:  # no git on this machine, or `root` is gone
         return None
 
 

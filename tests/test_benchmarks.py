@@ -311,9 +311,10 @@ def test_other_decoding_scores_the_same_weights_with_the_constraint_off_and_on(t
     run_dir = Path(tiny_run_factory())
     decoding = run.other_decoding(run_dir, "cpu")
     assert decoding["intent_slot_constraints"] is False  # the run's own setting: the recipe leaves it off
-    for setting in ("off", "on"):
+    for setting, suffix in (("off", ""), ("on", "-constraints")):  # slu-eval's folders for these settings
         for split in ("validation", "test"):
-            metrics = json.loads((run_dir / f"eval_{split}_constraints_{setting}" / "metrics.json").read_text())
+            metrics = json.loads((run_dir / f"eval_{split}{suffix}" / "metrics.json").read_text())
+            assert metrics["settings"]["intent_slot_constraints"] is (setting == "on")
             assert decoding[setting][split] == {k: 100 * metrics["metrics"][k] for k in run.METRICS}
     row = {"test": {k: 90.0 for k in run.METRICS}, "validation": {k: 91.0 for k in run.METRICS},
            "train_seconds_per_epoch": 1.0, "inference_utt_per_s": {"batch_1": 1.0, "batch_32": 2.0},

@@ -26,8 +26,10 @@ def test_strict_mode_rejects_spans_that_start_with_I():
 def test_reports():
     r = intent_report(["a", "a", "b"], ["a", "b", "b"])
     assert r["a"]["precision"] == 1.0 and r["a"]["recall"] == 0.5 and r["b"]["support"] == 1
-    s = slot_report([["B-x", "O"]], [["B-x", "O"]])
-    assert s["x"]["f1-score"] == 1.0
+    s = slot_report([["B-x", "O"], ["B-y", "O"]], [["B-x", "O"], ["O", "O"]])
+    assert s["x"]["f1"] == 1.0 and s["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1.0}
+    assert set(s["x"]) == set(r["a"])  # both per-label tables use the same keys
+    assert s["micro avg"]["f1"] == 2 / 3
 
 
 def test_compare_predictions_is_paired_and_matches_seqeval():

@@ -44,9 +44,10 @@ def intent_report(gold_intents: list, pred_intents: list) -> dict:
 
 
 def slot_report(gold_slots: list, pred_slots: list) -> dict:
-    """Per-slot-type span precision, recall, F1 and support (seqeval default mode)."""
+    """Per-slot-type span precision, recall, F1 and support (seqeval default mode), plus seqeval's
+    micro/macro/weighted averages; keyed as `intent_report` (seqeval's "f1-score" is "f1")."""
     report = classification_report(gold_slots, pred_slots, output_dict=True, zero_division=0)
-    return {k: {m: float(v) for m, v in d.items()} for k, d in report.items()}
+    return {k: {("f1" if m == "f1-score" else m): float(v) for m, v in d.items()} for k, d in report.items()}
 
 
 def reliability_bins(confidences: list, correct: list, n_bins: int = 15) -> list:
