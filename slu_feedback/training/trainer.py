@@ -291,6 +291,148 @@ def copy_shared_views(models, weights, output_dir) -> None:
             seen.add(storage)
 
 
+def choose_run_dir(recipe: dict, resume: bool, overwrite: bool, accelerator) -> Path:
+    """output_dir, or (--resume) the latest run of the recipe, or a fresh runs/<recipe>-<time>;
+    chosen and checked once, on rank 0 (ranks on other machines may not see its disk), for every rank."""
+    if recipe["output_dir"]:
+        run_dir = Path(recipe["output_dir"])
+    elif resume:
+        run_dir = latest_run(recipe)
+        if run_dir is None:
+            raise TrainingError(f"--resume: no run of {recipe['recipe_name']!r} with a checkpoint under runs/")
+    else:
+        run_dir = default_output_dir(recipe)
+    run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
+    problem = broadcast_object_list([run_dir_problem(run_dir, resume, overwrite) if accelerator.is_main_process else None])[0]
+    if problem:
+        raise TrainingError(problem)
+    return run_dir
+
+
+def build_models(recipe: dict, parts: dict):
+    """The tokenizer and one SLUModel per dataset ({"": model} unless joint), all on one encoder
+    checkpoint. An encoder that is neither a folder nor reachable on the Hub: one line, not
+    transformers' traceback."""
+    names = list(parts)
+    try:
+        tokenizer = load_tokenizer(recipe["model"])
+        encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
+        models = {name: SLUModel.from_encoder(
+            build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
+                               slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
+                               recipe["data"]["max_length"]),
+            encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
+    except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}") from None
+    return tokenizer, models
+
+
+def start_run_files(recipe: dict, run_dir: Path, paths: dict) -> None:
+    """A new run's recipe.yaml and empty metrics.jsonl; a joint run also gets a folder per dataset,
+    each a run of its own for slu-eval / slu-parse / slu-serve."""
+    save_recipe(recipe, run_dir / "recipe.yaml")
+    (run_dir / "metrics.jsonl").write_text("")
+    if "" not in paths:
+        for name, path in paths.items():
+            (run_dir / name).mkdir(exist_ok=True)
+            save_recipe({**recipe, "data": {**recipe["data"], "path": path}, "output_dir": str(run_dir / name)},
+                        run_dir / name / "recipe.yaml")
+        (run_dir / JOINT_FILE).write_text(json.dumps({"datasets": list(paths)}, indent=1), encoding="utf-8")
+
+
+def restore_checkpoint(accelerator, checkpoint: Path, recipe: dict) -> dict:
+    """--resume: load the last checkpoint into the prepared objects; return the trainer state. The
+    metrics logged after the checkpoint are forgotten: those epochs are redone."""
+    previous = checkpoint.with_name("checkpoint.old")
+    if not checkpoint.exists() and previous.exists() and accelerator.is_main_process:
+        os.replace(previous, checkpoint)  # killed between the two renames of a save: keep the older one
+    accelerator.wait_for_everyone()
+    if not (checkpoint / "trainer_state.json").exists():
+        raise TrainingError(f"--resume: {checkpoint} holds no complete checkpoint")
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # a damaged file: name the checkpoint, keep the cause
+        hint = ""
+        if "vmtl_prior" in str(error):  # joint VMTL runs from before priors spanned the datasets
+            hint = " (a joint VMTL run started before vmtl.across_datasets: add model.vmtl.across_datasets=false)"
+        elif "custom checkpoints" in str(error):  # the weight average is the one custom object
+            hint = (f" (the run was started with{'out' if recipe['optim']['ema_decay'] else ''} a weight average:"
+                    f" resume with optim.ema_decay={'0' if recipe['optim']['ema_decay'] else 'its value'})")
+        raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
+                            f"{error}){hint}; run without --resume to start over") from error
+    run_dir = checkpoint.parent
+    accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
+    if accelerator.is_main_process:
+        kept = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] <= state["epoch"]]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return state
+
+
+def metrics_logger(metrics_file: Path, accelerator):
+    """log(row): appends a row to metrics.jsonl (and TensorBoard, when installed) on the main
+    process; log.close() closes TensorBoard."""
+    tensorboard = open_tensorboard(metrics_file.parent / "tensorboard") if accelerator.is_main_process else None
+
+    def log(row: dict) -> None:
+        if accelerator.is_main_process:
+            with metrics_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if tensorboard is not None:
+                validation = row.get("validation", {})
+                scalars = {**{k: v for k, v in row.items() if isinstance(v, (int, float))},
+                           **{f"validation/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
+                           **{f"validation/{name}/{k}": v for name, m in validation.get("datasets", {}).items()
+                              for k, v in m.items() if isinstance(v, (int, float))}}
+                for key, value in scalars.items():
+                    if key not in ("step", "epoch"):
+                        tensorboard.add_scalar(f"{row['type']}/{key}", value, row["step"])
+
+    log.close = tensorboard.close if tensorboard is not None else (lambda: None)
+    return log
+
+
+def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: dict) -> None:
+    """all_results.json (a joint run: also one per dataset folder), the training-curve PNG, and a
+    warning when the best epoch learnt nothing."""
+    joint = "" not in paths
+    bayes = recipe["model"]["head"] == "vmtl"
+    names = list(parts)
+    metrics_file = run_dir / "metrics.jsonl"
+    epochs = [row for row in read_jsonl(metrics_file) if row["type"] == "epoch"]
+    best = next((row for row in epochs if row["epoch"] == state["best_epoch"]), None)
+    results = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+               "validation": best["validation"] if best else None,
+               "train_seconds_per_epoch": state["epoch_seconds"],
+               "train_examples": sum(len(data["train"]) for data, _ in parts.values()),
+               "gate_probabilities": state.get("gate_at_best", {}),
+               "infusion_points": ({} if recipe["model"]["feedback"]["gate"] == "soft"
+                                   else infusion_points(state.get("gate_at_best", {})))}
+    if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
+        results["prior_weights"] = state.get("prior_at_best", {})
+    results["provenance"] = run_provenance(
+        {name: resolve_data_path(path, recipe.get("recipe_dir")) for name, path in paths.items()},
+        {name: data for name, (data, _) in parts.items()})
+    if joint:
+        results["datasets"] = names
+        for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
+            own = {k: results[k].get(name, {}) for k in ("gate_probabilities", "infusion_points", "prior_weights")
+                   if k in results}
+            (run_dir / name / "all_results.json").write_text(json.dumps(
+                {**results, **own, "validation": (best["validation"]["datasets"][name] if best else None),
+                 "train_examples": len(data["train"]), "joint_run": str(run_dir),
+                 "note": "train_seconds_per_epoch is the joint epoch (every dataset's batches)"}, indent=1),
+                encoding="utf-8")
+    (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    plot_training_curves(metrics_file, run_dir / "training_curves.png")
+    for name, (data, _) in parts.items() if best else ():
+        hint = untrained_hint(best["validation"]["datasets"][name] if joint else best["validation"],
+                              data["validation"], recipe, state["epoch"])
+        if hint:
+            warnings.warn(f"{name}: {hint}" if joint else hint)
+
+
 def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop_after_epoch: int | None = None,
           overwrite: bool = False) -> Path:
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
@@ -305,36 +447,14 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     if recipe["optim"]["ema_decay"] and accelerator.distributed_type in sharded:
         raise TrainingError(f"optim.ema_decay: the weight average needs every parameter whole on each process; "
                             f"under {accelerator.distributed_type.value} they are sharded (use DDP, or no average)")
-    if recipe["output_dir"]:
-        run_dir = Path(recipe["output_dir"])
-    elif resume:
-        run_dir = latest_run(recipe)
-        if run_dir is None:
-            raise TrainingError(f"--resume: no run of {recipe['recipe_name']!r} with a checkpoint under runs/")
-    else:
-        run_dir = default_output_dir(recipe)
-    run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # all ranks use rank 0's timestamped name
-    # decided once, on rank 0 (ranks on other machines may not see its disk), for every rank
-    problem = broadcast_object_list([run_dir_problem(run_dir, resume, overwrite) if accelerator.is_main_process else None])[0]
-    if problem:
-        raise TrainingError(problem)
+    run_dir = choose_run_dir(recipe, resume, overwrite, accelerator)
     recipe = {**recipe, "output_dir": str(run_dir)}
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
     set_seed(recipe["seed"])
     parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
     names = list(parts)
-    try:  # an encoder that is neither a folder nor reachable on the Hub: one line, not transformers' traceback
-        tokenizer = load_tokenizer(recipe["model"])
-        encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
-        models = {name: SLUModel.from_encoder(
-            build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
-                               slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
-                               recipe["data"]["max_length"]),
-            encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
-    except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}") from None
+    tokenizer, models = build_models(recipe, parts)
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
@@ -375,54 +495,11 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
     checkpoint = run_dir / "checkpoint"
     if resume:
-        previous = checkpoint.with_name("checkpoint.old")
-        if not checkpoint.exists() and previous.exists() and accelerator.is_main_process:
-            os.replace(previous, checkpoint)  # killed between the two renames of a save: keep the older one
-        accelerator.wait_for_everyone()
-        if not (checkpoint / "trainer_state.json").exists():
-            raise TrainingError(f"--resume: {checkpoint} holds no complete checkpoint")
-        try:
-            state = json.loads((checkpoint / "trainer_state.json").read_text())
-            accelerator.load_state(str(checkpoint))
-        except Exception as error:  # a damaged file: name the checkpoint, keep the cause
-            hint = ""
-            if "vmtl_prior" in str(error):  # joint VMTL runs from before priors spanned the datasets
-                hint = " (a joint VMTL run started before vmtl.across_datasets: add model.vmtl.across_datasets=false)"
-            elif "custom checkpoints" in str(error):  # the weight average is the one custom object
-                hint = (f" (the run was started with{'out' if recipe['optim']['ema_decay'] else ''} a weight average:"
-                        f" resume with optim.ema_decay={'0' if recipe['optim']['ema_decay'] else 'its value'})")
-            raise TrainingError(f"--resume: cannot load the checkpoint in {checkpoint} ({type(error).__name__}: "
-                                f"{error}){hint}; run without --resume to start over") from error
-        accelerator.print(f"resumed {run_dir} after epoch {state['epoch']} (step {state['step']})")
-        if accelerator.is_main_process:  # forget what was logged after the checkpoint: it is redone
-            kept = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] <= state["epoch"]]
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+        state = restore_checkpoint(accelerator, checkpoint, recipe)
     elif accelerator.is_main_process:
-        save_recipe(recipe, run_dir / "recipe.yaml")
-        (run_dir / "metrics.jsonl").write_text("")
-        if joint:  # each dataset's folder is a run of its own for slu-eval / slu-parse / slu-serve
-            for name, path in paths.items():
-                (run_dir / name).mkdir(exist_ok=True)
-                save_recipe({**recipe, "data": {**recipe["data"], "path": path}, "output_dir": str(run_dir / name)},
-                            run_dir / name / "recipe.yaml")
-            (run_dir / JOINT_FILE).write_text(json.dumps({"datasets": names}, indent=1), encoding="utf-8")
+        start_run_files(recipe, run_dir, paths)
     metrics_file = run_dir / "metrics.jsonl"
-
-    tensorboard = open_tensorboard(run_dir / "tensorboard") if accelerator.is_main_process else None
-
-    def log(row: dict) -> None:
-        if accelerator.is_main_process:
-            with metrics_file.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            if tensorboard is not None:
-                validation = row.get("validation", {})
-                scalars = {**{k: v for k, v in row.items() if isinstance(v, (int, float))},
-                           **{f"validation/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
-                           **{f"validation/{name}/{k}": v for name, m in validation.get("datasets", {}).items()
-                              for k, v in m.items() if isinstance(v, (int, float))}}
-                for key, value in scalars.items():
-                    if key not in ("step", "epoch"):
-                        tensorboard.add_scalar(f"{row['type']}/{key}", value, row["step"])
+    log = metrics_logger(metrics_file, accelerator)
 
     select = train_cfg["select_metric"]
     feedback = config.feedback
@@ -503,39 +580,8 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             break
 
     if accelerator.is_main_process:
-        epochs = [row for row in read_jsonl(metrics_file) if row["type"] == "epoch"]
-        best = next((row for row in epochs if row["epoch"] == state["best_epoch"]), None)
-        results = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                   "validation": best["validation"] if best else None,
-                   "train_seconds_per_epoch": state["epoch_seconds"],
-                   "train_examples": sum(len(data["train"]) for data, _ in parts.values()),
-                   "gate_probabilities": state.get("gate_at_best", {}),
-                   "infusion_points": ({} if recipe["model"]["feedback"]["gate"] == "soft"
-                                       else infusion_points(state.get("gate_at_best", {})))}
-        if bayes:  # VMTL prior mixture weights (softmax(beta)) at the best epoch
-            results["prior_weights"] = state.get("prior_at_best", {})
-        results["provenance"] = run_provenance(
-            {name: resolve_data_path(path, recipe.get("recipe_dir")) for name, path in paths.items()},
-            {name: data for name, (data, _) in parts.items()})
-        if joint:
-            results["datasets"] = names
-            for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
-                own = {k: results[k].get(name, {}) for k in ("gate_probabilities", "infusion_points", "prior_weights")
-                       if k in results}
-                (run_dir / name / "all_results.json").write_text(json.dumps(
-                    {**results, **own, "validation": (best["validation"]["datasets"][name] if best else None),
-                     "train_examples": len(data["train"]), "joint_run": str(run_dir),
-                     "note": "train_seconds_per_epoch is the joint epoch (every dataset's batches)"}, indent=1),
-                    encoding="utf-8")
-        (run_dir / "all_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-        plot_training_curves(metrics_file, run_dir / "training_curves.png")
-        for name, (data, _) in parts.items() if best else ():
-            hint = untrained_hint(best["validation"]["datasets"][name] if joint else best["validation"],
-                                  data["validation"], recipe, state["epoch"])
-            if hint:
-                warnings.warn(f"{name}: {hint}" if joint else hint)
-    if tensorboard is not None:
-        tensorboard.close()
+        write_results(recipe, run_dir, paths, parts, state)
+    log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
