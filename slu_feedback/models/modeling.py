@@ -11,14 +11,13 @@ With `head: vmtl` the final classifier of each head is the VMTL Bayesian classif
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .config import SLUConfig
 from .crf import CRF, bio_transitions, viterbi_decode
-from .encoders import build_encoder
+from .encoders import build_encoder, load_word_tokenizer
 from .feedback import FeedbackGate, Head, convergence_loss, labelled_cross_entropy, step_sizes
 from . import vmtl as vmtl_lib
 
@@ -125,9 +124,7 @@ class SLUModel(PreTrainedModel):
             model.encoder.load_pretrained(encoder_path)
         if config.head == "vmtl":
             if tokenizer is None and config.encoder_type == "hf" and encoder_path is not None:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+                tokenizer = load_word_tokenizer(encoder_path)
             if tokenizer is not None:
                 model.embed_label_names(tokenizer)
         return model

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradientAccumulationPlugin, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
 from ..data.dataset import build_label_maps, load_splits, resolve_data_path, slot_types_by_intent, subsample
 from ..data.features import featurize, make_loader
@@ -33,6 +33,7 @@ from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
 from ..provenance import run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
+from ..models.encoders import load_word_tokenizer
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
 from .recipe import save_recipe
 
@@ -108,7 +109,7 @@ def load_data(recipe: dict, path=None):
 
 def load_tokenizer(model_cfg: dict):
     name = model_cfg["tokenizer"] or (model_cfg["encoder"] if model_cfg["encoder_type"] == "hf" else "minilm-l6")
-    return AutoTokenizer.from_pretrained(resolve_encoder(name))
+    return load_word_tokenizer(resolve_encoder(name))
 
 
 def peer_tasks(model_cfg: dict, names: list, name: str) -> list:

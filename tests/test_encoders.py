@@ -1,0 +1,63 @@
+"""Encoders other than BERT: a byte-level BPE encoder (RoBERTa style, built in code) must see each
+word as it appears inside a sentence, in training and when the run is loaded to parse."""
+
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.processors import RobertaProcessing
+from transformers import AutoTokenizer, RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+from slu_feedback.models import load_run
+from slu_feedback.models.encoders import load_word_tokenizer
+from slu_feedback.training.recipe import load_recipe
+from slu_feedback.training.trainer import train
+
+from conftest import REPO, SAMPLE, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> str:
+    """A 2-layer RoBERTa with random weights and a byte-level BPE vocabulary learnt from the sample set."""
+    path = tmp_path_factory.mktemp("tiny-roberta")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(SAMPLE / "train" / "seq.in")], vocab_size=400, min_frequency=1,
+              special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                     unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=130, pad_token_id=1)).save_pretrained(path)
+    return str(path)
+
+
+def word_pieces(tokenizer, words):
+    """The sub-tokens of `words` given one by one, without <s> and </s>."""
+    return tokenizer.convert_ids_to_tokens(tokenizer([words], is_split_into_words=True)["input_ids"][0])[1:-1]
+
+
+def test_byte_level_words_are_encoded_as_inside_a_sentence(tiny_roberta):
+    plain = AutoTokenizer.from_pretrained(tiny_roberta)
+    words = ["flights", "to", "boston"]
+    in_sentence = plain.convert_ids_to_tokens(plain("list flights to boston")["input_ids"])[2:-1]
+    assert word_pieces(plain, words) != in_sentence  # the library default: every word as a text's first
+    assert word_pieces(load_word_tokenizer(tiny_roberta), words) == in_sentence
+
+
+def test_a_wordpiece_tokenizer_is_loaded_unchanged(tiny_encoder):
+    words = ["show", "me", "flights"]
+    assert word_pieces(load_word_tokenizer(tiny_encoder), words) == word_pieces(AutoTokenizer.from_pretrained(tiny_encoder), words)
+
+
+@pytest.mark.e2e
+def test_a_roberta_run_parses_with_the_tokenization_it_was_trained_with(tiny_roberta, tmp_path):
+    run_dir = train(load_recipe(REPO / "recipes" / "quickstart.yaml",
+                                tiny_overrides(tiny_roberta, tmp_path / "run") + ["train.epochs=1"]))
+    _, tokenizer = load_run(run_dir)
+    assert word_pieces(tokenizer, ["to", "boston"]) == word_pieces(load_word_tokenizer(tiny_roberta), ["to", "boston"])
+    encoding = tokenizer([["to", "boston"]], is_split_into_words=True)
+    pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"][0])
+    firsts = [piece for i, (piece, word) in enumerate(zip(pieces, encoding.word_ids(0)))
+              if word is not None and word != encoding.word_ids(0)[i - 1]]
+    assert len(firsts) == 2 and all(piece.startswith("Ġ") for piece in firsts)  # each word begins with its space
