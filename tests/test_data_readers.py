@@ -48,8 +48,27 @@ def test_tokenize_rule():
 def test_tokenize_unicode_and_offsets():
     text = "Play “Für Elise” in Zürich 東京!"
     toks = tokenize(text)
-    assert [w for w, _, _ in toks] == ["Play", "“", "Für", "Elise", "”", "in", "Zürich", "東京", "!"]
+    assert [w for w, _, _ in toks] == ["Play", "“", "Für", "Elise", "”", "in", "Zürich", "東", "京", "!"]
     assert all(text[s:e] == w for w, s, e in toks)
+
+
+def test_scripts_without_spaces_are_split_into_characters():
+    # Chinese, Japanese (kana, length mark), Thai: every grapheme cluster is a token, so an entity
+    # may start and end anywhere; Latin, Hangul and digits beside them stay words
+    assert words("明天北京天气？") == ["明", "天", "北", "京", "天", "气", "？"]
+    assert words("Tokyo東京 ＮＹＣの天気 トーキョー") == ["Tokyo", "東", "京", "ＮＹＣ", "の", "天", "気", "ト", "ー", "キ", "ョ", "ー"]
+    assert words("สวัสดี 3月 한국어") == ["ส", "วั", "ส", "ดี", "3", "月", "한국어"]  # Thai vowel signs stay on their consonant
+
+
+def test_two_entities_in_an_unspaced_clause_keep_their_spans(tmp_path):
+    path = tmp_path / "zh.json"
+    path.write_text(json.dumps({"text": "明天北京天气怎么样？", "intent": "weather", "entities": [
+        {"start": 0, "end": 2, "entity": "date"}, {"start": 2, "end": 4, "entity": "city"}]}, ensure_ascii=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no span is widened
+        (example,) = read_span_json(path)
+    assert example["slots"][:5] == ["B-date", "I-date", "B-city", "I-city", "O"]
+    assert bio_to_spans(example["slots"]) == [("date", 0, 2), ("city", 2, 4)]
 
 
 def test_combining_marks_stay_with_their_word():

@@ -35,11 +35,17 @@ FORMATS = ("folder", "jsonl", "spans")
 # package's \p{M} (already installed with transformers); "whitespace" is exactly str.isspace.
 _SPACE = "".join(sorted({chr(i) for i in range(0x3001) if chr(i).isspace()}))  # none above U+3000
 _NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
-_WORD = r"[\p{L}\p{N}_\p{M}]"  # Python's \w (letters, all numbers, "_": not regex's \w) plus marks
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): each
+# grapheme cluster is a token, so an entity can start and end anywhere ("明天|北京|天气" are six
+# tokens), as BERT's basic tokenizer does for ideographs; "ー" is the kana length mark
+_UNSPACED = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ー]"
+# Python's \w (letters, all numbers, "_": not regex's \w) plus marks, outside those scripts
+_WORD = r"(?:(?!" + _UNSPACED + r")[\p{L}\p{N}_\p{M}])"
 # any other character starts a token of one grapheme cluster (\X: an emoji ZWJ sequence, a flag or
 # a symbol with its marks stays whole); invisible format characters (\p{Cf}: zero-width space,
 # a stray joiner, BOM) are no token, like whitespace
-_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?![\p{L}\p{N}_\p{M}\p{Cf}])(?=" + _NOT_SPACE + r")\X")
+_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?=" + _UNSPACED + r")\X"
+                          r"|(?![\p{L}\p{N}_\p{M}\p{Cf}])(?=" + _NOT_SPACE + r")\X")
 _TAG_RE = re.compile(r"O|[BI]-\S+")
 
 
@@ -53,7 +59,9 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
     joined by an internal ``'``, ``’``, ``.``, ``:``, ``-``, ``/`` or ``&`` that is followed by
     more word characters; every other non-space character is a token by itself, with the rest of
     its grapheme cluster (an emoji ZWJ sequence is one token), except invisible format characters
-    (zero-width space, a stray joiner), which separate tokens as whitespace does.
+    (zero-width space, a stray joiner), which separate tokens as whitespace does. In scripts written
+    without spaces (Chinese, Japanese kana, Thai, Lao, Khmer, Myanmar) every grapheme cluster is a
+    token: ``"明天北京天气"`` -> 明 | 天 | 北 | 京 | 天 | 气.
     Examples: ``"wake me at 6:30, o'clock"`` -> wake | me | at | 6:30 | , | o'clock;
     ``"st. louis"`` -> st | . | louis; ``""`` -> [].
     Text is not lowercased or normalised here.
