@@ -4,13 +4,13 @@ word as it appears inside a sentence, in training and when the run is loaded to 
 import pytest
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from tokenizers.processors import RobertaProcessing
-from transformers import AutoTokenizer, RobertaConfig, RobertaModel, RobertaTokenizerFast
+from tokenizers.processors import RobertaProcessing, TemplateProcessing
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel, RobertaTokenizerFast
 
 from slu_feedback.models import load_run
-from slu_feedback.models.encoders import load_word_tokenizer
+from slu_feedback.models.encoders import load_word_tokenizer, words_encode_as_in_text
 from slu_feedback.training.recipe import load_recipe
-from slu_feedback.training.trainer import train
+from slu_feedback.training.trainer import TrainingError, train
 
 from conftest import REPO, SAMPLE, tiny_overrides
 
@@ -45,6 +45,22 @@ def test_byte_level_words_are_encoded_as_inside_a_sentence(tiny_roberta):
     assert word_pieces(load_word_tokenizer(tiny_roberta), words) == in_sentence
 
 
+def test_a_generic_byte_level_tokenizer_is_fixed_in_its_pipeline(tmp_path):
+    """ModernBERT style: a tokenizer.json whose ByteLevel pre-tokenizer adds no prefix space, loaded
+    by the generic fast class, which has no add_prefix_space option of its own."""
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train([str(SAMPLE / "train" / "seq.in")], vocab_size=400, min_frequency=1,
+              special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"], show_progress=False)
+    bpe._tokenizer.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", mask_token="[MASK]").save_pretrained(tmp_path / "tok")
+    assert not words_encode_as_in_text(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    fixed = load_word_tokenizer(str(tmp_path / "tok"))
+    assert words_encode_as_in_text(fixed)
+    fixed.save_pretrained(tmp_path / "run")  # as slu-train saves it with the run
+    assert words_encode_as_in_text(AutoTokenizer.from_pretrained(tmp_path / "run"))
+
+
 def test_a_wordpiece_tokenizer_is_loaded_unchanged(tiny_encoder):
     words = ["show", "me", "flights"]
     assert word_pieces(load_word_tokenizer(tiny_encoder), words) == word_pieces(AutoTokenizer.from_pretrained(tiny_encoder), words)
@@ -61,3 +77,17 @@ def test_a_roberta_run_parses_with_the_tokenization_it_was_trained_with(tiny_rob
     firsts = [piece for i, (piece, word) in enumerate(zip(pieces, encoding.word_ids(0)))
               if word is not None and word != encoding.word_ids(0)[i - 1]]
     assert len(firsts) == 2 and all(piece.startswith("Ġ") for piece in firsts)  # each word begins with its space
+
+
+def test_cls_pooling_is_refused_where_the_classification_token_is_not_first(tmp_path, tiny_recipe, tiny_encoder):
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train([str(SAMPLE / "train" / "seq.in")], vocab_size=400, min_frequency=1,
+              special_tokens=["<unk>", "<sep>", "<cls>", "<pad>"], show_progress=False)
+    bpe._tokenizer.post_processor = TemplateProcessing(single="$A <sep> <cls>", special_tokens=[("<sep>", 1), ("<cls>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<unk>", sep_token="<sep>", cls_token="<cls>",
+                            pad_token="<pad>").save_pretrained(tmp_path / "cls-last")  # as XLNet's
+    with pytest.raises(TrainingError, match="pooling=cls.*use model.pooling=mean"):
+        train(tiny_recipe("model.pooling=cls", f"model.tokenizer={tmp_path / 'cls-last'}"))
+    assert not (tmp_path / "run").exists()  # refused before any run folder was made
+    run_dir = train(tiny_recipe("model.pooling=cls", "train.epochs=1"))  # BERT's [CLS] is first
+    assert (run_dir / "config.json").exists()

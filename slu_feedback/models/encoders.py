@@ -4,7 +4,11 @@ Both map (input_ids, attention_mask) to sub-token features (batch x tokens x hid
 """
 
 import importlib.util
+import json
+import warnings
 from pathlib import Path
+
+from tokenizers import Tokenizer
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -32,14 +36,38 @@ def resolve_encoder(name_or_path: str) -> str:
 
 
 def load_word_tokenizer(name_or_path: str):
-    """The encoder's tokenizer, set up for words given one by one (`is_split_into_words`): a
-    byte-level BPE tokenizer (RoBERTa, GPT-2 style) gets add_prefix_space=True, so that "me" in
-    "show me" is encoded as inside a sentence ("Ġme") rather than as a text's first word ("m", "e"),
-    which the encoder never saw in pretraining. The setting is saved with the run's tokenizer."""
+    """The encoder's tokenizer, set up for words given one by one (`is_split_into_words`), so that
+    each word is encoded as it is inside a sentence, the way the encoder was pretrained. Word-piece
+    and SentencePiece tokenizers already do; a byte-level BPE tokenizer (RoBERTa, GPT-2, ModernBERT
+    style) encodes "me" given alone as a text's first word ("m", "e" instead of "Ġme") unless its
+    pre-tokenizer adds a prefix space: that is switched on, through the tokenizer class where it
+    has the option (RoBERTa) or in the tokenizer's own pipeline (a generic fast tokenizer), and is
+    saved with the run's tokenizer. Anything else that still disagrees gets a warning."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if getattr(tokenizer, "add_prefix_space", None) is False:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
+    if words_encode_as_in_text(tokenizer):
+        return tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
+    if not words_encode_as_in_text(tokenizer) and getattr(tokenizer, "is_fast", False):
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        pre = state.get("pre_tokenizer") or {}
+        for step in pre.get("pretokenizers", [pre]):
+            if step.get("type") == "ByteLevel":
+                step["add_prefix_space"] = True
+        tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    if not words_encode_as_in_text(tokenizer):
+        warnings.warn(f"{name_or_path}: its tokenizer encodes a word given on its own differently from the same "
+                      f"word inside a sentence; the encoder will see sub-tokens it was not pretrained on")
     return tokenizer
+
+
+def words_encode_as_in_text(tokenizer, words=("book", "me", "flights")) -> bool:
+    """Whether the words after the first get, given one by one, the sub-tokens they get inside the
+    sentence (the first word of a text may differ: it has no space before it)."""
+    as_words = tokenizer([list(words)], is_split_into_words=True, add_special_tokens=False)
+    ids, word_ids = as_words["input_ids"][0], as_words.word_ids(0)
+    in_text = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    first = tokenizer(words[0], add_special_tokens=False)["input_ids"]
+    return in_text[:len(first)] == first and [i for i, w in zip(ids, word_ids) if w != 0] == in_text[len(first):]
 
 
 class HFEncoder(nn.Module):

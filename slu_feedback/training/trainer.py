@@ -310,6 +310,18 @@ def choose_run_dir(recipe: dict, resume: bool, overwrite: bool, accelerator) -> 
     return run_dir
 
 
+def check_cls_first(tokenizer, model_cfg: dict) -> None:
+    """model.pooling=cls feeds the intent head the first sub-token: refuse a tokenizer that does not
+    put its classification token there (XLNet puts it last), which would train on the first word."""
+    if model_cfg["pooling"] != "cls" or model_cfg["encoder_type"] != "hf":
+        return
+    first_id = tokenizer("a")["input_ids"][0]
+    if tokenizer.cls_token_id is None or first_id != tokenizer.cls_token_id:
+        raise TrainingError(f"model.pooling=cls reads the first sub-token, but {model_cfg['encoder']}'s tokenizer starts "
+                            f"with {tokenizer.convert_ids_to_tokens(first_id)!r}, not a classification token; "
+                            f"use model.pooling=mean")
+
+
 def build_models(recipe: dict, parts: dict):
     """The tokenizer and one SLUModel per dataset ({"": model} unless joint), all on one encoder
     checkpoint. An encoder that is neither a folder nor reachable on the Hub: one line, not
@@ -317,6 +329,7 @@ def build_models(recipe: dict, parts: dict):
     names = list(parts)
     try:
         tokenizer = load_tokenizer(recipe["model"])
+        check_cls_first(tokenizer, recipe["model"])
         encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
         models = {name: SLUModel.from_encoder(
             build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
