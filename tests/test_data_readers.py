@@ -12,6 +12,7 @@ import pytest
 from slu_feedback.data import (UNKNOWN_ID, DataError, LabelMaps, bio_to_spans, build_label_maps,
                                detect_format, load_splits, read_folder_split, read_jsonl, read_span_json,
                                resolve_data_path, subsample, tokenize, write_examples)
+from slu_feedback.data.readers import read_rasa_yaml
 import slu_feedback.data.fetch as fetch_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,9 +126,50 @@ def test_folder_empty_file(tmp_path):
 
 def test_folder_line_count_mismatch(tmp_path):
     d = write_split(tmp_path, "train", GOOD[0], GOOD[1], "set_alarm\n")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DataError, match="seq.in has 2 lines but label has 1") as err:
         read_folder_split(tmp_path, "train")
-    assert (err.value.path, err.value.line) == (str(d / "label"), 2)
+    assert (err.value.path, err.value.line) == (str(d / "seq.in"), 2)  # the first line without a label
+
+
+def test_folder_count_mismatch_names_the_longer_file_and_blank_lines_at_the_end_are_none(tmp_path):
+    d = write_split(tmp_path, "train", GOOD[0] + "\n\n", GOOD[1], GOOD[2] + " \n")  # an editor's extra blank lines
+    assert [ex["intent"] for ex in read_folder_split(tmp_path, "train")] == ["set_alarm", "play_music"]
+    d = write_split(tmp_path, "valid", GOOD[0] + "one more\n", GOOD[1], GOOD[2])
+    with pytest.raises(DataError, match="seq.in has 3 lines but seq.out has 2") as err:
+        read_folder_split(tmp_path, "valid")
+    assert (err.value.path, err.value.line) == (str(d / "seq.in"), 3)  # the line without tags, in seq.in
+
+
+def test_a_json_value_over_several_lines_is_reported_where_it_breaks(tmp_path):
+    rasa = tmp_path / "rasa.json"
+    rasa.write_text('{\n "rasa_nlu_data": {\n  "common_examples": [\n   {"text": "hi",\n    "intent": weather}]}}\n')
+    with pytest.raises(DataError, match="Expecting value") as err:
+        read_span_json(rasa)
+    assert err.value.line == 5  # the line of `weather`, not line 1
+    pretty = tmp_path / "pretty.json"  # objects one after another, each over several lines (jq '.[]')
+    pretty.write_text('{\n "text": "hi",\n "intent": "a"\n}\n{\n "text": "yo",\n "intent": "b"\n}\n')
+    with pytest.raises(DataError, match="one object per line") as err:
+        read_span_json(pretty)
+    assert err.value.line == 5
+    one = tmp_path / "one.jsonl"
+    one.write_text('{\n "tokens": ["hi"],\n "slots": ["O"],\n "intent": "a"\n}\n')
+    with pytest.raises(DataError, match="one object per line"):
+        read_jsonl(one)
+    # JSON Lines with a broken first line: that line, not where the document parser gives up
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "a"\n{"tokens": ["hi"], "slots": ["O"], "intent": "a"}\n')
+    with pytest.raises(DataError, match="column 49") as err:
+        read_jsonl(broken)
+    assert err.value.line == 1
+
+
+def test_broken_rasa_markup_is_an_error_not_a_silently_wrong_entity(tmp_path):
+    path = tmp_path / "nlu.yml"
+    path.write_text('version: "3.1"\nnlu:\n- intent: hotel\n  examples: |\n    - ein Hotel in [Köln](city)\n'
+                    '    - ein Hotel in [Köln(city) für [drei Nächte](duration)\n', encoding="utf-8")
+    with pytest.raises(DataError, match="markup is broken near '\\[Köln\\(city\\)'") as err:
+        read_rasa_yaml(path)
+    assert err.value.line == 6
 
 
 def test_folder_token_tag_mismatch(tmp_path):

@@ -204,15 +204,41 @@ def _loads(text: str, path: Path, line: int | None):
         raise _json_error(e, path, line) from None
 
 
+def _document_error(text: str, path: Path) -> DataError | None:
+    """For a file that is not JSON Lines (its first line is not JSON on its own): where the whole
+    document breaks (its line and column, not line 1), or None when it is one valid value."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # a complete value, then more: pretty-printed objects one after another
+            return DataError("a second JSON value starts here: write one object per line (JSON Lines) or one "
+                             "JSON list of objects", path, error.lineno)
+        return DataError(f"invalid JSON: {error.msg} (column {error.colno})", path, error.lineno)
+    except (ValueError, RecursionError) as error:
+        return _json_error(error, path, None)
+    return None
+
+
+def _json_lines_like(text: str) -> bool:
+    """Whether one of the first two non-blank lines is JSON on its own: JSON Lines (maybe with a bad
+    line), not one value pretty-printed over several lines (whose error is the document's)."""
+    for line in [line for line in text.split("\n") if line.strip()][:2]:
+        try:
+            json.loads(line)
+            return True
+        except (ValueError, RecursionError):
+            pass
+    return False
+
+
 def _read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file with trailing whitespace stripped (SNIPS lines end in a space)."""
-    text = read_text(path)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline does not start another utterance
+    lines = [ln.rstrip() for ln in read_text(path).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()  # blank lines at the end (the final newline, an editor's extra one) are no utterances
     if not lines:
         raise DataError("file is empty", path)
-    return [ln.rstrip() for ln in lines]
+    return lines
 
 
 def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = True) -> list[dict]:
@@ -222,8 +248,9 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
     words, tags, labels = (_read_lines(p) for p in paths)
     n = len(words)
     for p, lines in zip(paths[1:], (tags, labels)):
-        if len(lines) != n:
-            raise DataError(f"{len(lines)} lines but {paths[0].name} has {n}", p, min(len(lines), n) + 1)
+        if len(lines) != n:  # named at the first line that has no counterpart, in the longer file
+            raise DataError(f"{paths[0].name} has {n} lines but {p.name} has {len(lines)}",
+                            paths[0] if n > len(lines) else p, min(len(lines), n) + 1)
     examples = []
     for i, (w, t, lab) in enumerate(zip(words, tags, labels), start=1):
         if not w:
@@ -248,6 +275,9 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool =
     for i, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
+        if not examples and not _json_lines_like(read_text(path)):  # one value written over several lines
+            raise _document_error(read_text(path), path) or DataError(
+                "one JSON value over several lines: JSON Lines needs one object per line", path, i)
         obj = _loads(line, path, i)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", path, i)
@@ -356,7 +386,9 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
             "text": text, "offsets": [[s, e] for _, s, e in words]}
 
 
-RASA_ENTITY = re.compile(r"\[(?P<text>[^\]]+)\](?:\((?P<short>[^)]+)\)|(?P<json>\{[^}]*\}))")
+RASA_ENTITY = re.compile(r"\[(?P<text>[^\[\]]+)\](?:\((?P<short>[^)]+)\)|(?P<json>\{[^}]*\}))")
+# what is left of broken markup once the entities are taken out: "[köln(city)" (no "]"), "köln](city)" (no "[")
+BROKEN_MARKUP = re.compile(r"\[[^\[\]]*(?:\([^()\s]+\)|\{[^{}]*\})|\]\(|\]\{")
 
 
 def _rasa_annotated(line: str, path: Path, line_no: int | None) -> dict:
@@ -379,7 +411,11 @@ def _rasa_annotated(line: str, path: Path, line_no: int | None) -> dict:
         # a synonym's value is what the entity means, not a word to tag: the tags need only the span
         entities.append({"start": len(text), "end": len(text) + len(m["text"]), "entity": label})
         text, last = text + m["text"], m.end()
-    return {"text": text + line[last:], "entities": entities}
+    text += line[last:]
+    broken = BROKEN_MARKUP.search(text)
+    if broken:
+        raise DataError(f"entity markup is broken near {broken.group()!r}: an entity is written [text](label)", path, line_no)
+    return {"text": text, "entities": entities}
 
 
 def read_rasa_yaml(path: str | os.PathLike) -> list[dict]:
@@ -444,7 +480,9 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
         try:
             whole = json.loads(text)
         except (ValueError, RecursionError):
-            whole = None  # not one JSON value: JSONL (which reports the bad line)
+            if not _json_lines_like(text):  # not JSON Lines either: report where the document breaks
+                raise _document_error(text, path) from None
+            whole = None  # JSON Lines, which reports the bad line
         if isinstance(whole, dict) and "rasa_nlu_data" in whole:
             common = whole["rasa_nlu_data"].get("common_examples") if isinstance(whole["rasa_nlu_data"], dict) else None
             if not isinstance(common, list):
