@@ -100,6 +100,23 @@ def test_convert_round_trip(tmp_path):
         assert (tmp_path / "folder" / "train" / name).read_bytes() == (SAMPLE / "train" / name).read_bytes()
 
 
+def test_convert_and_split_refuse_to_replace_files_unless_told(tmp_path):
+    spans = SAMPLE / "spans_example.json"
+    src = tmp_path / "mine"
+    src.mkdir()
+    for name in ("train", "valid", "test"):
+        shutil.copy(spans, src / f"{name}.json")
+    before = (src / "train.json").read_bytes()
+    res = run("convert", src, src, "--to", "spans")  # into itself: the annotated spans would be rewritten
+    assert res.exit_code == 1 and "train.json, " in res.output and "already exist:" in res.output and "--overwrite" in res.output
+    assert (src / "train.json").read_bytes() == before
+    assert run("convert", src, src, "--to", "spans", "--overwrite").exit_code == 0
+    assert run("split", SAMPLE / "train", tmp_path / "s").exit_code == 0
+    res = run("split", SAMPLE / "train", tmp_path / "s", "--seed", "1")
+    assert res.exit_code == 1 and "already exist" in res.output
+    assert run("split", SAMPLE / "train", tmp_path / "s", "--seed", "1", "--overwrite").exit_code == 0
+
+
 def test_split_one_file_into_a_dataset_by_intent(tmp_path):
     from collections import Counter
 

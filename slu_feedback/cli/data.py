@@ -36,6 +36,20 @@ def _data_errors_to_click(fn):
     return wrapper
 
 
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace split files that DST holds already.")
+
+
+def _outputs(dst: str, names, to_fmt: str, overwrite: bool) -> dict:
+    """{split: output path} in DST; refuses, unless `overwrite`, to replace files already there (the
+    source itself, when DST is where it lies: an annotation tool's character spans would be lost)."""
+    outs = {name: Path(dst) / (OUT_NAMES.get(name, Path(name).stem) + OUT_EXT.get(to_fmt, "")) for name in names}
+    existing = [str(out) for out in outs.values() if out.exists()]
+    if existing and not overwrite:
+        raise click.ClickException(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: choose "
+                                   "another destination, or pass --overwrite to replace")
+    return outs
+
+
 def _load(path: str, fmt: str, repair_bio: bool = True) -> dict:
     """All splits of a dataset directory, or a single split folder / file as one split.
 
@@ -123,13 +137,14 @@ def validate(path, fmt, strict_bio):
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--to", "to_fmt", type=click.Choice(["folder", "jsonl", "spans"]), required=True)
 @click.option("--from", "from_fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@OVERWRITE
 @_data_errors_to_click
-def convert(src, dst, to_fmt, from_fmt):
+def convert(src, dst, to_fmt, from_fmt, overwrite):
     """Convert all splits of SRC into directory DST (train/valid/test in the target format)."""
     splits = _load(src, from_fmt)
+    outs = _outputs(dst, splits, to_fmt, overwrite)
     for name, ds in splits.items():
-        out_name = OUT_NAMES.get(name, Path(name).stem)
-        out = Path(dst) / (out_name + OUT_EXT.get(to_fmt, ""))
+        out = outs[name]
         write_examples(ds, out, to_fmt)
         click.echo(f"{name}: {len(ds)} -> {out}")
 
@@ -168,8 +183,9 @@ def stratified_split(examples, valid: float, test: float, seed: int) -> dict:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--to", "to_fmt", type=click.Choice(["folder", "jsonl", "spans"]), default="jsonl", show_default=True)
 @click.option("--from", "from_fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
+@OVERWRITE
 @_data_errors_to_click
-def split(src, dst, valid, test, seed, to_fmt, from_fmt):
+def split(src, dst, valid, test, seed, to_fmt, from_fmt, overwrite):
     """Split one file or split folder SRC (all your labelled data) into DST's train/valid/test,
     stratified by intent, so that slu-train can take it."""
     if valid + test >= 1:
@@ -179,13 +195,14 @@ def split(src, dst, valid, test, seed, to_fmt, from_fmt):
         raise click.ClickException(f"{src} holds the splits {', '.join(splits)} already; split takes one file or "
                                    "split folder (slu-data convert copies a whole dataset)")
     data = next(iter(splits.values()))
+    outs = _outputs(dst, ("train", "validation", "test"), to_fmt, overwrite)
     parts = stratified_split(data, valid, test, seed)
     empty = [name for name in ("validation", "test") if not parts[name]]
     if empty:
         raise click.ClickException(f"{len(data)} utterances leave nothing for {' and '.join(empty)} (every intent's "
                                    "first utterance stays in train): raise --valid/--test or label more data")
     for name, idx in parts.items():
-        out = Path(dst) / (OUT_NAMES[name] + OUT_EXT.get(to_fmt, ""))
+        out = outs[name]
         write_examples(data.select(idx), out, to_fmt)
         click.echo(f"{name}: {len(idx)} -> {out}")
 
