@@ -663,6 +663,26 @@ def test_the_word_split_follows_the_training_words():
     assert word_split_of([["play", "jazz"], ["fly", "to", "st.", "louis"]]) == "whitespace"
 
 
+def test_slu_train_says_when_the_parser_will_split_at_whitespace_only():
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from slu_feedback.data.readers import off_rule
+    from slu_feedback.training.trainer import choose_word_splits
+
+    words = [["play", "jazz"], ["fly", "to", "st.", "louis", "mouse:"], ["l'", "hôtel"]]
+    assert off_rule(words) == [(1, "st.", ["st", "."]), (2, "l'", ["l", "'"])]  # each utterance's first such word
+    said = []
+    accelerator = SimpleNamespace(print=said.append)
+    assert choose_word_splits({"": ({"train": Dataset.from_dict({"tokens": words})}, None)}, accelerator) == {"": "whitespace"}
+    assert said == ["slu-parse will split text into words at whitespace only: 2 of 3 training utterances have words "
+                    "that the tokenisation rule would split (utterance 2: 'st.' -> 'st' '.'); see data/FORMATS.md"]
+    said.clear()
+    parts = {"": ({"train": Dataset.from_dict({"tokens": words[:1]})}, None)}
+    assert choose_word_splits(parts, accelerator) == {"": "rule"} and said == []
+
+
 def test_a_span_whose_value_differs_from_its_text_warns(tmp_path):
     """JavaScript annotation tools count UTF-16 units: after an emoji every offset is one too far."""
     p = tmp_path / "train.json"

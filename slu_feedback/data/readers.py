@@ -83,8 +83,20 @@ def word_split_of(token_lists) -> str:
     """"rule" if every utterance's words are what `tokenize` makes of them joined by spaces (span
     data, or pre-tokenised data that follows the rule), else "whitespace": the parser splits raw text
     the way the training words were split."""
-    follows = all([w for w, _, _ in tokenize(" ".join(tokens))] == list(tokens) for tokens in token_lists)
-    return "rule" if follows else "whitespace"
+    return "whitespace" if off_rule(token_lists) else "rule"
+
+
+def off_rule(token_lists) -> list[tuple[int, str, list]]:
+    """(index, word, what `tokenize` makes of it) for each utterance with a word that the rule
+    would split otherwise ("st." -> "st" "."), one entry per utterance (its first such word)."""
+    out = []
+    for i, tokens in enumerate(token_lists):
+        for word in tokens:
+            pieces = [w for w, _, _ in tokenize(word)]
+            if pieces != [word]:
+                out.append((i, word, pieces))
+                break
+    return out
 
 
 def join_tokens(tokens: list[str]) -> tuple[str, list[list[int]]]:

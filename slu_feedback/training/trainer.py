@@ -28,7 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..data.dataset import build_label_maps, load_splits, resolve_data_path, slot_types_by_intent, subsample
 from ..data.features import featurize, make_loader
-from ..data.readers import word_split_of
+from ..data.readers import off_rule
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
 from ..provenance import run_provenance
@@ -322,9 +322,27 @@ def check_cls_first(tokenizer, model_cfg: dict) -> None:
                             f"use model.pooling=mean")
 
 
-def build_models(recipe: dict, parts: dict):
+def choose_word_splits(parts: dict, accelerator) -> dict:
+    """{dataset: "rule" | "whitespace"}, how its training words were split, which the parser will
+    follow (see `off_rule`); "whitespace" is said with an example, since it changes how slu-parse
+    reads punctuation ("st." stays one word)."""
+    splits = {}
+    for name, (data, _) in parts.items():
+        off = off_rule(data["train"]["tokens"])
+        splits[name] = "whitespace" if off else "rule"
+        if off:
+            i, word, pieces = off[0]
+            accelerator.print(f"{name + ': ' if name else ''}slu-parse will split text into words at whitespace only: "
+                              f"{len(off)} of {len(data['train'])} training utterances have words that the tokenisation "
+                              f"rule would split (utterance {i + 1}: {word!r} -> {' '.join(map(repr, pieces))}); "
+                              "see data/FORMATS.md")
+    return splits
+
+
+def build_models(recipe: dict, parts: dict, word_splits: dict):
     """The tokenizer and one SLUModel per dataset ({"": model} unless joint), all on one encoder
-    checkpoint. An encoder that is neither a folder nor reachable on the Hub: one line, not
+    checkpoint; `word_splits`: {dataset: how its training words were split}. An encoder that is
+    neither a folder nor reachable on the Hub: one line, not
     transformers' traceback."""
     names = list(parts)
     try:
@@ -333,7 +351,7 @@ def build_models(recipe: dict, parts: dict):
         encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
         models = {name: SLUModel.from_encoder(
             build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
-                               slot_types_by_intent(data["train"]), word_split_of(data["train"]["tokens"]),
+                               slot_types_by_intent(data["train"]), word_splits[name],
                                recipe["data"]["max_length"]),
             encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
     except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
@@ -468,7 +486,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     set_seed(recipe["seed"])
     parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
     names = list(parts)
-    tokenizer, models = build_models(recipe, parts)
+    tokenizer, models = build_models(recipe, parts, choose_word_splits(parts, accelerator))
     model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
     config = model.config  # the model settings; labels differ per dataset (models[name].config)
     if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
