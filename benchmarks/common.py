@@ -21,6 +21,11 @@ def git_commit() -> str:
     return os.environ.get("SLU_BENCH_COMMIT") or package_commit(ROOT) or "unknown"
 
 
+# The code a benchmark runs is the code it imported when it started: a commit made while it trains
+# (a long run) must not be recorded as what produced its numbers
+COMMIT_AT_START = git_commit()
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -36,7 +41,7 @@ def machine() -> dict:
 
 
 def provenance() -> dict:
-    return {"command": " ".join([Path(sys.executable).name] + sys.argv), "commit": git_commit(), "machine": machine(),
+    return {"command": " ".join([Path(sys.executable).name] + sys.argv), "commit": COMMIT_AT_START, "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -45,14 +45,15 @@ def data_fingerprint(data) -> dict:
     return out
 
 
-def run_provenance(data_paths: dict | None = None, data: dict | None = None) -> dict:
+def run_provenance(data_paths: dict | None = None, data: dict | None = None, commit: str | None = None) -> dict:
     """`data_paths`: {dataset: resolved path}; `data`: {dataset: DatasetDict} (dataset "" is a
-    single-dataset run's, recorded as "dataset")."""
+    single-dataset run's, recorded as "dataset"); `commit`: `git_commit()` when the code started
+    (default: now), since a commit made while a long run trains did not produce it."""
     import accelerate
     import torch
     import transformers
 
-    return {"slu_feedback": __version__, "commit": git_commit(), "python": platform.python_version(),
+    return {"slu_feedback": __version__, "commit": commit or git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

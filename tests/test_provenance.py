@@ -59,3 +59,27 @@ def test_untracked_copy_inside_another_repository_records_none(tmp_path):
 
 def test_outside_any_repository_records_none(tmp_path):
     assert git_commit(copy_package(tmp_path)) is None
+
+
+@pytest.mark.e2e
+def test_a_run_records_the_commit_its_code_started_at(tiny_recipe, monkeypatch):
+    """A commit made while a long run trains did not produce it."""
+    import json
+
+    import slu_feedback.provenance as provenance
+    import slu_feedback.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "git_commit", lambda: "abc-at-start")
+    monkeypatch.setattr(provenance, "git_commit", lambda: "def-committed-later")
+    run_dir = trainer.train(tiny_recipe("train.epochs=1"))
+    assert json.loads((run_dir / "all_results.json").read_text())["provenance"]["commit"] == "abc-at-start"
+
+
+def test_benchmarks_record_the_commit_they_started_at(monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(PACKAGE.parent / "benchmarks"))
+    import common
+
+    monkeypatch.setattr(common, "git_commit", lambda: "def-committed-later")
+    assert common.provenance()["commit"] == common.COMMIT_AT_START != "def-committed-later"

@@ -31,7 +31,7 @@ from ..data.features import featurize, make_loader
 from ..data.readers import off_rule
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
-from ..provenance import run_provenance
+from ..provenance import git_commit, run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
 from ..models.encoders import load_word_tokenizer
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
@@ -425,9 +425,9 @@ def metrics_logger(metrics_file: Path, accelerator):
     return log
 
 
-def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: dict) -> None:
+def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: dict, commit: str | None) -> None:
     """all_results.json (a joint run: also one per dataset folder), the training-curve PNG, and a
-    warning when the best epoch learnt nothing."""
+    warning when the best epoch learnt nothing; `commit`: the code's commit when training started."""
     joint = "" not in paths
     bayes = recipe["model"]["head"] == "vmtl"
     names = list(parts)
@@ -445,7 +445,7 @@ def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: 
         results["prior_weights"] = state.get("prior_at_best", {})
     results["provenance"] = run_provenance(
         {name: resolve_data_path(path, recipe.get("recipe_dir")) for name, path in paths.items()},
-        {name: data for name, (data, _) in parts.items()})
+        {name: data for name, (data, _) in parts.items()}, commit)
     if joint:
         results["datasets"] = names
         for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
@@ -470,6 +470,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
     interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended;
     `overwrite=True` replaces a run already in output_dir (otherwise an error)."""
+    commit = git_commit()  # the code this process runs, whatever is committed while it trains
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
@@ -612,7 +613,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             break
 
     if accelerator.is_main_process:
-        write_results(recipe, run_dir, paths, parts, state)
+        write_results(recipe, run_dir, paths, parts, state, commit)
     log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
