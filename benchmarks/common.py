@@ -9,21 +9,19 @@ from pathlib import Path
 
 import torch
 
-from slu_feedback.provenance import git_commit as package_commit
+from slu_feedback.provenance import COMMIT_AT_IMPORT, git_commit as package_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+# the package's checkout, or this one where the package is installed from elsewhere; read at import
+COMMIT_AT_START = COMMIT_AT_IMPORT or package_commit(ROOT)
 
 
 def git_commit() -> str:
-    """HEAD (+ "-dirty" when the code or recipes differ from it); SLU_BENCH_COMMIT overrides it for a
-    copy of the tree whose git metadata lags behind (a tree sent to a GPU machine)."""
-    return os.environ.get("SLU_BENCH_COMMIT") or package_commit(ROOT) or "unknown"
-
-
-# The code a benchmark runs is the code it imported when it started: a commit made while it trains
-# (a long run) must not be recorded as what produced its numbers
-COMMIT_AT_START = git_commit()
+    """The commit of the code this process imported (+ "-dirty" when the code or recipes differed
+    from it); SLU_BENCH_COMMIT overrides it for a copy of the tree whose git metadata lags behind (a
+    tree sent to a GPU machine)."""
+    return os.environ.get("SLU_BENCH_COMMIT") or COMMIT_AT_START or "unknown"
 
 
 def machine() -> dict:
@@ -41,7 +39,7 @@ def machine() -> dict:
 
 
 def provenance() -> dict:
-    return {"command": " ".join([Path(sys.executable).name] + sys.argv), "commit": COMMIT_AT_START, "machine": machine(),
+    return {"command": " ".join([Path(sys.executable).name] + sys.argv), "commit": git_commit(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

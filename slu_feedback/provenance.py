@@ -33,6 +33,11 @@ def git_commit(root: Path = SOURCE) -> str | None:
         return None
 
 
+# The code this process runs is the code it imported: a commit made while it trains (a long run, or a
+# benchmark training seed after seed in one process) did not produce it
+COMMIT_AT_IMPORT = git_commit()
+
+
 def data_fingerprint(data) -> dict:
     """Each split's size and a hash of its words and labels: two runs trained on the same data
     (wherever it was found) share it."""
@@ -45,15 +50,14 @@ def data_fingerprint(data) -> dict:
     return out
 
 
-def run_provenance(data_paths: dict | None = None, data: dict | None = None, commit: str | None = None) -> dict:
+def run_provenance(data_paths: dict | None = None, data: dict | None = None) -> dict:
     """`data_paths`: {dataset: resolved path}; `data`: {dataset: DatasetDict} (dataset "" is a
-    single-dataset run's, recorded as "dataset"); `commit`: `git_commit()` when the code started
-    (default: now), since a commit made while a long run trains did not produce it."""
+    single-dataset run's, recorded as "dataset")."""
     import accelerate
     import torch
     import transformers
 
-    return {"slu_feedback": __version__, "commit": commit or git_commit(), "python": platform.python_version(),
+    return {"slu_feedback": __version__, "commit": COMMIT_AT_IMPORT, "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -111,6 +111,9 @@ def test_convert_and_split_refuse_to_replace_files_unless_told(tmp_path):
     assert res.exit_code == 1 and "train.json, " in res.output and "already exist:" in res.output and "--overwrite" in res.output
     assert (src / "train.json").read_bytes() == before
     assert run("convert", src, src, "--to", "spans", "--overwrite").exit_code == 0
+    res = run("convert", src, src, "--to", "jsonl", "--overwrite")  # train.jsonl beside train.json: two train splits
+    assert res.exit_code == 1 and "holds the same split as train.jsonl" in res.output
+    assert not (src / "train.jsonl").exists()
     assert run("split", SAMPLE / "train", tmp_path / "s").exit_code == 0
     res = run("split", SAMPLE / "train", tmp_path / "s", "--seed", "1")
     assert res.exit_code == 1 and "already exist" in res.output

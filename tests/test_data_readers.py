@@ -59,6 +59,7 @@ def test_scripts_without_spaces_are_split_into_characters():
     assert words("明天北京天气？") == ["明", "天", "北", "京", "天", "气", "？"]
     assert words("Tokyo東京 ＮＹＣの天気 トーキョー") == ["Tokyo", "東", "京", "ＮＹＣ", "の", "天", "気", "ト", "ー", "キ", "ョ", "ー"]
     assert words("สวัสดี 3月 한국어") == ["ส", "วั", "ส", "ดี", "3", "月", "한국어"]  # Thai vowel signs stay on their consonant
+    assert words("๑๒๓ บาท abcｰ") == ["๑๒๓", "บ", "า", "ท", "abc", "ｰ"]  # their digits stay one number
 
 
 def test_two_entities_in_an_unspaced_clause_keep_their_spans(tmp_path):
@@ -170,6 +171,11 @@ def test_broken_rasa_markup_is_an_error_not_a_silently_wrong_entity(tmp_path):
     with pytest.raises(DataError, match="markup is broken near '\\[Köln\\(city\\)'") as err:
         read_rasa_yaml(path)
     assert err.value.line == 6
+    path.write_text('version: "3.1"\nnlu:\n- intent: bug\n  examples: |\n    - fix bug [#12 (crash) for [bob](person)\n'
+                    '    - set volume [max] (loud)\n', encoding="utf-8")  # literal brackets and parentheses are text
+    first, second = read_rasa_yaml(path)
+    assert first["text"] == "fix bug [#12 (crash) for bob" and second["text"] == "set volume [max] (loud)"
+    assert bio_to_spans(first["slots"]) == [("person", len(first["tokens"]) - 1, len(first["tokens"]))]
 
 
 def test_folder_token_tag_mismatch(tmp_path):

@@ -3,7 +3,7 @@ word as it appears inside a sentence, in training and when the run is loaded to 
 
 import pytest
 import torch
-from tokenizers import ByteLevelBPETokenizer
+from tokenizers import ByteLevelBPETokenizer, Regex, pre_tokenizers
 from tokenizers.processors import RobertaProcessing, TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel, RobertaTokenizerFast
 
@@ -61,9 +61,27 @@ def test_a_generic_byte_level_tokenizer_is_fixed_in_its_pipeline(tmp_path):
     assert words_encode_as_in_text(AutoTokenizer.from_pretrained(tmp_path / "run"))
 
 
+def test_a_pre_tokenizer_sequence_is_left_alone_with_a_warning(tmp_path):
+    """Llama 3 style: a Split then a ByteLevel without its own regex. A prefix space there would put
+    a "Ġ" before every piece of "6:30", so the tokenizer is kept as it is and the user warned."""
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train([str(SAMPLE / "train" / "seq.in")], vocab_size=400, min_frequency=1,
+              special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"], show_progress=False)
+    bpe._tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tmp_path / "tok")
+    with pytest.warns(UserWarning, match="not pretrained on"):
+        tokenizer = load_word_tokenizer(str(tmp_path / "tok"))
+    assert isinstance(tokenizer.backend_tokenizer.pre_tokenizer, pre_tokenizers.Sequence)
+    assert word_pieces(tokenizer, ["at", "6:30"]) == word_pieces(AutoTokenizer.from_pretrained(tmp_path / "tok"), ["at", "6:30"])
+
+
 def test_a_wordpiece_tokenizer_is_loaded_unchanged(tiny_encoder):
     words = ["show", "me", "flights"]
-    assert word_pieces(load_word_tokenizer(tiny_encoder), words) == word_pieces(AutoTokenizer.from_pretrained(tiny_encoder), words)
+    tokenizer = load_word_tokenizer(tiny_encoder)
+    assert "add_prefix_space" not in tokenizer.init_kwargs  # not reloaded with options it does not need
+    assert word_pieces(tokenizer, words) == word_pieces(AutoTokenizer.from_pretrained(tiny_encoder), words)
 
 
 @pytest.mark.e2e

@@ -62,24 +62,26 @@ def test_outside_any_repository_records_none(tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_run_records_the_commit_its_code_started_at(tiny_recipe, monkeypatch):
-    """A commit made while a long run trains did not produce it."""
+def test_a_run_records_the_commit_its_code_was_imported_at(tiny_recipe, monkeypatch):
+    """A commit made while a long run trains (or between a benchmark's seeds) did not produce it."""
     import json
 
     import slu_feedback.provenance as provenance
     import slu_feedback.training.trainer as trainer
 
-    monkeypatch.setattr(trainer, "git_commit", lambda: "abc-at-start")
-    monkeypatch.setattr(provenance, "git_commit", lambda: "def-committed-later")
+    monkeypatch.setattr(provenance, "COMMIT_AT_IMPORT", "abc-at-import")
+    monkeypatch.setattr(provenance, "git_commit", lambda *a: "def-committed-later")
     run_dir = trainer.train(tiny_recipe("train.epochs=1"))
-    assert json.loads((run_dir / "all_results.json").read_text())["provenance"]["commit"] == "abc-at-start"
+    assert json.loads((run_dir / "all_results.json").read_text())["provenance"]["commit"] == "abc-at-import"
 
 
 def test_benchmarks_record_the_commit_they_started_at(monkeypatch):
-    import sys
-
-    sys.path.insert(0, str(PACKAGE.parent / "benchmarks"))
+    monkeypatch.syspath_prepend(str(PACKAGE.parent / "benchmarks"))
     import common
 
-    monkeypatch.setattr(common, "git_commit", lambda: "def-committed-later")
-    assert common.provenance()["commit"] == common.COMMIT_AT_START != "def-committed-later"
+    monkeypatch.delenv("SLU_BENCH_COMMIT", raising=False)
+    monkeypatch.setattr(common, "COMMIT_AT_START", "abc-at-start")
+    monkeypatch.setattr(common, "package_commit", lambda *a: "def-committed-later")
+    assert common.provenance()["commit"] == "abc-at-start"
+    monkeypatch.setenv("SLU_BENCH_COMMIT", "given")  # a tree copied to a GPU machine
+    assert common.provenance()["commit"] == "given"

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from slu_feedback.data import DataError, bio_to_spans, load_data, write_examples
+from slu_feedback.data.dataset import SPLIT_FILE_EXTENSIONS, SPLIT_NAMES
 from slu_feedback.data.fetch import fetch as fetch_dataset
 
 from . import console_output
@@ -40,9 +41,18 @@ OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace split files 
 
 
 def _outputs(dst: str, names, to_fmt: str, overwrite: bool) -> dict:
-    """{split: output path} in DST; refuses, unless `overwrite`, to replace files already there (the
-    source itself, when DST is where it lies: an annotation tool's character spans would be lost)."""
+    """{split: output path} in DST. Refuses to replace split files DST holds already unless
+    `overwrite` (the source itself, when DST is where it lies: an annotation tool's character spans
+    would be lost), and always refuses to write one beside another file for the same split
+    (train.jsonl beside train.json, valid/ beside dev/), which would make DST ambiguous."""
     outs = {name: Path(dst) / (OUT_NAMES.get(name, Path(name).stem) + OUT_EXT.get(to_fmt, "")) for name in names}
+    for out in outs.values():
+        stems = next((stems for stems in SPLIT_NAMES.values() if out.stem in stems), (out.stem,))
+        clash = [str(other) for stem in stems for ext in ("", *SPLIT_FILE_EXTENSIONS)
+                 if (other := out.parent / (stem + ext)) != out and other.exists()]
+        if clash:
+            raise click.ClickException(f"{', '.join(clash)} holds the same split as {out.name} would: choose another "
+                                       "destination (two files for one split make the dataset ambiguous)")
     existing = [str(out) for out in outs.values() if out.exists()]
     if existing and not overwrite:
         raise click.ClickException(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: choose "

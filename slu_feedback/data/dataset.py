@@ -17,6 +17,7 @@ from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json, rea
 SPLITS = ("train", "validation", "test")
 # folder / file stems accepted for each split, in the order they are tried
 SPLIT_NAMES = {"train": ("train",), "validation": ("valid", "dev", "validation"), "test": ("test",)}
+SPLIT_FILE_EXTENSIONS = (".jsonl", ".json", ".yml", ".yaml")  # a split file; a folder-format split is a folder
 UNKNOWN_ID = -100  # id of labels unseen in training; also the ignore index of torch's cross-entropy
 
 FEATURES = datasets.Features({
@@ -85,7 +86,7 @@ def _sniff_file(path: Path) -> str:
 def _split_file(folder: Path, split: str) -> Path | None:
     """The file holding a split in a directory of single-file splits, e.g. ``dev.jsonl``."""
     return _only_one(folder, split, [folder / (stem + ext) for stem in SPLIT_NAMES[split]
-                                     for ext in (".jsonl", ".json", ".yml", ".yaml")
+                                     for ext in SPLIT_FILE_EXTENSIONS
                                      if (folder / (stem + ext)).is_file()])
 
 

@@ -38,7 +38,8 @@ _NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
 # Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): each
 # grapheme cluster is a token, so an entity can start and end anywhere ("明天|北京|天气" are six
 # tokens), as BERT's basic tokenizer does for ideographs; "ー" is the kana length mark
-_UNSPACED = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ー]"
+# (their digits, "๑๒๓", stay one number as "123" does; "ｰ" is the half-width length mark, "〆" a kanji-like mark)
+_UNSPACED = r"(?:(?!\p{N})[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ーｰ〆])"
 # Python's \w (letters, all numbers, "_": not regex's \w) plus marks, outside those scripts
 _WORD = r"(?:(?!" + _UNSPACED + r")[\p{L}\p{N}_\p{M}])"
 # any other character starts a token of one grapheme cluster (\X: an emoji ZWJ sequence, a flag or
@@ -225,7 +226,7 @@ def _document_error(text: str, path: Path) -> DataError | None:
         if error.msg == "Extra data":  # a complete value, then more: pretty-printed objects one after another
             return DataError("a second JSON value starts here: write one object per line (JSON Lines) or one "
                              "JSON list of objects", path, error.lineno)
-        return DataError(f"invalid JSON: {error.msg} (column {error.colno})", path, error.lineno)
+        return _json_error(error, path, error.lineno)
     except (ValueError, RecursionError) as error:
         return _json_error(error, path, None)
     return None
@@ -284,11 +285,12 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool =
     at its line with `partial=False`: a split that is scored needs both)."""
     path = Path(path)
     examples = []
-    for i, line in enumerate(_read_lines(path), start=1):
+    lines = _read_lines(path)
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if not examples and not _json_lines_like(read_text(path)):  # one value written over several lines
-            raise _document_error(read_text(path), path) or DataError(
+        if not examples and not _json_lines_like("\n".join(lines)):  # one value written over several lines
+            raise _document_error("\n".join(lines), path) or DataError(
                 "one JSON value over several lines: JSON Lines needs one object per line", path, i)
         obj = _loads(line, path, i)
         if not isinstance(obj, dict):
@@ -400,7 +402,8 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
 
 RASA_ENTITY = re.compile(r"\[(?P<text>[^\[\]]+)\](?:\((?P<short>[^)]+)\)|(?P<json>\{[^}]*\}))")
 # what is left of broken markup once the entities are taken out: "[köln(city)" (no "]"), "köln](city)" (no "[")
-BROKEN_MARKUP = re.compile(r"\[[^\[\]]*(?:\([^()\s]+\)|\{[^{}]*\})|\]\(|\]\{")
+# ("[draft (v2)" and "[#12 (crash)" are text: a label follows its "]" without a space)
+BROKEN_MARKUP = re.compile(r"\[[^\[\]]*\S(?:\([^()\s]+\)|\{[^{}]*\})|\]\(|\]\{")
 
 
 def _rasa_annotated(line: str, path: Path, line_no: int | None) -> dict:

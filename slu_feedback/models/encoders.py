@@ -4,11 +4,10 @@ Both map (input_ids, attention_mask) to sub-token features (batch x tokens x hid
 """
 
 import importlib.util
-import json
 import warnings
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import pre_tokenizers
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -41,33 +40,33 @@ def load_word_tokenizer(name_or_path: str):
     and SentencePiece tokenizers already do; a byte-level BPE tokenizer (RoBERTa, GPT-2, ModernBERT
     style) encodes "me" given alone as a text's first word ("m", "e" instead of "Ġme") unless its
     pre-tokenizer adds a prefix space: that is switched on, through the tokenizer class where it
-    has the option (RoBERTa) or in the tokenizer's own pipeline (a generic fast tokenizer), and is
-    saved with the run's tokenizer. Anything else that still disagrees gets a warning."""
+    has the option (RoBERTa) or in the tokenizer's own ByteLevel pre-tokenizer (a generic fast
+    tokenizer), and is saved with the run's tokenizer. Anything else that still disagrees (a
+    pre-tokenizer sequence, as Llama 3's) is kept as it is, with a warning."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if not getattr(tokenizer, "is_fast", False):  # words are mapped to sub-tokens with word_ids()
+        raise ValueError(f"{name_or_path}: {type(tokenizer).__name__} is a slow (Python) tokenizer; a fast one "
+                         "(tokenizer.json, the `tokenizers` library) is needed to map words to sub-tokens")
     if words_encode_as_in_text(tokenizer):
         return tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
-    if not words_encode_as_in_text(tokenizer) and getattr(tokenizer, "is_fast", False):
-        state = json.loads(tokenizer.backend_tokenizer.to_str())
-        pre = state.get("pre_tokenizer") or {}
-        for step in pre.get("pretokenizers", [pre]):
-            if step.get("type") == "ByteLevel":
-                step["add_prefix_space"] = True
-        tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
-    if not words_encode_as_in_text(tokenizer):
-        warnings.warn(f"{name_or_path}: its tokenizer encodes a word given on its own differently from the same "
-                      f"word inside a sentence; the encoder will see sub-tokens it was not pretrained on")
+    fixed = AutoTokenizer.from_pretrained(name_or_path, add_prefix_space=True)
+    if isinstance(fixed.backend_tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):  # the class ignored the option
+        fixed.backend_tokenizer.pre_tokenizer.add_prefix_space = True
+    if words_encode_as_in_text(fixed):
+        return fixed
+    warnings.warn(f"{name_or_path}: its tokenizer encodes a word given on its own differently from the same word "
+                  "inside a sentence; the encoder will see sub-tokens it was not pretrained on")
     return tokenizer
 
 
-def words_encode_as_in_text(tokenizer, words=("book", "me", "flights")) -> bool:
+def words_encode_as_in_text(tokenizer, words=("book", "me", "at", "6:30", "o'clock")) -> bool:
     """Whether the words after the first get, given one by one, the sub-tokens they get inside the
     sentence (the first word of a text may differ: it has no space before it)."""
     as_words = tokenizer([list(words)], is_split_into_words=True, add_special_tokens=False)
-    ids, word_ids = as_words["input_ids"][0], as_words.word_ids(0)
+    ids, word_ids = as_words["input_ids"], as_words.word_ids(0)
     in_text = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
     first = tokenizer(words[0], add_special_tokens=False)["input_ids"]
-    return in_text[:len(first)] == first and [i for i, w in zip(ids, word_ids) if w != 0] == in_text[len(first):]
+    return in_text[:len(first)] == first and [i for i, w in zip(ids[0], word_ids) if w != 0] == in_text[len(first):]
 
 
 class HFEncoder(nn.Module):

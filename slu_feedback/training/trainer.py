@@ -31,7 +31,7 @@ from ..data.features import featurize, make_loader
 from ..data.readers import off_rule
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
-from ..provenance import git_commit, run_provenance
+from ..provenance import run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
 from ..models.encoders import load_word_tokenizer
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
@@ -122,7 +122,7 @@ def peer_tasks(model_cfg: dict, names: list, name: str) -> list:
 def build_model_config(model_cfg: dict, label_maps, tokenizer, peers: list = (), slot_types=None,
                        word_split: str = "rule", max_length: int | None = None) -> SLUConfig:
     """`slot_types`: {intent: slot types seen with it in training} (see `slot_types_by_intent`);
-    `word_split`: how the training words were split (see `word_split_of`); `max_length`: the
+    `word_split`: how the training words were split (see `choose_word_splits`); `max_length`: the
     recipe's `data.max_length`, where the parser cuts utterances as training and `slu-eval` do."""
     keys = ["encoder", "encoder_type", "pooling", "head_hidden", "dropout", "slot_decoder", "bio_constraints",
             "intent_slot_constraints", "intent_loss_weight", "slot_loss_weight", "embedding_dim", "lstm_hidden",
@@ -341,22 +341,28 @@ def choose_word_splits(parts: dict, accelerator) -> dict:
 
 def build_models(recipe: dict, parts: dict, word_splits: dict):
     """The tokenizer and one SLUModel per dataset ({"": model} unless joint), all on one encoder
-    checkpoint; `word_splits`: {dataset: how its training words were split}. An encoder that is
-    neither a folder nor reachable on the Hub: one line, not
-    transformers' traceback."""
+    checkpoint; `word_splits`: {dataset: how its training words were split}. An encoder or tokenizer
+    that cannot be loaded (neither a folder nor reachable on the Hub, a slow tokenizer) is one line,
+    not transformers' traceback."""
     names = list(parts)
-    try:
+    def cannot_load(error):
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        return TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}")
+
+    try:  # not found locally and no Hub connection, no such model id, a slow tokenizer
         tokenizer = load_tokenizer(recipe["model"])
-        check_cls_first(tokenizer, recipe["model"])
+    except (OSError, ValueError) as error:
+        raise cannot_load(error) from None
+    check_cls_first(tokenizer, recipe["model"])
+    try:
         encoder_path = resolve_encoder(recipe["model"]["encoder"]) if recipe["model"]["encoder_type"] == "hf" else None
         models = {name: SLUModel.from_encoder(
             build_model_config(recipe["model"], labels, tokenizer, peer_tasks(recipe["model"], names, name),
                                slot_types_by_intent(data["train"]), word_splits[name],
                                recipe["data"]["max_length"]),
             encoder_path, tokenizer=tokenizer) for name, (data, labels) in parts.items()}
-    except OSError as error:  # transformers: not found locally and no Hub connection, or no such model id
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}") from None
+    except OSError as error:
+        raise cannot_load(error) from None
     return tokenizer, models
 
 
@@ -425,9 +431,9 @@ def metrics_logger(metrics_file: Path, accelerator):
     return log
 
 
-def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: dict, commit: str | None) -> None:
+def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: dict) -> None:
     """all_results.json (a joint run: also one per dataset folder), the training-curve PNG, and a
-    warning when the best epoch learnt nothing; `commit`: the code's commit when training started."""
+    warning when the best epoch learnt nothing."""
     joint = "" not in paths
     bayes = recipe["model"]["head"] == "vmtl"
     names = list(parts)
@@ -445,7 +451,7 @@ def write_results(recipe: dict, run_dir: Path, paths: dict, parts: dict, state: 
         results["prior_weights"] = state.get("prior_at_best", {})
     results["provenance"] = run_provenance(
         {name: resolve_data_path(path, recipe.get("recipe_dir")) for name, path in paths.items()},
-        {name: data for name, (data, _) in parts.items()}, commit)
+        {name: data for name, (data, _) in parts.items()})
     if joint:
         results["datasets"] = names
         for name, (data, _) in parts.items():  # each dataset's folder: its own view of the run
@@ -470,7 +476,6 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
     interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended;
     `overwrite=True` replaces a run already in output_dir (otherwise an error)."""
-    commit = git_commit()  # the code this process runs, whatever is committed while it trains
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
@@ -613,7 +618,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
             break
 
     if accelerator.is_main_process:
-        write_results(recipe, run_dir, paths, parts, state, commit)
+        write_results(recipe, run_dir, paths, parts, state)
     log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
