@@ -620,3 +620,26 @@ def test_a_run_that_learnt_nothing_says_what_to_change(tiny_recipe):
     # the trainer says it at the end of a run: one epoch of a tiny random encoder learns nothing
     with pytest.warns(UserWarning, match="on the validation split: train longer"):
         train(tiny_recipe("train.epochs=1", "optim.lr=1e-7", "optim.head_lr=1e-7"))
+
+
+@pytest.mark.e2e
+def test_slu_eval_reads_only_the_split_it_scores(tiny_run_factory, tmp_path):
+    """Its warnings are that split's, and a broken or slow-to-read training split costs nothing."""
+    import yaml
+
+    from slu_feedback.data import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_factory(), run, ignore=shutil.ignore_patterns("checkpoint*", "eval_*"))
+    data = tmp_path / "data"
+    for split in ("train", "valid", "test"):
+        shutil.copytree(SAMPLE / split, data / split)
+    (data / "train" / "seq.out").write_text("B-x\n")  # one tag for many lines and words
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["path"] = str(data)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    report = evaluate_run(run, "test")
+    assert report["metrics"]["n"] == len((SAMPLE / "test" / "label").read_text().splitlines())
+    assert evaluate_run(run, "valid")["split"] == "validation"
+    with pytest.raises(DataError, match="train"):
+        evaluate_run(run, "train")

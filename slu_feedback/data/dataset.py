@@ -138,8 +138,9 @@ def to_dataset(examples: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_dict(cols, features=FEATURES)
 
 
-def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True) -> datasets.DatasetDict:
-    """Load train/validation/test from a dataset directory.
+def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True,
+                splits: tuple = SPLITS) -> datasets.DatasetDict:
+    """Load train/validation/test (or only `splits` of them) from a dataset directory.
 
     ``folder``: ``path/{train,valid|dev|validation,test}/{seq.in,seq.out,label}``;
     ``jsonl``/``spans``: ``path/{train,valid|dev|validation,test}.jsonl`` (or ``.json``).
@@ -154,7 +155,7 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
     if not path.is_dir():
         raise DataError(f"expected a directory holding train, valid and test {format} data, got a file", path)
     out = {}
-    for split in SPLITS:
+    for split in splits:
         where = _split_folder(path, split) if format == "folder" else _split_file(path, split)
         if where is None:
             names = " or ".join(n + ("/" if format == "folder" else ".jsonl" if format == "jsonl" else ".json(l)")
@@ -164,14 +165,20 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
     return datasets.DatasetDict(out)
 
 
-def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True) -> dict[str, datasets.Dataset]:
-    """All splits of a dataset directory, or one split folder / file as a single split named after it
-    (``{"test.jsonl": ...}``): what `slu-data` and `slu-eval --data` accept."""
+def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True,
+              splits: tuple = SPLITS) -> dict[str, datasets.Dataset]:
+    """All splits (or `splits`) of a dataset directory, or one split folder / file as a single split
+    named after it (``{"test.jsonl": ...}``): what `slu-data` and `slu-eval --data` accept."""
     path = resolve_data_path(path)
     format = detect_format(path) if format == "auto" else format
     if path.is_file() or (format == "folder" and (path / "seq.in").is_file()):
         return {path.name: to_dataset(read_split(path, format, repair_bio))}
-    return dict(load_splits(path, format, repair_bio))
+    return dict(load_splits(path, format, repair_bio, splits))
+
+
+def split_name(split: str) -> str:
+    """The canonical name of a split: "valid" and "dev" are "validation"."""
+    return next((name for name, aliases in SPLIT_NAMES.items() if split in aliases), split)
 
 
 def pick_split(splits: dict, split: str) -> tuple[str, datasets.Dataset]:
@@ -179,8 +186,7 @@ def pick_split(splits: dict, split: str) -> tuple[str, datasets.Dataset]:
     `split` says, else the split named `split` of a dataset."""
     if len(splits) == 1:
         return next(iter(splits.items()))
-    split = next((name for name, aliases in SPLIT_NAMES.items() if split in aliases), split)  # valid, dev: validation
-    return split, splits[split]
+    return split_name(split), splits[split_name(split)]
 
 
 @dataclass
