@@ -226,6 +226,14 @@ def test_undecodable_bytes_name_the_file_and_line(lines, bad, newline, data, tmp
         assert (info.value.path, info.value.line) == (str(path), k + 1)
 
 
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "a"}\n', encoding="utf-16")  # with its BOM
+    with pytest.raises(DataError, match="is UTF-16.*re-save it as UTF-8") as info:
+        read_jsonl(path)
+    assert info.value.path == str(path)
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
     (tmp_path / "train").mkdir()
     for name, text in [("seq.in", "play jazz\n"), ("seq.out", "O B-genre\n"), ("label", "play_music\n")]:

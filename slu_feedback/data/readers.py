@@ -191,6 +191,8 @@ def read_text(path: str | os.PathLike) -> str:
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows tools call "Unicode"
+        raise DataError("the file is UTF-16 (it starts with a UTF-16 byte-order mark); re-save it as UTF-8", path)
     try:
         text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
