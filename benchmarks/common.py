@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
-from slu_feedback.provenance import COMMIT_AT_IMPORT, git_commit as package_commit
+from slu_feedback.provenance import commit_at_start, git_commit as package_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-# the package's checkout, or this one where the package is installed from elsewhere; read at import
-COMMIT_AT_START = COMMIT_AT_IMPORT or package_commit(ROOT)
+# the package's checkout, or this one where the package is installed from elsewhere; read when the
+# benchmark starts (it imports this module first)
+COMMIT_AT_START = commit_at_start() or package_commit(ROOT)
 
 
 def git_commit() -> str:

@@ -2,6 +2,7 @@
 date and a fingerprint of the data, recorded in all_results.json (GET /model serves it)."""
 
 import datetime
+import functools
 import hashlib
 import json
 import platform
@@ -33,9 +34,12 @@ def git_commit(root: Path = SOURCE) -> str | None:
         return None
 
 
-# The code this process runs is the code it imported: a commit made while it trains (a long run, or a
-# benchmark training seed after seed in one process) did not produce it
-COMMIT_AT_IMPORT = git_commit()
+@functools.cache
+def commit_at_start() -> str | None:
+    """`git_commit()` the first time this process asks (slu-train asks when training starts): a
+    commit made while it trains (a long run, or a benchmark training seed after seed in one process)
+    did not produce it."""
+    return git_commit()
 
 
 def data_fingerprint(data) -> dict:
@@ -57,7 +61,7 @@ def run_provenance(data_paths: dict | None = None, data: dict | None = None) -> 
     import torch
     import transformers
 
-    return {"slu_feedback": __version__, "commit": COMMIT_AT_IMPORT, "python": platform.python_version(),
+    return {"slu_feedback": __version__, "commit": commit_at_start(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -69,7 +69,7 @@ def test_a_run_records_the_commit_its_code_was_imported_at(tiny_recipe, monkeypa
     import slu_feedback.provenance as provenance
     import slu_feedback.training.trainer as trainer
 
-    monkeypatch.setattr(provenance, "COMMIT_AT_IMPORT", "abc-at-import")
+    monkeypatch.setattr(provenance, "commit_at_start", lambda: "abc-at-import")
     monkeypatch.setattr(provenance, "git_commit", lambda *a: "def-committed-later")
     run_dir = trainer.train(tiny_recipe("train.epochs=1"))
     assert json.loads((run_dir / "all_results.json").read_text())["provenance"]["commit"] == "abc-at-import"

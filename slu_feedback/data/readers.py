@@ -14,6 +14,7 @@ Problems are raised as DataError naming the file and the 1-based line, so a user
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import os
 import re
@@ -219,25 +220,19 @@ def _loads(text: str, path: Path, line: int | None):
         raise _json_error(e, path, line) from None
 
 
-def _document_error(text: str, path: Path) -> DataError | None:
-    """For a file that is not JSON Lines (its first line is not JSON on its own): where the whole
-    document breaks (its line and column, not line 1), or None when it is one valid value."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as error:
-        if error.msg == "Extra data":  # a complete value, then more: pretty-printed objects one after another
-            return DataError("a second JSON value starts here: write one object per line (JSON Lines) or one "
-                             "JSON list of objects", path, error.lineno)
-        return _json_error(error, path, error.lineno)
-    except (ValueError, RecursionError) as error:
-        return _json_error(error, path, None)
-    return None
+def _document_error(error: Exception, path: Path) -> DataError:
+    """`error` from parsing a whole file that is not JSON Lines: where the document breaks (its line
+    and column, not line 1)."""
+    if isinstance(error, json.JSONDecodeError) and error.msg == "Extra data":  # pretty-printed objects one after another
+        return DataError("a second JSON value starts here: write one object per line (JSON Lines) or one "
+                         "JSON list of objects", path, error.lineno)
+    return _json_error(error, path, getattr(error, "lineno", None))
 
 
 def _json_lines_like(text: str) -> bool:
     """Whether one of the first two non-blank lines is JSON on its own: JSON Lines (maybe with a bad
     line), not one value pretty-printed over several lines (whose error is the document's)."""
-    for line in [line for line in text.split("\n") if line.strip()][:2]:
+    for line in itertools.islice((line for line in text.split("\n") if line.strip()), 2):
         try:
             json.loads(line)
             return True
@@ -291,9 +286,12 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool =
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if not examples and not _json_lines_like("\n".join(lines)):  # one value written over several lines
-            raise _document_error("\n".join(lines), path) or DataError(
-                "one JSON value over several lines: JSON Lines needs one object per line", path, i)
+        if not examples and not _json_lines_like(text := "\n".join(lines)):  # one value over several lines
+            try:
+                json.loads(text)
+            except (ValueError, RecursionError) as error:
+                raise _document_error(error, path) from None
+            raise DataError("one JSON value over several lines: JSON Lines needs one object per line", path, i)
         obj = _loads(line, path, i)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", path, i)
@@ -496,9 +494,9 @@ def read_span_json(path: str | os.PathLike) -> list[dict]:
     else:
         try:
             whole = json.loads(text)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as error:
             if not _json_lines_like(text):  # not JSON Lines either: report where the document breaks
-                raise _document_error(text, path) from None
+                raise _document_error(error, path) from None
             whole = None  # JSON Lines, which reports the bad line
         if isinstance(whole, dict) and "rasa_nlu_data" in whole:
             common = whole["rasa_nlu_data"].get("common_examples") if isinstance(whole["rasa_nlu_data"], dict) else None

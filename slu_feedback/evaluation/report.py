@@ -107,7 +107,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
     data_path = resolve_data_path(path, base_dir)  # where the data was found (SLU_DATA_DIR, ~ expanded)
     # before the model: bad data fails fast. The run's own data: only the split scored (its warnings
     # only, and SNIPS's 13,084 training utterances are not read for nothing)
-    wanted = (split_name(split),) if not data and split_name(split) in SPLITS else SPLITS
+    wanted = SPLITS if data or split_name(split) not in SPLITS else (split_name(split),)
     splits = load_data(data_path, format=fmt, splits=wanted)
     split, raw = pick_split(splits, split)  # a split file or folder given with --data: all of it, named after itself
     if model is None:

@@ -31,7 +31,7 @@ from ..data.features import featurize, make_loader
 from ..data.readers import off_rule
 from ..evaluation.plots import plot_training_curves, read_jsonl
 from ..evaluation.predict import evaluate_split
-from ..provenance import run_provenance
+from ..provenance import commit_at_start, run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
 from ..models.encoders import load_word_tokenizer
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
@@ -476,6 +476,7 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     """Train a recipe; return the run directory. `stop_after_epoch` ends this call early (as if
     interrupted) after that epoch's checkpoint; `resume=True` continues where the last one ended;
     `overwrite=True` replaces a run already in output_dir (otherwise an error)."""
+    commit_at_start()  # read now, for all_results.json at the end
     train_cfg = recipe["train"]
     paths = dataset_paths(recipe)
     joint = "" not in paths
