@@ -30,9 +30,9 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.14",
                 # so CI runs the server and ONNX tests (they skip when these are missing)
-                "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
+                "fastapi>=0.110", "fastapi-offline>=1.7", "uvicorn>=0.29", "httpx>=0.27", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
         "tensorboard": ["tensorboard>=2.14"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        "serve": ["fastapi>=0.110", "fastapi-offline>=1.7", "uvicorn>=0.29", "httpx>=0.27"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
     },
     entry_points={

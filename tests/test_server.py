@@ -4,6 +4,7 @@ every kind of bad request, concurrency (micro-batching), the web page and the CL
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -93,6 +94,17 @@ def test_health_model_and_openapi(client, parser, trained_run):
     assert {"/parse", "/health", "/model"} <= set(schema["paths"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_docs_page_needs_no_internet(client):
+    """/docs loads Swagger UI's script and style from this server (an offline machine has no CDN)."""
+    page = client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/"), asset  # not https://cdn...
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 100, asset
 
 
 def test_parse_one_and_many_equal_the_parser(client, parser):

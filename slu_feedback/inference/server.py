@@ -1,6 +1,6 @@
 """JSON HTTP API for a trained run (FastAPI + uvicorn: `pip install 'slu_feedback[serve]'`).
 
-    slu-serve runs/atis-...                  # http://127.0.0.1:8000  (/docs: OpenAPI page)
+    slu-serve runs/atis-...                  # http://127.0.0.1:8000  (/docs: OpenAPI page, works offline)
 
     POST /parse   {"text": "..."}            -> the SLUParser dict
                   {"texts": ["...", ...]}    -> a list of SLUParser dicts, in order
@@ -44,6 +44,11 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationErr
 from starlette.exceptions import HTTPException
 
 from .parser import SLUParser
+
+try:  # /docs with Swagger UI's scripts served by this server, not fetched from a CDN (offline machines)
+    from fastapi_offline import FastAPIOffline as make_app
+except ImportError:  # an install from before the [serve] extra listed it: /docs needs the internet
+    make_app = FastAPI
 
 STATIC = Path(__file__).resolve().parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -266,7 +271,7 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="slu_feedback", lifespan=lifespan,
+    app = make_app(title="slu_feedback", lifespan=lifespan,
                   description="Joint intent detection and slot filling with an output-level feedback loop. "
                               "POST /parse with {\"text\": ...} or {\"texts\": [...]}.")
     app.state.batcher, app.state.parser, app.state.settings = batcher, parser, settings
