@@ -67,8 +67,8 @@ DEFAULTS = {
         "batch_size": 32,
         "eval_batch_size": 64,
         "grad_accum": 1,
-        "patience": 3,  # early stopping: epochs without a better validation sentence accuracy
-        "select_metric": "sentence_acc",
+        "patience": 3,  # early stopping: epochs without a better validation select_metric
+        "select_metric": "sentence_acc",  # checkpoint selection on validation: sentence_acc | intent_acc | slot_f1 | slot_f1_strict
         "num_workers": 0,
         "group_by_length": True,  # batches of similar length: less padding, faster CPU epochs
         "log_every": 50,
