@@ -38,3 +38,13 @@ def test_methods_copy_matches_the_design_notes():
         pytest.skip("the design notes are not beside this checkout")
     copy = (ROOT / "docs" / "METHODS.md").read_text(encoding="utf-8")
     assert copy.split("\n", 2)[2] == original.read_text(encoding="utf-8"), "docs/METHODS.md is stale: copy it again"
+
+
+def test_formats_states_the_tokeniser_the_reader_uses():
+    """data/FORMATS.md spells out the tokeniser's regular expression; it must be the reader's."""
+    from slu_feedback.data.readers import _NOT_SPACE, _TOKEN_RE, _UNSPACED, _WORD
+
+    text = (ROOT / "data" / "FORMATS.md").read_text(encoding="utf-8")
+    pattern, unspaced, word = re.search(r"\n`(W\+.*?)` with\n`U` = `(.*?)` and `W` =\n`(.*?)`", text).groups()
+    assert unspaced == _UNSPACED and word == _WORD.replace(_UNSPACED, "U")
+    assert pattern.replace("U", _UNSPACED).replace("W", _WORD) == _TOKEN_RE.pattern.replace(_NOT_SPACE, "[^<whitespace>]")
