@@ -152,6 +152,17 @@ def test_a_json_value_over_several_lines_is_reported_where_it_breaks(tmp_path):
     with pytest.raises(DataError, match="one object per line") as err:
         read_span_json(pretty)
     assert err.value.line == 5
+    # objects separated by commas (a list without its [ ]): the comma is named, in both readers
+    commas = tmp_path / "commas.jsonl"
+    commas.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "a"},\n{"tokens": ["yo"], "slots": ["O"], "intent": "b"},\n')
+    with pytest.raises(DataError, match="a comma after a JSON object") as err:
+        read_jsonl(commas)
+    assert err.value.line == 1
+    spans = tmp_path / "commas.json"
+    spans.write_text('{"text": "hi", "intent": "a", "entities": []},\n{"text": "yo", "intent": "b", "entities": []}\n')
+    with pytest.raises(DataError, match="a comma after a JSON object") as err:
+        read_span_json(spans)
+    assert err.value.line == 1
     one = tmp_path / "one.jsonl"
     one.write_text('{\n "tokens": ["hi"],\n "slots": ["O"],\n "intent": "a"\n}\n')
     with pytest.raises(DataError, match="one object per line"):
