@@ -272,8 +272,8 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
             await batcher.stop()
 
     app = make_app(title="slu_feedback", lifespan=lifespan,
-                  description="Joint intent detection and slot filling with an output-level feedback loop. "
-                              "POST /parse with {\"text\": ...} or {\"texts\": [...]}.")
+                   description="Joint intent detection and slot filling with an output-level feedback loop. "
+                               "POST /parse with {\"text\": ...} or {\"texts\": [...]}.")
     app.state.batcher, app.state.parser, app.state.settings = batcher, parser, settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
