@@ -186,7 +186,8 @@ def pick_split(splits: dict, split: str) -> tuple[str, datasets.Dataset]:
     `split` says, else the split named `split` of a dataset."""
     if len(splits) == 1:
         return next(iter(splits.items()))
-    return split_name(split), splits[split_name(split)]
+    name = split_name(split)
+    return name, splits[name]
 
 
 @dataclass

@@ -204,10 +204,15 @@ def read_text(path: str | os.PathLike) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _extra_data(error: Exception, after: str | None = None) -> bool:
+    """Whether json stopped at more data after a complete value (starting with `after`, if given)."""
+    return (isinstance(error, json.JSONDecodeError) and error.msg == "Extra data"
+            and (after is None or error.doc[error.pos] == after))
+
+
 def _json_error(error: Exception, path: Path, line: int | None) -> DataError:
     """DataError for whatever the json module raises on hostile input."""
-    if isinstance(error, json.JSONDecodeError) and error.msg == "Extra data" and error.doc[error.pos] == ",":
-        # objects separated by commas: a JSON list without its [ ], or JSON Lines written as one
+    if _extra_data(error, ","):  # objects separated by commas: a JSON list without its [ ], or JSON Lines written as one
         return DataError("a comma after a JSON object: JSON Lines has one object per line and nothing between "
                          "them (remove the commas, or wrap the file in [ ] to make it one JSON list)", path, line)
     if isinstance(error, json.JSONDecodeError):
@@ -227,7 +232,7 @@ def _loads(text: str, path: Path, line: int | None):
 def _document_error(error: Exception, path: Path) -> DataError:
     """`error` from parsing a whole file that is not JSON Lines: where the document breaks (its line
     and column, not line 1)."""
-    if isinstance(error, json.JSONDecodeError) and error.msg == "Extra data" and error.doc[error.pos] != ",":
+    if _extra_data(error) and not _extra_data(error, ","):  # (a comma there is _json_error's case)
         return DataError("a second JSON value starts here (pretty-printed objects one after another): write "
                          "one object per line (JSON Lines) or one JSON list of objects", path, error.lineno)
     return _json_error(error, path, getattr(error, "lineno", None))

@@ -345,6 +345,7 @@ def build_models(recipe: dict, parts: dict, word_splits: dict):
     that cannot be loaded (neither a folder nor reachable on the Hub, a slow tokenizer) is one line,
     not transformers' traceback."""
     names = list(parts)
+
     def cannot_load(error):
         first = (str(error).splitlines() or [type(error).__name__])[0]
         return TrainingError(f"model.encoder / model.tokenizer could not be loaded: {first}")
