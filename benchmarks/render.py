@@ -29,7 +29,7 @@ FOUNDATION = {
     "atis": ({"intent_acc": 97.5, "slot_f1": 95.5, "sentence_acc": 87.0}, ["atis", "atis_lr2e-4", "atis_crf", "atis_intent_slots"]),
     "snips": ({"intent_acc": 98.0, "slot_f1": 95.5, "sentence_acc": 90.0},
               ["snips", "snips_lr2e-4", "snips_12ep", "snips_lr2e-4_12ep", "snips_crf", "snips_intent_slots", "snips_ema0.998", "snips_crf_ema0.998",
-               "snips_crf_10ep", "snips_crf_lr3e-4", "snips_crf_intent_slots"]),
+               "snips_crf_10ep", "snips_crf_lr3e-4", "snips_crf_intent_slots", "snips_crf_bs16"]),
 }
 
 
