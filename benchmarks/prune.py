@@ -5,9 +5,12 @@ harmful utterances, and on one without as many random utterances; both against t
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.05 --per-intent  # *_5pct_per_intent
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.01 --per-intent --methods mtif --seeds 1
     python benchmarks/prune.py runs/bench/atis/seed1 --base atis --fraction 0.02 --per-intent --unit sample  # *_samples
+    python benchmarks/prune.py runs/atis_heldout --base atis_indep --fraction 0.02 --per-intent --unit sample \
+        --target-split heldout    # *_heldout: RUN_DIR trained with data.train_fraction=0.9, MTIF's target the rest
 
 RUN_DIR is a trained run of the base recipe (its training set is scored with MTIF if it has no
-influence/influence.csv yet). Writes results/<base>_mtif_<pct>pct.json and
+influence/influence.csv yet; with --target-split heldout, against the training utterances the run
+did not train on, which the pruned sets then get back). Writes results/<base>_mtif_<pct>pct.json and
 results/<base>_random_<pct>pct.json through benchmarks/run.py (same seeds, compared with
 results/<base>.json, which must be the full-data run of the same recipe); render.py puts the three
 side by side with the fraction, and picks the fraction whose MTIF pruning has the best validation
@@ -38,15 +41,19 @@ def main(argv=None):
                         help="drop whole utterances, or single samples (an utterance's intent or its slot labels)")
     parser.add_argument("--methods", nargs="+", default=["mtif", "random"], choices=["mtif", "random"],
                         help="which prunings to train (mtif alone to try fractions on validation)")
+    parser.add_argument("--target-split", default="validation", choices=["validation", "heldout"],
+                        help="MTIF's target when RUN_DIR is not scored yet (heldout: RUN_DIR trained with "
+                             "data.train_fraction < 1; the results names end in _heldout)")
     args = parser.parse_args(argv)
     if not (RESULTS / f"{args.base}.json").exists():
         parser.error(f"results/{args.base}.json (the full-data run to compare with) does not exist")
 
-    pct = f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "") + ("_samples" if args.unit == "sample" else "")
+    pct = (f"{100 * args.fraction:g}pct" + ("_per_intent" if args.per_intent else "")
+           + ("_samples" if args.unit == "sample" else "") + ("_heldout" if args.target_split == "heldout" else ""))
     for method in args.methods:
         random = method == "random"
         info = prune_run(args.run_dir, args.fraction, args.target, random=random, seed=args.random_seed,
-                         per_intent=args.per_intent, unit=args.unit)
+                         per_intent=args.per_intent, unit=args.unit, target_split=args.target_split)
         print(f"[{method}] dropped {info['dropped']} of {info['dropped'] + info['kept']} -> {info['recipe']}")
         run.main([info["recipe"], "--seeds", *map(str, args.seeds), "--name", f"{args.base}_{method}_{pct}",
                   "--compare-to", args.base,

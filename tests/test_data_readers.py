@@ -605,6 +605,11 @@ def test_subsample_stratified_and_deterministic():
     assert len(subsample(train, 1.0, seed=0)) == len(train)
     with pytest.raises(ValueError):
         subsample(train, 0, seed=0)
+    # rest=True: the other examples (MTIF's held-out target), together with the subsample exactly the split
+    rest = subsample(train, 0.1, seed=1, rest=True)
+    assert len(rest) == len(train) - 20 and not set(rest["text"]) & set(a["text"])
+    assert sorted(list(rest["text"]) + list(a["text"])) == sorted(train["text"])
+    assert len(subsample(train, 1.0, seed=0, rest=True)) == 0
 
 
 # --- benchmarks and fetch -----------------------------------------------------------------

@@ -321,6 +321,56 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
 
 
 @pytest.mark.e2e
+def test_heldout_target_scores_the_unseen_part_and_pruning_puts_it_back(tiny_run_factory, tiny_run, tmp_path):
+    """--target-split heldout: MTIF's target is the part of the training split a run with
+    data.train_fraction < 1 did not train on (so validation stays free to choose the fraction); the
+    pruned set is the whole training split less the drops, comparable with the full-set run."""
+    from slu_feedback.cli.influence import main
+    from slu_feedback.data.dataset import load_splits
+    from slu_feedback.influence.report import prune_run
+    from slu_feedback.influence.slu import build_problem, run_recipe, run_splits
+    from slu_feedback.training.recipe import load_recipe
+
+    run = tiny_run_factory("model.head_hidden=8", "data.train_fraction=0.8")
+    splits = run_splits(run_recipe(run))
+    assert len(splits["train"]) == 160 and len(splits["heldout"]) == 40
+    assert sorted(list(splits["train"]["text"]) + list(splits["heldout"]["text"])) == sorted(load_splits(
+        run_recipe(run)["data"]["path"])["train"]["text"])
+    problem, _, _ = build_problem(run, target_split="heldout")
+    assert problem.n == 160 and problem.n_valid == 40
+
+    runner = CliRunner()
+    out = {}
+    for split in ("validation", "heldout"):
+        out[split] = tmp_path / f"influence-{split}"
+        result = runner.invoke(main, ["score", str(run), "--target-split", split, "--out", str(out[split])])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out[split] / "summary.json").read_text())["target_split"] == split
+    rows = {split: list(csv.DictReader((out[split] / "influence.csv").open())) for split in out}
+    assert len(rows["heldout"]) == 160 and any(
+        a["slot->slot"] != b["slot->slot"] for a, b in zip(rows["heldout"], rows["validation"]))
+
+    for extra in ([], ["--random"]):
+        dest = tmp_path / f"pruned{extra}"
+        result = runner.invoke(main, ["prune", str(run), "--fraction", "0.1", "--scores",
+                                      str(out["heldout"] / "influence.csv"), "--out", str(dest), *extra])
+        assert result.exit_code == 0, result.output
+        info = json.loads((dest / "prune.json").read_text())
+        assert info["target_split"] == "heldout" and info["dropped"] == 16
+        train = load_splits(dest / "data")["train"]
+        assert len(train) == 200 - 16 == info["utterances_kept"] and info["utterances_dropped"] == 16
+        assert set(splits["heldout"]["text"]) <= set(train["text"])  # the held-out part is never pruned
+        recipe_file = next(dest.glob("*.yaml"))
+        assert "plus the 40 held-out utterances" in recipe_file.read_text()
+        assert load_recipe(recipe_file)["data"]["train_fraction"] == 1.0
+    # scores against validation are not taken for held-out ones, and a run trained on everything has no held-out part
+    with pytest.raises(ValueError, match="scored against validation, not heldout"):
+        prune_run(run, 0.1, scores=out["validation"] / "influence.csv", out_dir=tmp_path / "no", target_split="heldout")
+    result = runner.invoke(main, ["score", str(tiny_run), "--target-split", "heldout", "--out", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "no held-out part" in result.output and "data.train_fraction" in result.output
+
+
+@pytest.mark.e2e
 def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
     from slu_feedback.cli.influence import main
     from slu_feedback.evaluation.report import evaluate_run

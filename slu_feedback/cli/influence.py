@@ -1,6 +1,7 @@
 """`slu-influence score|prune|refit|validate RUN_DIR`: MTIF data attribution (METHODS.md section 3).
 
     slu-influence score runs/atis-1 --scope heads --solver cg        # -> runs/atis-1/influence/
+    slu-influence score runs/atis-90 --target-split heldout          # a run trained with data.train_fraction=0.9
     slu-influence prune runs/atis-1 --fraction 0.05 --target both    # -> runs/atis-1/pruned/<name>/
     slu-influence prune runs/atis-1 --fraction 0.05 --random         # same number dropped at random
     slu-influence prune runs/atis-1 --fraction 0.02 --unit sample    # drop intent or slot labels, not utterances
@@ -60,8 +61,11 @@ def main():
 @click.option("--cg-iterations", default=1000, show_default=True, help="cg: maximum iterations.")
 @click.option("--lissa-depth", default=1000, show_default=True, help="lissa: recursion depth.")
 @click.option("--float32", is_flag=True, help="Compute in float32 (default float64).")
-@click.option("--target-split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
-              help="Whose loss the influence is on. test is a diagnostic (does what helps validation help test?): "
+@click.option("--target-split", default="validation", show_default=True,
+              type=click.Choice(["validation", "heldout", "test"]),
+              help="Whose loss the influence is on. heldout: the part of the training split the run did not train "
+                   "on (train it with data.train_fraction=0.9), leaving validation to choose the pruning fraction; "
+                   "prune then puts that part back. test is a diagnostic (does what helps validation help test?): "
                    "prune refuses such scores; write them elsewhere with --out.")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
 @_errors

@@ -242,15 +242,17 @@ def slot_types_by_intent(train_split) -> dict[str, list[str]]:
     return {intent: sorted(found) for intent, found in sorted(types.items())}
 
 
-def subsample(split: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
+def subsample(split: datasets.Dataset, fraction: float, seed: int, rest: bool = False) -> datasets.Dataset:
     """A ``fraction`` of a split, stratified by intent, same result for the same seed.
 
     Every intent keeps at least one example, so low-resource runs still see each label.
+    ``rest=True`` returns the other examples instead: the part a run with ``data.train_fraction``
+    did not train on (MTIF's held-out target, ``slu-influence score --target-split heldout``).
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
-        return split
+        return split.select([]) if rest else split
     by_intent = defaultdict(list)
     for i, intent in enumerate(split["intent"]):
         by_intent[intent].append(i)
@@ -259,4 +261,6 @@ def subsample(split: datasets.Dataset, fraction: float, seed: int) -> datasets.D
     for intent in sorted(by_intent, key=str):  # str: None (no intent label) sorts as "None"
         idx = by_intent[intent]
         keep.extend(rng.sample(idx, max(1, round(fraction * len(idx)))))
+    if rest:
+        keep = set(range(len(split))) - set(keep)
     return split.select(sorted(keep))

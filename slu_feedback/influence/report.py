@@ -52,8 +52,10 @@ def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto",
               **solver_kw) -> dict:
     """MTIF for every training utterance of a run; writes influence.csv, summary.json, histogram.png.
 
-    `target_split="test"` scores against the test losses instead: a diagnostic of whether what helps
-    validation also helps test (benchmarks/influence_transfer.py); prune_run refuses such scores.
+    `target_split="heldout"` scores against the part of the training split that a run trained with
+    data.train_fraction < 1 did not see, so that validation stays free to choose the pruning fraction;
+    `"test"` scores against the test losses: a diagnostic of whether what helps validation also helps
+    test (benchmarks/influence_transfer.py); prune_run refuses such scores.
 
     Under torchrun / accelerate launch each process scores a strided share of the training chunks
     (the cheap solves are repeated on every process) and the main process writes the results."""
@@ -230,7 +232,11 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     `per_intent` drops the fraction within each intent (none from an intent with fewer than
     1 / (2 * fraction) candidates), random pruning then the same count per intent: on ATIS the
     global ranking dropped two thirds of several rare intents (atis_aircraft, atis_flight_time,
-    atis_ground_fare), whose examples share a large negative score."""
+    atis_ground_fare), whose examples share a large negative score.
+
+    Scores against the held-out part (`score --target-split heldout`) rank only the utterances the
+    run trained on; the held-out utterances are put back into the pruned training set, which is then
+    the whole training split less the drops, as with the full-set run it is compared with."""
     run_dir = Path(run_dir)
     if not 0 < fraction < 1:
         raise ValueError(f"--fraction must be in (0, 1), got {fraction}")
@@ -246,7 +252,11 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         score_run(run_dir, scores_file.parent, **score_kw)
     summary_file = scores_file.parent / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if summary.get("target_split") == "test":
+    scored_on = summary.get("target_split", "validation")
+    if score_kw.get("target_split", scored_on) != scored_on:
+        raise ValueError(f"{scores_file} was scored against {scored_on}, not {score_kw['target_split']}: score again "
+                         f"into another folder (slu-influence score --out) and pass it with --scores")
+    if scored_on == "test":
         raise ValueError(f"{scores_file} was scored against the test split (a diagnostic); pruning by it would pick "
                          "the training data on test. Score against validation: slu-influence score RUN_DIR")
     rows = read_scores(scores_file)
@@ -270,6 +280,8 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         if "utterance" in gone or len(gone) == len(TASKS):
             continue
         kept.append({**ex, **{FIELD[task]: None for task in gone}})
+    rejoined = list(splits["heldout"]) if scored_on == "heldout" else []
+    kept += rejoined
     format = "folder" if unit == "utterance" and None not in intents and None not in slots else "jsonl"
     for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
         examples = kept if split == "train" else splits[split]
@@ -280,12 +292,14 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     recipe_file = out_dir / f"{name}.yaml"
     header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {sum(labelled)} training {unit}s "
               f"dropped ({'at random' if random else 'most negative MTIF on ' + target}"
-              f"{', the same share of each intent' if per_intent else ''}, seed {seed})\n")
+              f"{', the same share of each intent' if per_intent else ''}, seed {seed})\n"
+              + (f"# plus the {len(rejoined)} held-out utterances MTIF was scored on\n" if rejoined else ""))
     recipe_file.write_text(header + yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
-    info = {"run_dir": str(run_dir), "target": target, "fraction": fraction, "random": random, "seed": seed,
+    info = {"run_dir": str(run_dir), "target": target, "target_split": scored_on,
+            "fraction": fraction, "random": random, "seed": seed,
             "per_intent": per_intent, "unit": unit, "requested": wanted, "dropped": len(drop),
             "kept": sum(labelled) - len(drop), "negative": int((value < 0).sum()),
-            "utterances_kept": len(kept), "utterances_dropped": len(train) - len(kept),
+            "utterances_kept": len(kept), "utterances_dropped": len(train) + len(rejoined) - len(kept),
             "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
             "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
     if unit == "sample":

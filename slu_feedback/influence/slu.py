@@ -36,6 +36,7 @@ from .mtif import Problem
 
 SCOPES = ("heads", "heads+last")
 TASKS = ("intent", "slot")
+TARGET_SPLITS = ("validation", "heldout", "test")  # whose loss the influence is on (see build_problem)
 
 
 def run_recipe(run_dir) -> dict:
@@ -46,12 +47,16 @@ def run_recipe(run_dir) -> dict:
 
 
 def run_splits(recipe: dict):
-    """The run's train/validation/test splits, with the training subsample the trainer used."""
+    """The run's train/validation/test splits, with the training subsample the trainer used; a run
+    trained on part of its training split also gets `heldout`, the training utterances it did not see."""
     data_cfg = recipe["data"]
     splits = load_splits(resolve_data_path(data_cfg["path"], recipe.get("recipe_dir")), format=data_cfg["format"],
                          repair_bio=data_cfg["repair_bio"])
-    if data_cfg.get("train_fraction", 1.0) < 1.0:
-        splits["train"] = subsample(splits["train"], data_cfg["train_fraction"], recipe["seed"])
+    fraction = data_cfg.get("train_fraction", 1.0)
+    if fraction < 1.0:
+        full = splits["train"]
+        splits["train"] = subsample(full, fraction, recipe["seed"])
+        splits["heldout"] = subsample(full, fraction, recipe["seed"], rest=True)
     return splits
 
 
@@ -160,7 +165,8 @@ def scope_parameters(module: TaskLosses) -> dict:
 def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=torch.float64, device="cpu",
                   model=None, tokenizer=None, splits=None, target_split: str = "validation") -> tuple:
     """(Problem, splits, model) for a trained run: the encoder features are cached once. The target
-    losses V_k are those of `target_split` (validation; test only as a diagnostic, see score_run)."""
+    losses V_k are those of `target_split`: validation; heldout, the part of the training split a run
+    with data.train_fraction < 1 did not train on; test only as a diagnostic (see score_run)."""
     if model is None:
         model, tokenizer = load_run(run_dir)
     recipe = run_recipe(run_dir)
@@ -172,8 +178,11 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
         model.encoder.model.set_attn_implementation("eager")  # vmap-friendly attention for per-example grads
     model.to(device)
     max_length = recipe["data"]["max_length"]
-    if target_split not in ("validation", "test"):
-        raise ValueError(f"target split must be validation or test, not {target_split!r}")
+    if target_split not in TARGET_SPLITS:
+        raise ValueError(f"target split must be one of {', '.join(TARGET_SPLITS)}, not {target_split!r}")
+    if target_split not in splits:
+        raise ValueError(f"{run_dir} was trained on its whole training split, so it has no held-out part to score "
+                         "against: train it with data.train_fraction below 1 (e.g. 0.9) for --target-split heldout")
     train, valid = (split_chunks(model, tokenizer, splits[split], max_length, scope, batch_size, dtype, device)
                     for split in ("train", target_split))
     model.to(dtype)
