@@ -272,18 +272,20 @@ def pruning_table(results: dict) -> list:
     """MTIF vs random pruning vs the full training set, per base run and fraction."""
     groups = {}
     for name, r, p in pruned_rows(results):
-        key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"))
+        key = (r["compare_to"], p["fraction"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"),
+               p.get("target_split", "validation"))
         groups.setdefault(key, {})["random" if p["random"] else "MTIF"] = (name, r)
     if not groups:
         return []
     lines = ["**Pruning with MTIF** (retrained on the pruned training set; test split, mean ± std over seeds)", "",
              f"| base | fraction dropped | training set | seeds | {' | '.join(label for _, label in METRICS)} | Δ sentence vs full (same seeds) |",
              "|---|---|---|---|" + "---|" * (len(METRICS) + 1)]
-    for (base, fraction, target, per_intent, unit), found in sorted(groups.items()):
+    for (base, fraction, target, per_intent, unit, split), found in sorted(groups.items()):
         full = results[base]
         rows = [("full", base, full)] + [(kind, *found[kind]) for kind in ("MTIF", "random") if kind in found]
         for kind, name, r in rows:
-            dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} {unit}s" + (")" if kind == "random" else f", target {target})")
+            on = "" if split == "validation" else f" on the {split} part"
+            dropped = "" if kind == "full" else f" ({r['pruning']['dropped']} {unit}s" + (")" if kind == "random" else f", target {target}{on})")
             delta = "-" if kind == "full" else \
                 f"{r['test']['sentence_acc']['mean'] - seed_mean(full, 'test', 'sentence_acc', r['seeds']):+.2f}"
             share = " of each intent" if per_intent and kind != "full" else ""
@@ -300,10 +302,11 @@ def fraction_choice(results: dict) -> list:
     groups = {}
     for _, r, p in pruned_rows(results):
         if not p["random"]:
-            key = (r["compare_to"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"))
+            key = (r["compare_to"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"),
+                   p.get("target_split", "validation"))
             groups.setdefault(key, []).append((p["fraction"], r))
     lines = []
-    for (base, target, per_intent, unit), rows in sorted(groups.items()):
+    for (base, target, per_intent, unit, split), rows in sorted(groups.items()):
         if len(rows) < 2:
             continue
         candidates = [(0.0, results[base])] + sorted(rows, key=lambda row: row[0])
@@ -313,7 +316,8 @@ def fraction_choice(results: dict) -> list:
         scores = [(fraction, seed_mean(r, "validation", "sentence_acc", seeds)) for fraction, r in candidates]
         best = max(scores, key=lambda fs: fs[1])[0]
         share = "within each intent" if per_intent else "globally"
-        lines.append(f"- {base}, MTIF target {target}, {unit}s dropped {share}: validation sentence accuracy over seeds {seeds}: "
+        on = "" if split == "validation" else f" on the {split} part"
+        lines.append(f"- {base}, MTIF target {target}{on}, {unit}s dropped {share}: validation sentence accuracy over seeds {seeds}: "
                      + ", ".join(f"{100 * f:g} % {v:.2f}" for f, v in scores)
                      + f" -> **chosen fraction: {100 * best:g} %**" + (" (no pruning)" if best == 0 else ""))
     return ["Fraction chosen on validation (0 % = the full training set):", ""] + lines + [""] if lines else []
