@@ -65,6 +65,14 @@ def test_render_puts_full_mtif_and_random_side_by_side():
     assert [r.split(" | ")[1:3] for r in rows if "(samples)" in r] == [["5 % of each intent (samples)",
                                                                        "MTIF (224 samples, target both)"]]
 
+    # MTIF scored against a held-out part of the training set: its own group, said in the row
+    heldout = {**samples, "target_split": "heldout"}
+    results.update(atis_mtif_5pct_per_intent_samples_heldout=result(87.0, compare_to="atis",
+                                                                     pruning={**heldout, "random": False}))
+    rows = [line for line in render.pruning_table(results) if line.startswith("| atis")]
+    assert len(rows) == 10 and [r.split(" | ")[2] for r in rows if "heldout" in r] == [
+        "MTIF (224 samples, target both on the heldout part)"]
+
 
 def test_variants_are_listed_beside_their_base_over_the_same_seeds():
     base = result(74.0, validation={"sentence_acc": stat(76.5)})
