@@ -19,6 +19,7 @@ from slu_feedback.evaluation.plots import plt  # noqa: E402  (matplotlib with th
 FIGURE = ROOT / "benchmarks" / "variants.png"
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+PRUNING_START, PRUNING_END = "<!-- pruning:start -->", "<!-- pruning:end -->"
 METRICS = [("intent_acc", "intent acc"), ("slot_f1", "slot F1"), ("sentence_acc", "sentence acc")]
 
 
@@ -40,6 +41,20 @@ HEADLINE = {
     "snips": ["snips_lr2e-4_indep", "snips_crf_indep", "snips_feedback_lr2e-4_gate_once", "snips_vmtl_geninit",
               "snips_bilstm", "snips_bilstm_feedback"],
 }
+
+
+# The README's pruning summary: per dataset and MTIF target, the 3-seed MTIF and random prunings
+# (each row's base, from its results file, is the full set). TEST_UTTERANCES: the test splits' sizes.
+PRUNING_HEADLINE = [
+    ("ATIS", "validation", "atis_indep_mtif_2pct_per_intent_samples", "atis_indep_random_2pct_per_intent_samples"),
+    ("ATIS", "held-out 10 % of training", "atis_indep_mtif_2pct_per_intent_samples_heldout",
+     "atis_indep_random_2pct_per_intent_samples_heldout"),
+    ("SNIPS", "validation", "snips_lr2e-4_indep_mtif_2pct_per_intent_samples",
+     "snips_lr2e-4_indep_random_2pct_per_intent_samples"),
+]
+
+
+TEST_UTTERANCES = {"ATIS": 893, "SNIPS": 700}
 
 
 def fmt(stat: dict) -> str:
@@ -295,6 +310,24 @@ def pruning_table(results: dict) -> list:
     return lines + [""]
 
 
+def pruning_summary(results: dict) -> list:
+    """The README's table: test sentence accuracy after MTIF and random pruning and for the full
+    set over the same seeds, and the gap in test utterances per seed."""
+    lines = ["| dataset | MTIF's target | dropped | MTIF-pruned | random-pruned | full set | MTIF - random, utterances per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset, target, mtif_name, random_name in PRUNING_HEADLINE:
+        if mtif_name not in results or random_name not in results:
+            continue
+        mtif, rand = results[mtif_name], results[random_name]
+        full = seed_mean(results[mtif["compare_to"]], "test", "sentence_acc", mtif["seeds"])
+        p = mtif["pruning"]
+        gap = mtif["test"]["sentence_acc"]["mean"] - rand["test"]["sentence_acc"]["mean"]
+        lines.append(f"| {dataset} | {target} | {100 * p['fraction']:g} % of each intent ({p['dropped']} {p.get('unit', 'utterance')}s) | "
+                     f"{fmt(mtif['test']['sentence_acc'])} | {fmt(rand['test']['sentence_acc'])} | {full:.2f} | "
+                     f"{gap * TEST_UTTERANCES[dataset] / 100:+.1f} |")
+    return lines if len(lines) > 2 else []
+
+
 def fraction_choice(results: dict) -> list:
     """The pruning fraction chosen on validation (METHODS.md section 3): per base run, target and
     share, the MTIF fraction (or none, the full set) with the highest validation sentence accuracy,
@@ -375,6 +408,7 @@ def render(figure=FIGURE) -> tuple:
     summary += routing_table(results)
     summary += decoding_table(results)
     summary += pruning_table(results)
+    pruning_readme = pruning_summary(results)
     summary += fraction_choice(results)
     summary += refit_table(load_refits())
     body = ["# Benchmark results", "",
@@ -420,7 +454,7 @@ def render(figure=FIGURE) -> tuple:
             body += inference_targets(s)
         body += [
                  f"command `{s['command']}`, commit `{s['commit']}`, {s['date']}", ""]
-    return "\n".join(body) + "\n", "\n".join(readme)
+    return "\n".join(body) + "\n", {(START, END): "\n".join(readme), (PRUNING_START, PRUNING_END): "\n".join(pruning_readme)}
 
 
 def main(argv=None):
@@ -429,16 +463,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if RESULTS.md or the README table is out of date")
+                        help="write nothing; exit 1 if RESULTS.md or the README tables are out of date")
     args = parser.parse_args(argv)
-    results_md, table = render(None if args.check else FIGURE)
+    results_md, blocks = render(None if args.check else FIGURE)
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     new_text = text
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        new_text = f"{head}{START}\n{table}\n{END}{tail}"
+    for (start, end), table in blocks.items():  # each marked block of the README, rewritten in place
+        if start in new_text and end in new_text:
+            head, rest = new_text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            indent = head.rsplit("\n", 1)[-1]  # a block inside a list item keeps the item's indentation
+            body = "".join(f"{indent}{line}\n" if line else "\n" for line in table.split("\n"))
+            new_text = f"{head}{start}\n{body}{indent}{end}{tail}"
     results_file = ROOT / "benchmarks" / "RESULTS.md"
     stale = [f.name for f, new, old in ((results_file, results_md, results_file.read_text(encoding="utf-8")
                                          if results_file.exists() else None), (readme, new_text, text))
@@ -449,7 +486,7 @@ def main(argv=None):
     results_file.write_text(results_md, encoding="utf-8")
     if new_text != text:
         readme.write_text(new_text, encoding="utf-8")
-    print("wrote benchmarks/RESULTS.md" + (" and the README table" if START in text else ""))
+    print("wrote benchmarks/RESULTS.md" + (" and the README tables" if START in text else ""))
     return 0
 
 
