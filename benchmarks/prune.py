@@ -42,7 +42,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["mtif", "random"], choices=["mtif", "random"],
                         help="which prunings to train (mtif alone to try fractions on validation)")
     parser.add_argument("--target-split", default="validation", choices=["validation", "heldout"],
-                        help="MTIF's target when RUN_DIR is not scored yet (heldout: RUN_DIR trained with "
+                        help="MTIF's target: RUN_DIR is scored against it if not scored yet, and scores made "
+                             "against another split are refused (heldout: RUN_DIR trained with "
                              "data.train_fraction < 1; the results names end in _heldout)")
     args = parser.parse_args(argv)
     if not (RESULTS / f"{args.base}.json").exists():

@@ -162,7 +162,8 @@ def pruning_info(recipe_path) -> dict:
         return {}
     info = json.loads(path.read_text())
     return {"pruning": {k: info[k] for k in ("run_dir", "target", "fraction", "random", "seed", "dropped", "kept",
-                                              "negative", "per_intent", "unit", "target_split") if k in info}}
+                                              "negative", "per_intent", "unit", "target_split", "heldout_rejoined")
+                        if k in info}}
 
 
 def seeds_last(argv: list) -> list:

@@ -362,10 +362,22 @@ def test_heldout_target_scores_the_unseen_part_and_pruning_puts_it_back(tiny_run
         assert set(splits["heldout"]["text"]) <= set(train["text"])  # the held-out part is never pruned
         recipe_file = next(dest.glob("*.yaml"))
         assert "plus the 40 held-out utterances" in recipe_file.read_text()
+        assert info["heldout_rejoined"] == 40 and "plus the 40 training utterances" in result.output
         assert load_recipe(recipe_file)["data"]["train_fraction"] == 1.0
-    # scores against validation are not taken for held-out ones, and a run trained on everything has no held-out part
+    # ranked by validation scores, the run's held-out part is put back all the same: nothing is lost silently
+    info = prune_run(run, 0.1, scores=out["validation"] / "influence.csv", out_dir=tmp_path / "by-validation")
+    train = load_splits(tmp_path / "by-validation" / "data")["train"]
+    assert info["target_split"] == "validation" and info["heldout_rejoined"] == 40 and len(train) == 184
+    assert set(splits["heldout"]["text"]) <= set(train["text"])
+    # scores made against another split than the one asked for are refused, both ways and from the command line
     with pytest.raises(ValueError, match="scored against validation, not heldout"):
         prune_run(run, 0.1, scores=out["validation"] / "influence.csv", out_dir=tmp_path / "no", target_split="heldout")
+    with pytest.raises(ValueError, match="scored against heldout, not validation"):
+        prune_run(run, 0.1, scores=out["heldout"] / "influence.csv", out_dir=tmp_path / "no", target_split="validation")
+    result = runner.invoke(main, ["prune", str(run), "--fraction", "0.1", "--target-split", "heldout", "--scores",
+                                  str(out["validation"] / "influence.csv"), "--out", str(tmp_path / "no")])
+    assert result.exit_code != 0 and "scored against validation, not heldout" in result.output
+    assert not (tmp_path / "no").exists()
     result = runner.invoke(main, ["score", str(tiny_run), "--target-split", "heldout", "--out", str(tmp_path / "none")])
     assert result.exit_code != 0 and "no held-out part" in result.output and "data.train_fraction" in result.output
 

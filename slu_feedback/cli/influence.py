@@ -118,20 +118,28 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
 @click.option("--seed", default=0, show_default=True)
 @click.option("--scores", default=None, help="influence.csv to rank by (default: RUN_DIR/influence/, scored if absent).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/pruned/<name>).")
+@click.option("--target-split", default=None, type=click.Choice(["validation", "heldout"]),
+              help="MTIF's target: scores the run against it if it is not scored yet, and refuses scores made "
+                   "against another split (default: whatever the scores were made against; validation when "
+                   "scoring here).")
 @SCOPE
 @DAMPING
 @_errors
-def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, out_dir, scope, damping):
+def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, out_dir, target_split, scope, damping):
     """Write the pruned training set (valid/ and test/ copied) and a recipe that trains on it."""
     from ..influence.report import prune_run
 
+    split = {"target_split": target_split} if target_split else {}
     info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, per_intent=per_intent, unit=unit,
-                     scope=scope, damping=damping)
+                     scope=scope, damping=damping, **split)
     click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training {unit}s "
                f"({'random' if random_ else 'most harmful for ' + target})")
     if unit == "sample":
         click.echo(f"{info['utterances_kept']} utterances kept: {info['unlabelled']['intent']} without their intent, "
                    f"{info['unlabelled']['slot']} without their slots; {info['utterances_dropped']} left out")
+    if info["heldout_rejoined"]:
+        click.echo(f"plus the {info['heldout_rejoined']} training utterances the run did not train on "
+                   f"(data.train_fraction < 1), put back unpruned")
     if "note" in info:
         click.echo(f"note: {info['note']}", err=True)
     if "warning" in info:

@@ -234,9 +234,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     global ranking dropped two thirds of several rare intents (atis_aircraft, atis_flight_time,
     atis_ground_fare), whose examples share a large negative score.
 
-    Scores against the held-out part (`score --target-split heldout`) rank only the utterances the
-    run trained on; the held-out utterances are put back into the pruned training set, which is then
-    the whole training split less the drops, as with the full-set run it is compared with."""
+    A run trained on part of its training split (`data.train_fraction` < 1) is scored and ranked on
+    the utterances it trained on (`score --target-split heldout` scores them against the rest); the
+    held-out utterances are put back, after the others, so the pruned training set is the whole
+    training split less the drops, as with the full-set run it is compared with."""
     run_dir = Path(run_dir)
     if not 0 < fraction < 1:
         raise ValueError(f"--fraction must be in (0, 1), got {fraction}")
@@ -265,13 +266,13 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     chosen = select_drops(rows, train, fraction, target, random, seed, per_intent, unit)
     drop, candidates, value, keeper = chosen["drop"], chosen["candidates"], chosen["value"], chosen["keeper"]
     wanted, labelled = chosen["wanted"], chosen["labelled"]
-    intents, slots = train["intent"], train["slots"]
     negative = int((value.flatten()[drop] < 0).sum()) if drop else 0
     drop = set(drop)
     dropped = defaultdict(set)  # utterance id -> its dropped samples
     for c in drop:
         dropped[candidates[c][0]].add(candidates[c][1])
-    name = f"{'random' if random else 'pruned'}-{pruning_name(target, fraction, per_intent, unit)}"
+    name = (f"{'random' if random else 'pruned'}-{pruning_name(target, fraction, per_intent, unit)}"
+            + ("-heldout" if scored_on == "heldout" else ""))
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned" / name
     data_dir = out_dir / "data"
     kept = []
@@ -280,9 +281,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         if "utterance" in gone or len(gone) == len(TASKS):
             continue
         kept.append({**ex, **{FIELD[task]: None for task in gone}})
-    rejoined = list(splits["heldout"]) if scored_on == "heldout" else []
+    rejoined = list(splits["heldout"]) if "heldout" in splits else []
     kept += rejoined
-    format = "folder" if unit == "utterance" and None not in intents and None not in slots else "jsonl"
+    complete = all(ex["intent"] is not None and ex["slots"] is not None for ex in kept)
+    format = "folder" if unit == "utterance" and complete else "jsonl"
     for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
         examples = kept if split == "train" else splits[split]
         write_examples(examples, data_dir / (stem if format == "folder" else stem + ".jsonl"), format)
@@ -293,12 +295,13 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     header = (f"# slu-train {recipe_file}\n# {run_dir.name}: {len(drop)} of {sum(labelled)} training {unit}s "
               f"dropped ({'at random' if random else 'most negative MTIF on ' + target}"
               f"{', the same share of each intent' if per_intent else ''}, seed {seed})\n"
-              + (f"# plus the {len(rejoined)} held-out utterances MTIF was scored on\n" if rejoined else ""))
+              + (f"# plus the {len(rejoined)} held-out utterances the run did not train on\n" if rejoined else ""))
     recipe_file.write_text(header + yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
     info = {"run_dir": str(run_dir), "target": target, "target_split": scored_on,
             "fraction": fraction, "random": random, "seed": seed,
             "per_intent": per_intent, "unit": unit, "requested": wanted, "dropped": len(drop),
             "kept": sum(labelled) - len(drop), "negative": int((value < 0).sum()),
+            "heldout_rejoined": len(rejoined),
             "utterances_kept": len(kept), "utterances_dropped": len(train) + len(rejoined) - len(kept),
             "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
             "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}

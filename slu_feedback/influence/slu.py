@@ -180,7 +180,7 @@ def build_problem(run_dir, scope: str = "heads", batch_size: int = 64, dtype=tor
     max_length = recipe["data"]["max_length"]
     if target_split not in TARGET_SPLITS:
         raise ValueError(f"target split must be one of {', '.join(TARGET_SPLITS)}, not {target_split!r}")
-    if target_split not in splits:
+    if target_split == "heldout" and "heldout" not in splits:
         raise ValueError(f"{run_dir} was trained on its whole training split, so it has no held-out part to score "
                          "against: train it with data.train_fraction below 1 (e.g. 0.9) for --target-split heldout")
     train, valid = (split_chunks(model, tokenizer, splits[split], max_length, scope, batch_size, dtype, device)
