@@ -43,17 +43,14 @@ HEADLINE = {
 }
 
 
-# The README's pruning summary: per dataset and MTIF target, the 3-seed MTIF and random prunings
+# The README's pruning summary: per dataset and MTIF target split, the MTIF and random prunings
 # (each row's base, from its results file, is the full set). TEST_UTTERANCES: the test splits' sizes.
 PRUNING_HEADLINE = [
     ("ATIS", "validation", "atis_indep_mtif_2pct_per_intent_samples", "atis_indep_random_2pct_per_intent_samples"),
-    ("ATIS", "held-out 10 % of training", "atis_indep_mtif_2pct_per_intent_samples_heldout",
-     "atis_indep_random_2pct_per_intent_samples_heldout"),
+    ("ATIS", "heldout", "atis_indep_mtif_2pct_per_intent_samples_heldout", "atis_indep_random_2pct_per_intent_samples_heldout"),
     ("SNIPS", "validation", "snips_lr2e-4_indep_mtif_2pct_per_intent_samples",
      "snips_lr2e-4_indep_random_2pct_per_intent_samples"),
 ]
-
-
 TEST_UTTERANCES = {"ATIS": 893, "SNIPS": 700}
 
 
@@ -312,19 +309,31 @@ def pruning_table(results: dict) -> list:
 
 def pruning_summary(results: dict) -> list:
     """The README's table: test sentence accuracy after MTIF and random pruning and for the full
-    set over the same seeds, and the gap in test utterances per seed."""
-    lines = ["| dataset | MTIF's target | dropped | MTIF-pruned | random-pruned | full set | MTIF - random, utterances per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for dataset, target, mtif_name, random_name in PRUNING_HEADLINE:
-        if mtif_name not in results or random_name not in results:
+    set over the same seeds, and the gap in test utterances per seed. A pair whose files disagree
+    with PRUNING_HEADLINE or with each other (target split, seeds, base) is an error."""
+    lines = ["| dataset | MTIF's target | dropped | seeds | MTIF-pruned | random-pruned | full set | MTIF - random, test utterances per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset, split, mtif_name, random_name in PRUNING_HEADLINE:
+        missing = [name for name in (mtif_name, random_name) if name not in results]
+        if missing:
+            print(f"warning: no results/{missing[0]}.json: the README's pruning summary leaves out {dataset} ({split})",
+                  file=sys.stderr)
             continue
         mtif, rand = results[mtif_name], results[random_name]
+        for r, name in ((mtif, mtif_name), (rand, random_name)):
+            if r["pruning"].get("target_split", "validation") != split:
+                raise ValueError(f"{name}: MTIF's target is {r['pruning'].get('target_split', 'validation')}, "
+                                 f"not {split} as PRUNING_HEADLINE says")
+        if mtif["seeds"] != rand["seeds"] or mtif["compare_to"] != rand["compare_to"]:
+            raise ValueError(f"{mtif_name} and {random_name} differ in seeds or base: not a side-by-side pair")
         full = seed_mean(results[mtif["compare_to"]], "test", "sentence_acc", mtif["seeds"])
         p = mtif["pruning"]
+        share = " of each intent" if p.get("per_intent") else ""
+        target = "held-out part of training" if split == "heldout" else split
         gap = mtif["test"]["sentence_acc"]["mean"] - rand["test"]["sentence_acc"]["mean"]
-        lines.append(f"| {dataset} | {target} | {100 * p['fraction']:g} % of each intent ({p['dropped']} {p.get('unit', 'utterance')}s) | "
-                     f"{fmt(mtif['test']['sentence_acc'])} | {fmt(rand['test']['sentence_acc'])} | {full:.2f} | "
-                     f"{gap * TEST_UTTERANCES[dataset] / 100:+.1f} |")
+        lines.append(f"| {dataset} | {target} | {100 * p['fraction']:g} %{share} ({p['dropped']} {p.get('unit', 'utterance')}s) | "
+                     f"{len(mtif['seeds'])} | {fmt(mtif['test']['sentence_acc'])} | {fmt(rand['test']['sentence_acc'])} | "
+                     f"{full:.2f} | {gap * TEST_UTTERANCES[dataset] / 100:+.1f} |")
     return lines if len(lines) > 2 else []
 
 
@@ -474,6 +483,7 @@ def main(argv=None):
             head, rest = new_text.split(start, 1)
             _, tail = rest.split(end, 1)
             indent = head.rsplit("\n", 1)[-1]  # a block inside a list item keeps the item's indentation
+            indent = indent if not indent.strip() else ""
             body = "".join(f"{indent}{line}\n" if line else "\n" for line in table.split("\n"))
             new_text = f"{head}{start}\n{body}{indent}{end}{tail}"
     results_file = ROOT / "benchmarks" / "RESULTS.md"

@@ -76,15 +76,23 @@ def test_render_puts_full_mtif_and_random_side_by_side():
 
 def test_the_readme_pruning_summary_is_rendered_into_its_marked_block(tmp_path, monkeypatch):
     pruning = {"fraction": 0.02, "target": "both", "dropped": 163, "unit": "sample", "per_intent": True}
-    mtif_name, random_name = render.PRUNING_HEADLINE[0][2:]
+    dataset, split, mtif_name, random_name = render.PRUNING_HEADLINE[0]
     results = {"atis_indep": result(87.0), mtif_name: result(87.0, compare_to="atis_indep", pruning=pruning),
                random_name: result(87.5, compare_to="atis_indep", pruning=pruning)}
     (row,) = render.pruning_summary(results)[2:]
     cells = row.strip("| ").split(" | ")
-    assert cells[0] == "ATIS" and cells[2] == "2 % of each intent (163 samples)"
-    assert cells[3:6] == ["87.00 ± 0.10", "87.50 ± 0.10", "87.00"]
-    assert cells[6] == f"{-0.5 * render.TEST_UTTERANCES['ATIS'] / 100:+.1f}"  # the gap in test utterances per seed
+    assert cells[:4] == [dataset, split, "2 % of each intent (163 samples)", "3"]
+    assert cells[4:7] == ["87.00 ± 0.10", "87.50 ± 0.10", "87.00"]
+    assert cells[7] == f"{-0.5 * render.TEST_UTTERANCES[dataset] / 100:+.1f}"  # the gap in test utterances per seed
     assert render.pruning_summary({"atis_indep": result(87.0)}) == []
+    # a pair that is not what the table says it is fails loudly
+    results[random_name]["seeds"] = [1, 2]
+    with pytest.raises(ValueError, match="seeds or base"):
+        render.pruning_summary(results)
+    results[random_name]["seeds"] = [1, 2, 3]
+    results[mtif_name]["pruning"] = {**pruning, "target_split": "heldout"}
+    with pytest.raises(ValueError, match="not validation"):
+        render.pruning_summary(results)
 
     # main() rewrites the block in place, indented as the list item that holds it
     monkeypatch.setattr(render, "ROOT", tmp_path)
@@ -93,6 +101,7 @@ def test_the_readme_pruning_summary_is_rendered_into_its_marked_block(tmp_path, 
     (tmp_path / "benchmarks").mkdir()
     readme = tmp_path / "README.md"
     readme.write_text(f"- item\n\n  {render.PRUNING_START}\n  | old |\n  {render.PRUNING_END}\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("results\n")  # up to date: only the README block is stale
     assert render.main(["--check"]) == 1
     assert render.main([]) == 0 and render.main(["--check"]) == 0
     assert readme.read_text() == f"- item\n\n  {render.PRUNING_START}\n  | a |\n  |---|\n  {render.PRUNING_END}\n"
