@@ -27,9 +27,11 @@ def test_a_pruned_recipe_records_how_its_training_set_was_made(tmp_path):
     assert run.pruning_info(recipe) == {}
     (tmp_path / "prune.json").write_text(json.dumps({"run_dir": "runs/atis", "target": "both", "fraction": 0.05,
                                                      "random": False, "seed": 0, "dropped": 224, "kept": 4254,
-                                                     "negative": 900, "dropped_ids": [1, 2]}))
+                                                     "negative": 900, "dropped_ids": [1, 2],
+                                                     "target_split": "heldout", "heldout_rejoined": 449}))
     info = run.pruning_info(recipe)["pruning"]
     assert info["dropped"] == 224 and info["fraction"] == 0.05 and "dropped_ids" not in info
+    assert info["target_split"] == "heldout" and info["heldout_rejoined"] == 449
 
 
 def test_render_puts_full_mtif_and_random_side_by_side():
