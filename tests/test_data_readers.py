@@ -147,6 +147,7 @@ def test_a_json_value_over_several_lines_is_reported_where_it_breaks(tmp_path):
     with pytest.raises(DataError, match="Expecting value") as err:
         read_span_json(rasa)
     assert err.value.line == 5  # the line of `weather`, not line 1
+    assert "look at the end of line" not in str(err.value)  # mid-line: the fault is where the parser stopped
     pretty = tmp_path / "pretty.json"  # objects one after another, each over several lines (jq '.[]')
     pretty.write_text('{\n "text": "hi",\n "intent": "a"\n}\n{\n "text": "yo",\n "intent": "b"\n}\n')
     with pytest.raises(DataError, match="one object per line") as err:
@@ -167,6 +168,19 @@ def test_a_json_value_over_several_lines_is_reported_where_it_breaks(tmp_path):
     one.write_text('{\n "tokens": ["hi"],\n "slots": ["O"],\n "intent": "a"\n}\n')
     with pytest.raises(DataError, match="one object per line"):
         read_jsonl(one)
+    # an object without its closing brace: the parser stops at the start of the next line, and the
+    # message points at the end of the line before too
+    unclosed = tmp_path / "unclosed.json"
+    unclosed.write_text('{"rasa_nlu_data": {"common_examples": [\n  {"text": "hi", "intent": "greet", "entities": []\n\n'
+                        '  {"text": "bye", "intent": "bye", "entities": []}\n]}}\n')
+    with pytest.raises(DataError, match="look at the end of line 2: a missing ','") as err:
+        read_span_json(unclosed)
+    assert err.value.line == 4
+    trailing = tmp_path / "trailing.json"  # a ',' too many before the closing brace
+    trailing.write_text('[\n {"text": "hi", "intent": "greet", "entities": [],\n }\n]\n')
+    with pytest.raises(DataError, match="end of line 2") as err:
+        read_span_json(trailing)
+    assert err.value.line == 3
     # JSON Lines with a broken first line: that line, not where the document parser gives up
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "a"\n{"tokens": ["hi"], "slots": ["O"], "intent": "a"}\n')

@@ -216,6 +216,13 @@ def _json_error(error: Exception, path: Path, line: int | None) -> DataError:
         return DataError("a comma after a JSON object: JSON Lines has one object per line and nothing between "
                          "them (remove the commas, or wrap the file in [ ] to make it one JSON list)", path, line)
     if isinstance(error, json.JSONDecodeError):
+        start = error.doc.rfind("\n", 0, error.pos) + 1
+        before = error.doc[:start].rstrip()
+        if before and not error.doc[start:error.pos].strip():  # the parser stopped at a line's first character
+            # ... so what is wrong may well end the line before: a missing ',' or '}', or a trailing ','
+            return DataError(f"invalid JSON: {error.msg} (column {error.colno}; if this line looks right, look at "
+                             f"the end of line {before.count(chr(10)) + 1 + (line or 1) - error.lineno}: a missing "
+                             "',' or closing bracket, or a ',' too many)", path, line)
         return DataError(f"invalid JSON: {error.msg} (column {error.colno})", path, line)
     if isinstance(error, RecursionError):
         return DataError("invalid JSON: nested too deeply", path, line)
