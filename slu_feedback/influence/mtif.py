@@ -136,7 +136,10 @@ def solve_cg(problem, w, b, damping, tol: float = 1e-8, max_iter: int = 1000, pr
     target = tol * b.norm(dim=1)
     negative = False
     it = 0
-    bar = tqdm(total=max_iter, desc="cg", disable=not progress, leave=False)
+    # no total: cg usually stops long before max_iter, and an ETA computed from it would mislead
+    bar = tqdm(desc=f"cg (to relative residual {tol:g}, at most {max_iter} iterations)", disable=not progress,
+               leave=False)
+    b_norm = b.norm(dim=1).clamp_min(1e-30)
     for it in range(1, max_iter + 1):
         hd = hvp(d)
         curvature = (d * hd).sum(1)
@@ -146,12 +149,13 @@ def solve_cg(problem, w, b, damping, tol: float = 1e-8, max_iter: int = 1000, pr
         r = r - alpha[:, None] * hd
         rs_new = (r * r).sum(1)
         bar.update()
+        bar.set_postfix_str(f"residual {float((rs_new.sqrt() / b_norm).max()):.1e}", refresh=False)
         if bool((rs_new.sqrt() <= target).all()):
             break
         d = r + (rs_new / rs.clamp_min(1e-300))[:, None] * d
         rs = rs_new
     bar.close()
-    info = {"iterations": it, "residual": (r.norm(dim=1) / b.norm(dim=1).clamp_min(1e-30)).tolist()}
+    info = {"iterations": it, "residual": (r.norm(dim=1) / b_norm).tolist()}
     if negative:
         info["warning"] = "negative curvature met: the damped Hessian is not positive definite; raise --damping"
     return x, info
