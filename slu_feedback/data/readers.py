@@ -220,8 +220,9 @@ def _json_error(error: Exception, path: Path, line: int | None) -> DataError:
         before = error.doc[:start].rstrip()
         if before and not error.doc[start:error.pos].strip():  # the parser stopped at a line's first character
             # ... so what is wrong may well end the line before: a missing ',' or '}', or a trailing ','
+            offset = 0 if line is None else line - error.lineno  # error.doc may start below the file's line 1
             return DataError(f"invalid JSON: {error.msg} (column {error.colno}; if this line looks right, look at "
-                             f"the end of line {before.count(chr(10)) + 1 + (line or 1) - error.lineno}: a missing "
+                             f"the end of line {before.count(chr(10)) + 1 + offset}: a missing "
                              "',' or closing bracket, or a ',' too many)", path, line)
         return DataError(f"invalid JSON: {error.msg} (column {error.colno})", path, line)
     if isinstance(error, RecursionError):
