@@ -181,6 +181,15 @@ def test_a_json_value_over_several_lines_is_reported_where_it_breaks(tmp_path):
     with pytest.raises(DataError, match="end of line 2") as err:
         read_span_json(trailing)
     assert err.value.line == 3
+    # a ',' too many before the list's closing bracket: json.loads rejects it, and so do we
+    listed = tmp_path / "listed.json"
+    listed.write_text('[\n {"text": "hi", "intent": "greet", "entities": []},\n\n]\n')
+    with pytest.raises(DataError, match="trailing comma before '\\]'") as err:
+        read_span_json(listed)
+    assert err.value.line == 2
+    listed.write_text('[\n {"text": "hi", "intent": "greet", "entities": []},\n {"text": "yo", "intent": "greet", '
+                      '"entities": []}\n]\n')
+    assert [ex["tokens"] for ex in read_span_json(listed)] == [["hi"], ["yo"]]
     # JSON Lines with a broken first line: that line, not where the document parser gives up
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "a"\n{"tokens": ["hi"], "slots": ["O"], "intent": "a"}\n')

@@ -335,9 +335,12 @@ def _json_list_with_lines(text: str, start: int, path: Path, whole_file: bool = 
     items, pos = [], start + 1  # just after "["
     ws = re.compile(r"\s*")
     line, counted = text.count("\n", 0, pos) + 1, pos  # newlines counted as we go: linear in the file
+    comma_line = None  # the line of the comma just read, if the last thing read was one
     while True:
         pos = ws.match(text, pos).end()
         line, counted = line + text.count("\n", counted, pos), pos
+        if text.startswith("]", pos) and comma_line is not None:
+            raise DataError("invalid JSON: trailing comma before ']'", path, comma_line)
         if text.startswith("]", pos):
             rest = ws.match(text, pos + 1).end()
             if whole_file and rest < len(text):
@@ -349,7 +352,9 @@ def _json_list_with_lines(text: str, start: int, path: Path, whole_file: bool = 
             raise _json_error(e, path, e.lineno if isinstance(e, json.JSONDecodeError) else line) from None
         items.append((obj, line))
         pos = ws.match(text, pos).end()
+        comma_line = None
         if text.startswith(",", pos):
+            comma_line = line + text.count("\n", counted, pos)
             pos += 1
         elif not text.startswith("]", pos):
             raise DataError("invalid JSON: expected ',' or ']'", path, text.count("\n", 0, pos) + 1)
