@@ -205,6 +205,27 @@ def test_onnx_graph_keeps_the_early_exit_and_the_iteration_cap(onnx_deps, feedba
     assert not np.allclose(outputs["exit"], outputs["full"], atol=1e-6)
 
 
+def test_onnx_check_reports_a_nan_output(onnx_deps, feedback_run, tmp_path, monkeypatch):
+    """A NaN from the ONNX graph shows as a NaN difference and fails the check (max(0.0, nan) is 0.0,
+    which once reported such a graph as differing by nothing)."""
+    from slu_feedback.inference import export
+
+    path = export.export_onnx(feedback_run, tmp_path / "m.onnx")
+    run_batch = export.OnnxSLU.run_batch
+
+    def one_nan_word(self, batch):
+        intent, slot = run_batch(self, batch)
+        slot = slot.copy()
+        slot[0, 0, :] = np.nan  # the first utterance's first word
+        return intent, slot
+
+    monkeypatch.setattr(export.OnnxSLU, "run_batch", one_nan_word)
+    data = Path(__file__).resolve().parents[1] / "data" / "sample"
+    report = export.check_onnx(feedback_run, path, data=str(data), limit=40)
+    assert np.isnan(report["max_abs_diff_slot"]) and np.isnan(report["max_abs_diff"]) and not report["ok"]
+    assert report["max_abs_diff_intent"] <= 1e-4
+
+
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):
     from slu_feedback.cli.export import main as export_main
 

@@ -168,6 +168,8 @@ BAD_REQUESTS = [  # (body, content type, status, part of the message)
     (b'{"texts": ["a", Infinity]}', "application/json", 422, "texts.1"),
     (b'{"text": "caf\xe9"}', "application/json", 400, "not UTF-8"),  # latin-1 bytes
     (b"[" * 5000, "application/json", 400, "malformed JSON"),  # deeper than the JSON decoder's recursion
+    (b'{"text": ' + b"1" * 5000 + b"}", "application/json", 400, "digits"),  # int() refuses it: was a 500
+    (b'{"text": "\\u200b\\u2060"}', "application/json", 422, "invisible characters only"),  # no word to parse
     (b"text=play+jazz", "application/x-www-form-urlencoded", 415, "Content-Type: application/json"),
 ]
 

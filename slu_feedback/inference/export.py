@@ -257,14 +257,15 @@ def check_onnx(run_dir, onnx_file, split: str = "validation", batch_size: int = 
             torch_intent, torch_slot = out.intent_logits.softmax(-1).numpy(), out.slot_logits.softmax(-1).numpy()
         ort_intent, ort_slot = runner.run_batch(batch)
         mask = batch["word_mask"].bool().numpy()
-        intent_diff = max(intent_diff, float(np.abs(torch_intent - ort_intent).max()))
-        slot_diff = max(slot_diff, float(np.abs(torch_slot - ort_slot)[mask].max()) if mask.any() else 0.0)
+        # np.maximum, not max: max(0.0, nan) is 0.0, and a NaN output must show in the report
+        intent_diff = float(np.maximum(intent_diff, np.abs(torch_intent - ort_intent).max()))
+        slot_diff = float(np.maximum(slot_diff, np.abs(torch_slot - ort_slot)[mask].max() if mask.any() else 0.0))
         intent_agree += int((torch_intent.argmax(-1) == ort_intent.argmax(-1)).sum())
         slot_agree += int((torch_slot.argmax(-1) == ort_slot.argmax(-1))[mask].sum())
         n_utts += len(torch_intent)
         n_words += int(mask.sum())
     report = {"split": split, "n": n_utts, "words": n_words, "max_abs_diff_intent": intent_diff,
-              "max_abs_diff_slot": slot_diff, "max_abs_diff": max(intent_diff, slot_diff),
+              "max_abs_diff_slot": slot_diff, "max_abs_diff": float(np.maximum(intent_diff, slot_diff)),
               "intent_agreement": intent_agree / max(1, n_utts), "slot_agreement": slot_agree / max(1, n_words),
               "atol": atol, "onnx_file": str(onnx_file)}
     report["ok"] = (intent_agree == n_utts and slot_agree == n_words and report["max_abs_diff"] <= atol

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import reprlib
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -252,6 +253,8 @@ async def _read_json(request: Request):
         raise HTTPException(400, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:
         raise HTTPException(400, "malformed JSON: nested too deeply") from None
+    except ValueError:  # the one ValueError left: an integer of more digits than Python converts
+        raise HTTPException(400, f"malformed JSON: a number of more than {sys.get_int_max_str_digits()} digits") from None
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -321,8 +324,8 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
             error(422, f"too many texts: {len(texts)} (limit {settings.max_texts} a request)")
         for i, text in enumerate(texts):
             where = "'text'" if request.text is not None else f"texts[{i}]"
-            if not text.strip():
-                error(422, f"{where} is empty or whitespace only: nothing to parse")
+            if not parser.split_words(text):  # whitespace, or invisible characters only (zero-width space)
+                error(422, f"{where} is empty, or whitespace and invisible characters only: nothing to parse")
             if len(text) > settings.max_chars:
                 error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
         joint = len(parser.models) > 1 or "" not in parser.models
