@@ -456,6 +456,13 @@ def test_a_truncated_result_says_so_in_json_and_in_the_plain_output(tiny_run_fac
     out = runner.invoke(parse_main, [str(run), "--text", long_text, "--text", "boston to denver"])
     assert out.exit_code == 0, out.output
     assert out.stdout.count("truncated: only the first 10 of 30 words") == 1, "a note for the long one only"
+    # identical warnings are each counted (Python's default shows one per place): three, then how many more
+    out = runner.invoke(parse_main, [str(run), *["--text", long_text] * 5, "--json"])
+    assert out.exit_code == 0, out.output
+    warned = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned[:3] == ["warning: utterance of 30 words truncated to the first 10 (max_length=12 sub-tokens); "
+                          "later words are tagged O"] * 3
+    assert warned[3].startswith("warning: ... and 2 more like the first: utterance of 30 words") and len(warned) == 4
 
 
 def test_parse_cli_plain_output_shows_vmtl_uncertainty(tiny_run_factory, trained_feedback_run):

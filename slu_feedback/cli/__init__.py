@@ -37,6 +37,11 @@ def console_output(map_bars: bool = False, limit: int | None = 3) -> None:
         hub.enable_progress_bars()  # ... so they go back on
     if not map_bars:
         datasets.disable_progress_bars()
+    # Python shows an identical warning once per place (two utterances truncated to the same length):
+    # here every one is counted; the filters and showwarning are put back when the command ends
+    restore = warnings.catch_warnings()
+    restore.__enter__()
+    warnings.filterwarnings("always", module=r"slu_feedback\.")
     counts, first, shown = Counter(), {}, warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -48,7 +53,7 @@ def console_output(map_bars: bool = False, limit: int | None = 3) -> None:
             click.echo(f"warning: {message}", err=True)
 
     def summary():
-        warnings.showwarning = shown
+        restore.__exit__(None, None, None)
         if before[0]:
             transformers_logging.enable_progress_bar()
         (hub.disable_progress_bars if before[2] else hub.enable_progress_bars)()
