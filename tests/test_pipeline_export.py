@@ -226,6 +226,19 @@ def test_onnx_check_reports_a_nan_output(onnx_deps, feedback_run, tmp_path, monk
     assert report["max_abs_diff_intent"] <= 1e-4
 
 
+def test_a_vmtl_run_is_refused_with_a_reason_by_the_api_and_the_cli(onnx_deps, tiny_run_factory, tmp_path):
+    """Its Monte Carlo prediction is not traceable: one clear message, not the exporters' internal errors."""
+    from slu_feedback.cli.export import main as export_main
+    from slu_feedback.inference.export import export_onnx
+
+    run = tiny_run_factory("model.head=vmtl", "model.vmtl.latent_dim=16", "model.feedback.iterations=1")
+    with pytest.raises(ValueError, match="does not support model.head=vmtl"):
+        export_onnx(run, tmp_path / "m.onnx")
+    result = CliRunner().invoke(export_main, [str(run), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "does not support model.head=vmtl" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):
     from slu_feedback.cli.export import main as export_main
 

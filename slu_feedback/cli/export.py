@@ -37,18 +37,15 @@ def main(run_dir, fmt, out_file, exporter, opset, check, split, data, atol, as_j
 
     try:
         model, tokenizer = load_run(run_dir)
-        if model.config.head == "vmtl":  # its Monte Carlo prediction draws from a seeded generator
-            raise click.ClickException("ONNX export does not support model.head=vmtl runs (the Monte Carlo "
-                                       "prediction is not traceable); serve them with slu-serve or SLUParser")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             path = export_onnx(run_dir, out_file, exporter=exporter, opset=opset, model=model, tokenizer=tokenizer)
         for warning in caught:
             if "exporter" in str(warning.message):
                 click.secho(f"note: {warning.message}", fg="yellow", err=True)
-    except (RunError, RuntimeError) as error:
+    except (RunError, RuntimeError, ValueError) as error:  # ValueError: a run ONNX cannot express (VMTL)
         raise click.ClickException(str(error)) from None
-    k = model.config.feedback["iterations"]
+    k = model.config.feedback["max_iterations"] or model.config.feedback["iterations"]  # what SLUParser runs
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; feedback iterations unrolled: {k})", err=as_json)
     if not check:
         return

@@ -103,6 +103,9 @@ def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | Non
     'legacy' (TorchScript tracer) or 'auto' (dynamo, falling back to legacy if it fails)."""
     if model is None:
         model, tokenizer = load_run(run_dir)
+    if model.config.head == "vmtl":  # its Monte Carlo prediction draws from a seeded generator
+        raise ValueError("ONNX export does not support model.head=vmtl runs (the Monte Carlo prediction "
+                         "is not traceable); serve them with slu-serve or SLUParser")
     out_file = Path(out_file) if out_file else Path(run_dir) / "model.onnx"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     module = SLUExportModule(model).eval()
