@@ -50,6 +50,8 @@ PRUNING_HEADLINE = [
     ("ATIS", "heldout", "atis_indep_mtif_2pct_per_intent_samples_heldout", "atis_indep_random_2pct_per_intent_samples_heldout"),
     ("SNIPS", "validation", "snips_lr2e-4_indep_mtif_2pct_per_intent_samples",
      "snips_lr2e-4_indep_random_2pct_per_intent_samples"),
+    ("SNIPS", "heldout", "snips_lr2e-4_indep_mtif_2pct_per_intent_samples_heldout",
+     "snips_lr2e-4_indep_random_2pct_per_intent_samples_heldout"),
 ]
 TEST_UTTERANCES = {"ATIS": 893, "SNIPS": 700}
 
