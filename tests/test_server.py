@@ -80,6 +80,19 @@ def same_parse(a: dict, b: dict) -> bool:
             and [t["intent"] for t in a["top_intents"]] == [t["intent"] for t in b["top_intents"]])
 
 
+def test_a_damaged_all_results_file_is_logged_not_fatal(parser, tmp_path, caplog):
+    """/model's metrics come from all_results.json; a file that is not a JSON object (hand-edited,
+    cut off) leaves them out with a log line instead of stopping the server at startup."""
+    from slu_feedback.inference.server import ServerSettings, model_info
+
+    for text in ("[]", '{"intent_acc": 9'):
+        (tmp_path / "all_results.json").write_text(text)
+        caplog.clear()
+        info = model_info(parser, tmp_path, ServerSettings(), False)
+        assert info["metrics"] is None and info["provenance"] is None and info["intents"] == parser.intents
+        assert "cannot read" in caplog.text and "all_results.json" in caplog.text
+
+
 def test_health_model_and_openapi(client, parser, trained_run):
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"

@@ -374,8 +374,10 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
     results = Path(run_dir) / "all_results.json" if run_dir else None
     if results is not None and results.exists():
         try:
-            info["metrics"] = json.loads(results.read_text(encoding="utf-8"))
-            info["provenance"] = info["metrics"].get("provenance")
+            metrics = json.loads(results.read_text(encoding="utf-8"))
+            if not isinstance(metrics, dict):
+                raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
+            info["metrics"], info["provenance"] = metrics, metrics.get("provenance")
         except (OSError, ValueError) as err:
             logger.warning("cannot read %s: %s", results, err)
     return info
