@@ -324,10 +324,10 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
             error(422, f"too many texts: {len(texts)} (limit {settings.max_texts} a request)")
         for i, text in enumerate(texts):
             where = "'text'" if request.text is not None else f"texts[{i}]"
-            if not parser.split_words(text):  # whitespace, or invisible characters only (zero-width space)
-                error(422, f"{where} is empty, or whitespace and invisible characters only: nothing to parse")
             if len(text) > settings.max_chars:
                 error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
+            if not parser.split_words(text):  # no word the model would see: whitespace, zero-width spaces
+                error(422, f"{where} is empty, or whitespace and invisible characters only: nothing to parse")
         joint = len(parser.models) > 1 or "" not in parser.models
         if request.dataset is not None and request.dataset not in parser.models:
             error(422, f"unknown dataset {request.dataset!r}; this model answers for {', '.join(parser.models)}" if joint
