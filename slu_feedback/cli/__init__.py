@@ -39,8 +39,7 @@ def console_output(map_bars: bool = False, limit: int | None = 3) -> None:
         datasets.disable_progress_bars()
     # Python shows an identical warning once per place (two utterances truncated to the same length):
     # here every one is counted; the filters and showwarning are put back when the command ends
-    restore = warnings.catch_warnings()
-    restore.__enter__()
+    click.get_current_context().with_resource(warnings.catch_warnings())
     warnings.filterwarnings("always", module=r"slu_feedback\.")
     counts, first, shown = Counter(), {}, warnings.showwarning
 
@@ -52,8 +51,7 @@ def console_output(map_bars: bool = False, limit: int | None = 3) -> None:
         if limit is None or counts[filename, lineno] <= limit:
             click.echo(f"warning: {message}", err=True)
 
-    def summary():
-        restore.__exit__(None, None, None)
+    def summary():  # runs before the context's resources close, so before catch_warnings restores
         if before[0]:
             transformers_logging.enable_progress_bar()
         (hub.disable_progress_bars if before[2] else hub.enable_progress_bars)()

@@ -339,9 +339,9 @@ def _json_list_with_lines(text: str, start: int, path: Path, whole_file: bool = 
     while True:
         pos = ws.match(text, pos).end()
         line, counted = line + text.count("\n", counted, pos), pos
-        if text.startswith("]", pos) and comma_line is not None:
-            raise DataError("invalid JSON: trailing comma before ']'", path, comma_line)
         if text.startswith("]", pos):
+            if comma_line is not None:
+                raise DataError("invalid JSON: trailing comma before ']'", path, comma_line)
             rest = ws.match(text, pos + 1).end()
             if whole_file and rest < len(text):
                 raise DataError("invalid JSON: extra data after the list", path, line + text.count("\n", pos, rest))
