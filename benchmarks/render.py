@@ -17,6 +17,7 @@ from common import RESULTS, ROOT  # noqa: E402
 from slu_feedback.evaluation.plots import plt  # noqa: E402  (matplotlib with the Agg backend)
 
 FIGURE = ROOT / "benchmarks" / "variants.png"
+PRUNING_FIGURE = ROOT / "benchmarks" / "pruning.png"
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PRUNING_START, PRUNING_END = "<!-- pruning:start -->", "<!-- pruning:end -->"
@@ -339,24 +340,31 @@ def pruning_summary(results: dict) -> list:
     return lines if len(lines) > 2 else []
 
 
-def fraction_choice(results: dict) -> list:
-    """The pruning fraction chosen on validation (METHODS.md section 3): per base run, target and
-    share, the MTIF fraction (or none, the full set) with the highest validation sentence accuracy,
-    over the seeds every candidate was trained with. Shown where more than one fraction was tried."""
+def fraction_candidates(results: dict) -> list:
+    """Per base run, target, share, unit and target split where more than one MTIF fraction was tried:
+    (key, seeds, [(fraction, result)]) with 0 (the full set) first, `seeds` those every candidate
+    was trained with, so that all are compared on the same seeds."""
     groups = {}
     for _, r, p in pruned_rows(results):
         if not p["random"]:
             key = (r["compare_to"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"),
                    p.get("target_split", "validation"))
             groups.setdefault(key, []).append((p["fraction"], r))
-    lines = []
-    for (base, target, per_intent, unit, split), rows in sorted(groups.items()):
-        if len(rows) < 2:
-            continue
-        candidates = [(0.0, results[base])] + sorted(rows, key=lambda row: row[0])
+    found = []
+    for key, rows in sorted(groups.items()):
+        candidates = [(0.0, results[key[0]])] + sorted(rows, key=lambda row: row[0])
         seeds = sorted(set.intersection(*(set(r["seeds"]) for _, r in candidates)))
-        if not seeds:
-            continue
+        if len(rows) >= 2 and seeds:
+            found.append((key, seeds, candidates))
+    return found
+
+
+def fraction_choice(results: dict) -> list:
+    """The pruning fraction chosen on validation (METHODS.md section 3): per base run, target and
+    share, the MTIF fraction (or none, the full set) with the highest validation sentence accuracy,
+    over the seeds every candidate was trained with. Shown where more than one fraction was tried."""
+    lines = []
+    for (base, target, per_intent, unit, split), seeds, candidates in fraction_candidates(results):
         scores = [(fraction, seed_mean(r, "validation", "sentence_acc", seeds)) for fraction, r in candidates]
         best = max(scores, key=lambda fs: fs[1])[0]
         share = "within each intent" if per_intent else "globally"
@@ -365,6 +373,45 @@ def fraction_choice(results: dict) -> list:
                      + ", ".join(f"{100 * f:g} % {v:.2f}" for f, v in scores)
                      + f" -> **chosen fraction: {100 * best:g} %**" + (" (no pruning)" if best == 0 else ""))
     return ["Fraction chosen on validation (0 % = the full training set):", ""] + lines + [""] if lines else []
+
+
+def plot_fraction_choice(results: dict, out_path) -> bool:
+    """One panel per fraction choice: validation and test sentence accuracy against the fraction
+    MTIF dropped (0 = the full set), over the seeds all fractions share, with the same-size random
+    prunings over those seeds beside them and the fraction validation chooses marked. Returns False
+    (and writes nothing) when no choice had more than one fraction."""
+    choices = fraction_candidates(results)
+    if not choices:
+        return False
+    fig, axes = plt.subplots(1, len(choices), figsize=(5 * len(choices), 3.8), squeeze=False)
+    for ax, ((base, target, per_intent, unit, split), seeds, candidates) in zip(axes[0], choices):
+        x = [100 * fraction for fraction, _ in candidates]
+        for data_split, style in (("validation", "o-"), ("test", "s--")):
+            y = [seed_mean(r, data_split, "sentence_acc", seeds) for _, r in candidates]
+            ax.plot(x, y, style, label=f"MTIF, {data_split}")
+            if data_split == "validation":
+                chosen = x[max(range(len(y)), key=y.__getitem__)]
+                ax.axvline(chosen, color="grey", lw=0.8, ls=":", label=f"chosen on validation: {chosen:g} %")
+        for name, r, p in pruned_rows(results):
+            same = (r["compare_to"], p["target"], p.get("per_intent", False), p.get("unit", "utterance"),
+                    p.get("target_split", "validation")) == (base, target, per_intent, unit, split)
+            if p["random"] and same:
+                for data_split, marker in (("validation", "x"), ("test", "+")):
+                    ax.scatter([100 * p["fraction"]], [seed_mean(r, data_split, "sentence_acc", seeds)], marker=marker,
+                               s=60, color="black", zorder=3, label=f"random, {data_split}")
+        on = "" if split == "validation" else f", target: {split} part"
+        ax.set(title=f"{base}{on}\n{unit}s dropped {'within each intent' if per_intent else 'globally'}, seeds {seeds}",
+               xlabel="% dropped by MTIF (0 = full set)", ylabel="sentence accuracy (%)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one legend entry for several random fractions
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+    fig.tight_layout()
+    if out_path is not None:  # None: only whether there is a figure (render.py --check)
+        fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def load_refits() -> dict:
@@ -403,7 +450,8 @@ def refit_table(refits: dict) -> list:
     return lines
 
 
-def render(figure=FIGURE) -> tuple:
+def render(figure=FIGURE, pruning_figure=PRUNING_FIGURE) -> tuple:
+    """RESULTS.md's text and the README's marked blocks; the figures are written unless None."""
     results = load_results()
     anchors = json.loads((ROOT / "benchmarks" / "anchors.json").read_text())
     datasets = sorted({dataset_of(r) for r in results.values()})
@@ -421,6 +469,8 @@ def render(figure=FIGURE) -> tuple:
     summary += pruning_table(results)
     pruning_readme = pruning_summary(results)
     summary += fraction_choice(results)
+    if plot_fraction_choice(results, pruning_figure):
+        summary += [f"![Sentence accuracy against the fraction MTIF dropped]({PRUNING_FIGURE.name})", ""]
     summary += refit_table(load_refits())
     body = ["# Benchmark results", "",
             "Generated by `python benchmarks/render.py` from `benchmarks/results/*.json`; do not edit by hand.",
@@ -476,7 +526,7 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if RESULTS.md or the README tables are out of date")
     args = parser.parse_args(argv)
-    results_md, blocks = render(None if args.check else FIGURE)
+    results_md, blocks = render(None, None) if args.check else render()
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     new_text = text

@@ -98,7 +98,7 @@ def test_the_readme_pruning_summary_is_rendered_into_its_marked_block(tmp_path, 
 
     # main() rewrites the block in place, indented as the list item that holds it
     monkeypatch.setattr(render, "ROOT", tmp_path)
-    monkeypatch.setattr(render, "render", lambda figure=None: ("results\n", {
+    monkeypatch.setattr(render, "render", lambda *figures: ("results\n", {
         (render.PRUNING_START, render.PRUNING_END): "| a |\n|---|"}))
     (tmp_path / "benchmarks").mkdir()
     readme = tmp_path / "README.md"
@@ -140,7 +140,7 @@ def test_the_accuracy_table_compares_a_run_with_its_base_over_the_run_s_seeds():
     assert "| -0.50 (vs atis, other seeds) |" in rows[0]
 
 
-def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share():
+def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candidates_share(tmp_path):
     def run_with(validation_by_seed, fraction=None, random=False):
         seeds = sorted(validation_by_seed)
         r = result(80.0, seeds=seeds, per_seed=[{"seed": s, "validation": {"sentence_acc": v},
@@ -154,11 +154,14 @@ def test_the_pruning_fraction_is_chosen_on_validation_over_the_seeds_all_candida
                "atis_mtif_5pct_per_intent": run_with({1: 91.5, 2: 90.0, 3: 90.0}, 0.05),
                "atis_random_5pct_per_intent": run_with({1: 99.0}, 0.05, random=True)}
     assert render.fraction_choice(results) == []  # one fraction tried: nothing to choose
+    assert not render.plot_fraction_choice(results, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
 
     results["atis_mtif_1pct_per_intent"] = run_with({1: 92.0}, 0.01)
     (line,) = [line for line in render.fraction_choice(results) if line.startswith("- ")]
     # compared on seed 1 only (the 1 % row has no other); the random row is never a candidate
     assert "seeds [1]" in line and "0 % 91.00, 1 % 92.00, 5 % 91.50" in line and line.endswith("chosen fraction: 1 %**")
+    figure = tmp_path / "pruning.png"
+    assert render.plot_fraction_choice(results, figure) and figure.stat().st_size > 1000
 
     results["atis_mtif_1pct_per_intent"] = run_with({1: 90.0}, 0.01)
     (line,) = [line for line in render.fraction_choice(results) if line.startswith("- ")]
