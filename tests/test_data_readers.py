@@ -62,6 +62,27 @@ def test_scripts_without_spaces_are_split_into_characters():
     assert words("๑๒๓ บาท abcｰ") == ["๑๒๓", "บ", "า", "ท", "abc", "ｰ"]  # their digits stay one number
 
 
+def test_myanmar_is_split_into_syllables():
+    # Unicode's grapheme clusters cut a syllable before a killed consonant (မြ | န်) and before
+    # ာ and း; a Myanmar syllable breaker joins them, and so does tokenize
+    assert words("မြန်မာ") == ["မြန်", "မာ"]
+    assert words("ကျွန်တော် နေကောင်းပါတယ်။") == ["ကျွန်", "တော်", "နေ", "ကောင်း", "ပါ", "တယ်", "။"]
+    assert words("ရန်ကုန်မြို့ ၁၂၃ ကျပ်") == ["ရန်", "ကုန်", "မြို့", "၁၂၃", "ကျပ်"]  # digits stay one number
+    assert words("မင်္ဂလာပါ") == ["မင်္ဂ", "လာ", "ပါ"]  # kinzi: the stacked consonant keeps its syllable
+    assert words("ok မြန်မာ東京") == ["ok", "မြန်", "မာ", "東", "京"]
+
+
+def test_a_myanmar_entity_keeps_its_syllables(tmp_path):
+    path = tmp_path / "my.json"
+    text = "ရန်ကုန်မြို့ ရာသီဥတု"  # "Yangon city weather"
+    path.write_text(json.dumps({"text": text, "intent": "weather", "entities": [
+        {"start": 0, "end": text.index("မြို့"), "entity": "city"}]}, ensure_ascii=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the span ends at a syllable: not widened
+        (example,) = read_span_json(path)
+    assert example["tokens"][:3] == ["ရန်", "ကုန်", "မြို့"] and example["slots"][:3] == ["B-city", "I-city", "O"]
+
+
 def test_two_entities_in_an_unspaced_clause_keep_their_spans(tmp_path):
     path = tmp_path / "zh.json"
     path.write_text(json.dumps({"text": "明天北京天气怎么样？", "intent": "weather", "entities": [

@@ -42,9 +42,11 @@ def test_methods_copy_matches_the_design_notes():
 
 def test_formats_states_the_tokeniser_the_reader_uses():
     """data/FORMATS.md spells out the tokeniser's regular expression; it must be the reader's."""
-    from slu_feedback.data.readers import _NOT_SPACE, _TOKEN_RE, _UNSPACED, _WORD
+    from slu_feedback.data.readers import _MYANMAR_SYLLABLE, _NOT_SPACE, _TOKEN_RE, _UNSPACED, _WORD
 
     text = (ROOT / "data" / "FORMATS.md").read_text(encoding="utf-8")
-    pattern, unspaced, word = re.search(r"\n`(W\+.*?)` with\n`U` = `(.*?)` and `W` =\n`(.*?)`", text).groups()
-    assert unspaced == _UNSPACED and word == _WORD.replace(_UNSPACED, "U")
-    assert pattern.replace("U", _UNSPACED).replace("W", _WORD) == _TOKEN_RE.pattern.replace(_NOT_SPACE, "[^<whitespace>]")
+    pattern, unspaced, word, syllable = re.search(
+        r"\n`(W\+.*?)` with\n`U` = `(.*?)` and `W` =\n`(.*?)` and the Myanmar syllable `S` =\n`(.*?)`", text).groups()
+    assert unspaced == _UNSPACED and word == _WORD.replace(_UNSPACED, "U") and syllable == _MYANMAR_SYLLABLE
+    assert (pattern.replace("S", _MYANMAR_SYLLABLE).replace("U", _UNSPACED).replace("W", _WORD)
+            == _TOKEN_RE.pattern.replace(_NOT_SPACE, "[^<whitespace>]"))

@@ -37,16 +37,24 @@ FORMATS = ("folder", "jsonl", "spans")
 _SPACE = "".join(sorted({chr(i) for i in range(0x3001) if chr(i).isspace()}))  # none above U+3000
 _NOT_SPACE = "[^" + regex.escape(_SPACE, special_only=False) + "]"
 # Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): each
-# grapheme cluster is a token, so an entity can start and end anywhere ("明天|北京|天气" are six
+# grapheme cluster is a token (in Myanmar each syllable, below), so an entity can start and end anywhere ("明天|北京|天气" are six
 # tokens), as BERT's basic tokenizer does for ideographs; "ー" is the kana length mark
 # (their digits, "๑๒๓", stay one number as "123" does; "ｰ" is the half-width length mark, "〆" a kanji-like mark)
 _UNSPACED = r"(?:(?!\p{N})[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ーｰ〆])"
 # Python's \w (letters, all numbers, "_": not regex's \w) plus marks, outside those scripts
 _WORD = r"(?:(?!" + _UNSPACED + r")[\p{L}\p{N}_\p{M}])"
+# Myanmar: a token is a syllable, not a grapheme cluster. Unicode's clusters cut its syllables
+# ("မြန်" is the clusters မြ | န်: a consonant killed by asat U+103A ends the syllable before it), so
+# a cluster joins the one before when it starts with a mark (ာ U+102C and း U+1038 start clusters of
+# their own), follows a virama (U+1039, a stacked consonant) or is a consonant killed by asat or
+# stacked by virama: "မြန်မာ" -> မြန် | မာ, as Myanmar syllable breakers (sylbreak) split it
+_MYANMAR_SYLLABLE = (r"(?=\p{Myanmar})(?!\p{N})\X"
+                     r"(?:(?=\p{Myanmar})(?:(?=\p{M})|(?<=\u1039)|(?=\p{L}[\u1036\u1037]*[\u103A\u1039]))\X)*")
 # any other character starts a token of one grapheme cluster (\X: an emoji ZWJ sequence, a flag or
 # a symbol with its marks stays whole); invisible format characters (\p{Cf}: zero-width space,
 # a stray joiner, BOM) are no token, like whitespace
-_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|(?=" + _UNSPACED + r")\X"
+_TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|" + _MYANMAR_SYLLABLE
+                          + r"|(?=" + _UNSPACED + r")\X"
                           r"|(?![\p{L}\p{N}_\p{M}\p{Cf}])(?=" + _NOT_SPACE + r")\X")
 _TAG_RE = re.compile(r"O|[BI]-\S+")
 
@@ -62,8 +70,9 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
     more word characters; every other non-space character is a token by itself, with the rest of
     its grapheme cluster (an emoji ZWJ sequence is one token), except invisible format characters
     (zero-width space, a stray joiner), which separate tokens as whitespace does. In scripts written
-    without spaces (Chinese, Japanese kana, Thai, Lao, Khmer, Myanmar) every grapheme cluster is a
-    token: ``"明天北京天气"`` -> 明 | 天 | 北 | 京 | 天 | 气.
+    without spaces (Chinese, Japanese kana, Thai, Lao, Khmer) every grapheme cluster is a
+    token: ``"明天北京天气"`` -> 明 | 天 | 北 | 京 | 天 | 气; in Myanmar every syllable:
+    ``"မြန်မာ"`` -> မြန် | မာ.
     Examples: ``"wake me at 6:30, o'clock"`` -> wake | me | at | 6:30 | , | o'clock;
     ``"st. louis"`` -> st | . | louis; ``""`` -> [].
     Text is not lowercased or normalised here.
