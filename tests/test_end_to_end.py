@@ -448,6 +448,8 @@ def test_a_truncated_result_says_so_in_json_and_in_the_plain_output(tiny_run_fac
     assert result["truncated"] is True and result["words_seen"] == 10  # 10 words + [CLS] + [SEP]
     for short in parser(["boston to denver", ""]):
         assert short["truncated"] is False and "words_seen" not in short
+    parsed, empty = parser(["boston to denver", ""], explain=True)
+    assert set(empty) == set(parsed) and empty["explain"] == [] and "dataset" not in parsed
     runner = CliRunner()
     out = runner.invoke(parse_main, [str(run), "--text", long_text, "--json"])
     assert out.exit_code == 0, out.output

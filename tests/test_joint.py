@@ -267,7 +267,11 @@ def test_joint_training_with_other_datasets_weight_logs_its_loss(tiny_encoder, d
     steps = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"step"' in line]
     logged = [r["loss_other_datasets"] for r in steps if r.get("type") == "step"]
     assert logged and all(v >= 0 for v in logged)
-    assert SLUParser.from_pretrained(run)("play some jazz")["dataset"] in DOMAINS
+    parser = SLUParser.from_pretrained(run)
+    parsed, empty = parser(["play some jazz", " "], explain=True)
+    assert parsed["dataset"] in DOMAINS and empty["dataset"] is None
+    assert set(empty) == set(parsed) and empty["explain"] == []  # an empty text's result has the same keys
+    assert parser("", dataset="home")["dataset"] == "home"
 
 
 def test_dataset_names_must_be_usable_as_run_folders(tiny_recipe, domain_data, tmp_path):

@@ -118,9 +118,14 @@ class SLUParser:
         words = [self.split_words(t) for t in texts]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
-        if self.bayesian:
-            for r in results:
+        joint = len(self.models) > 1 or "" not in self.models
+        for i, r in enumerate(results):  # an empty result has every key a parsed one has
+            if self.bayesian:
                 r["intent_uncertainty"] = None
+            if explain:
+                r["explain"] = []
+            if joint:
+                r["dataset"] = datasets[i] if datasets else None
         if not live:
             return results
         encoded = encode_words(self.tokenizer, [[w for w, _, _ in words[i]] for i in live], self.max_length)
@@ -148,7 +153,7 @@ class SLUParser:
             if explain:
                 results[i]["explain"] = self._explain(self.models[name], outs[name], j, len(encoded["word_index"][j]),
                                                       batch["word_mask"][j : j + 1], words[i])
-            if len(self.models) > 1 or name:
+            if joint:
                 results[i]["dataset"] = name
         return results
 
