@@ -239,6 +239,23 @@ def test_a_vmtl_run_is_refused_with_a_reason_by_the_api_and_the_cli(onnx_deps, t
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("exporter broke"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_export_leaves_the_existing_file(feedback_run, tmp_path, monkeypatch, failure):
+    from slu_feedback.inference import export
+
+    def half_written(module, args, out_file, opset):
+        out_file.write_bytes(b"half a graph")
+        raise failure
+
+    monkeypatch.setattr(export, "_export_dynamo", half_written)
+    monkeypatch.setattr(export, "_export_legacy", half_written)
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the graph that works")
+    with pytest.raises(type(failure)):
+        export.export_onnx(feedback_run, target)
+    assert target.read_bytes() == b"the graph that works" and [f.name for f in tmp_path.iterdir()] == ["model.onnx"]
+
+
 def test_export_cli_on_a_broken_run(onnx_deps, tmp_path):
     from slu_feedback.cli.export import main as export_main
 

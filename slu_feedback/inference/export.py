@@ -111,26 +111,33 @@ def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | Non
     module = SLUExportModule(model).eval()
     inputs = example_inputs(tokenizer)
     args = tuple(inputs[name] for name in INPUT_NAMES)
+    # written beside the target and renamed when complete: a failed or interrupted export leaves an
+    # existing model.onnx as it was
+    partial = out_file.with_name(out_file.name + ".partial")
     errors = []
-    for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
-        try:
-            with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch", "onnxscript"):
-                warnings.simplefilter("ignore")
-                if kind == "dynamo":
-                    _export_dynamo(module, args, out_file, opset)
-                elif kind == "legacy":
-                    _export_legacy(module, args, out_file, opset)
-                else:
-                    raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
-            if errors:
-                warnings.warn(f"the torch.export-based exporter failed ({errors[0]}); used the TorchScript exporter")
-            return out_file
-        except ValueError:
-            raise
-        except Exception as error:  # try the next exporter, keep the reason
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-            errors.append(f"{kind}: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
-    raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
+    try:
+        for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
+            try:
+                with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch", "onnxscript"):
+                    warnings.simplefilter("ignore")
+                    if kind == "dynamo":
+                        _export_dynamo(module, args, partial, opset)
+                    elif kind == "legacy":
+                        _export_legacy(module, args, partial, opset)
+                    else:
+                        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
+                partial.replace(out_file)
+                if errors:
+                    warnings.warn(f"the torch.export-based exporter failed ({errors[0]}); used the TorchScript exporter")
+                return out_file
+            except ValueError:
+                raise
+            except Exception as error:  # try the next exporter, keep the reason
+                message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+                errors.append(f"{kind}: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
+        raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
