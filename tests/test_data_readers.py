@@ -350,6 +350,24 @@ def test_a_word_without_sub_tokens_is_encoded_as_unknown():
     assert encode_words(tokenizer, words, 4)["word_index"][0] == [1, 2]  # truncation still cuts the rest
 
 
+def test_featurize_says_how_many_utterances_max_length_cuts():
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from slu_feedback.data.features import featurize
+    from slu_feedback.models.encoders import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("minilm-l6"))
+    split = Dataset.from_dict({"tokens": [["play"] * 20, ["play", "jazz"]], "slots": [["O"] * 20, ["O", "O"]],
+                               "intent": ["music", "music"]})
+    maps = LabelMaps(["music"], ["O"])
+    with pytest.warns(UserWarning, match="train: 1 of 2 utterances are longer than max_length=8 sub-tokens"):
+        assert len(featurize(split, tokenizer, maps, 8, "train")[0]["word_index"]) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing cut: nothing said
+        featurize(split, tokenizer, maps, 64, "train")
+
+
 def test_jsonl_null_errors_name_file_and_line(tmp_path):
     p = tmp_path / "train.jsonl"
     p.write_text('{"tokens": ["a"], "slots": ["O"], "intent": "x"}\n{"tokens": ["a"], "slots": null, "intent": null}\n')

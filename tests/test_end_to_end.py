@@ -254,9 +254,9 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_recipe, tmp_path):
     # resuming with the average switched off (or on) names the setting to use
     from slu_feedback.training.trainer import TrainingError
 
-    with pytest.raises(TrainingError, match="started with a weight average: resume with optim.ema_decay=its value"):
+    with pytest.raises(TrainingError, match=r"this command changes optim.ema_decay \(0.9 -> 0.0\)"):
         train(tiny_recipe(f"output_dir={cut}"), resume=True)
-    with pytest.raises(TrainingError, match="started without a weight average: resume with optim.ema_decay=0"):
+    with pytest.raises(TrainingError, match=r"this command changes optim.ema_decay \(0.0 -> 0.9\)"):
         train(tiny_recipe(f"output_dir={tmp_path / 'plain'}", "optim.ema_decay=0.9"), resume=True)
     rescored = evaluate_run(whole, "validation", out_dir=tmp_path / "rescored")["metrics"]
     assert {k: round(rescored[k], 6) for k in ("sentence_acc", "slot_f1", "intent_nll")} == \
@@ -527,7 +527,7 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
         evaluate_run(run, "test", data=str(tmp_path / "nowhere"))
 
 
-def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path):
+def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path, monkeypatch):
     from slu_feedback.training.trainer import TrainingError
 
     run_dir = tmp_path / "run"
@@ -559,6 +559,64 @@ def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path):
     (run_dir / "eval_test").mkdir()
     train(tiny_recipe(f"output_dir={tmp_path / 'link'}", "train.epochs=1"), overwrite=True)
     assert not (run_dir / "eval_test").exists() and (run_dir / "model.safetensors").exists()
+
+    # a folder with a config.json but no run (a model folder, a project) is neither trained into nor deleted
+    model_folder = tmp_path / "model"
+    model_folder.mkdir()
+    (model_folder / "config.json").write_text("{}")
+    for overwrite in (False, True):
+        with pytest.raises(TrainingError, match="holds a config.json but no slu-train run"):
+            train(tiny_recipe(f"output_dir={model_folder}", "train.epochs=1"), overwrite=overwrite)
+    assert [f.name for f in model_folder.iterdir()] == ["config.json"]
+    # --overwrite never deletes the working folder, even where it holds a run
+    monkeypatch.chdir(run_dir)
+    with pytest.raises(TrainingError, match="would delete ., which holds the working folder"):
+        train(tiny_recipe("output_dir=.", "train.epochs=1"), overwrite=True)
+    assert (run_dir / "model.safetensors").exists()
+
+
+def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
+    import yaml
+
+    from slu_feedback.training.trainer import TrainingError
+
+    run_dir = tmp_path / "run"
+    train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=1"))
+    # a resumed run that learnt with another seed, rate or data would be neither run: refused, keys named
+    with pytest.raises(TrainingError, match=r"this command changes seed \(42 -> 7\), optim.lr \(0.003 -> 0.01\)\. "
+                                            r"Only train.epochs, train.patience"):
+        train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2", "optim.lr=1e-2", "seed=7"), resume=True)
+    # going on for longer is what --resume is for; recipe.yaml records it
+    train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["epochs"] == 2
+    assert json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
+
+
+@pytest.mark.parametrize("interrupted_at", [1, 2])
+def test_ctrl_c_names_the_run_and_what_it_keeps(tiny_recipe, tmp_path, monkeypatch, interrupted_at):
+    from slu_feedback.cli.train import interrupted_message
+    from slu_feedback.training import trainer
+
+    validations, validate = [], trainer.evaluate_split
+
+    def interrupt(*args, **kwargs):  # Ctrl-C while epoch `interrupted_at` is validated
+        validations.append(1)
+        if len(validations) == interrupted_at:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_split", interrupt)
+    run_dir = tmp_path / "run"
+    with pytest.raises(trainer.TrainingInterrupted) as caught:
+        train(tiny_recipe(f"output_dir={run_dir}"))
+    assert caught.value.run_dir == run_dir and caught.value.epochs_kept == interrupted_at - 1
+    message = interrupted_message(caught.value, "recipes/quickstart.yaml", ["train.epochs=2", "output_dir=x"])
+    command = f"slu-train recipes/quickstart.yaml train.epochs=2 output_dir={run_dir}"  # this run, not the newest
+    assert message == (f"interrupted; {run_dir} keeps epoch 1's checkpoint: continue with {command} --resume"
+                       if interrupted_at == 2 else
+                       f"interrupted before the first epoch ended: {run_dir} has nothing to continue; "
+                       f"start it again with {command} --overwrite")
+    assert interrupted_message(KeyboardInterrupt(), "r.yaml", []) == "interrupted before training started; no run was written"
 
 
 def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tiny_run_factory):

@@ -83,10 +83,31 @@ def test_missing_data_path_and_bad_yaml(tmp_path, monkeypatch):
     ("optim.lr=nan", "must be a finite number"),
     ("model.feedback.iter_weights=[0.5, x]", r"'model.feedback.iter_weights\[1\]' must be a number"),
     ("model.feedback.iter_weights=-1", "must be >= 0"),
+    # were tracebacks from PyYAML, torch's seeding, os.path or the model config
+    ("optim.lr=[", r"override 'optim.lr=\[': the value is not valid YAML"),
+    ("output_dir=a: b: c", "override 'output_dir=a: b: c': the value is not valid YAML"),
+    ("seed=4294967296", "'seed' must be at most 4294967295"),
+    ("data.path=[x, 2]", "'data.path' lists datasets as paths .*item 1 is 2"),
+    ("data.max_length=2", r"'data.max_length' must be at least 3 \(\[CLS\], one word"),
+    ("model.feedback.max_iterations=2", "max_iterations needs model.feedback.iterations > 0"),
 ])
 def test_a_wrong_value_is_named_before_anything_loads(override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(None, ["data.path=x", override])
+
+
+def test_a_run_s_saved_recipe_finds_its_data_where_the_original_did(tmp_path, monkeypatch):
+    from slu_feedback.data.dataset import resolve_data_path
+    from slu_feedback.training.recipe import save_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    assert recipe["data"]["path"] == "../data/sample"  # relative to the recipes folder
+    save_recipe(recipe, tmp_path / "recipe.yaml")  # as slu-train saves it in the run folder
+    monkeypatch.chdir(tmp_path)
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert again["recipe_dir"] == recipe["recipe_dir"]
+    assert resolve_data_path(again["data"]["path"], again["recipe_dir"]) == \
+        resolve_data_path(recipe["data"]["path"], recipe["recipe_dir"])
 
 
 def test_feedback_round_weights_need_one_per_round():

@@ -1,6 +1,7 @@
 """`slu-train RECIPE [key=value ...] [--resume]`"""
 
 import os
+import shlex
 import sys
 
 import click
@@ -42,11 +43,26 @@ def main(recipe, overrides, resume, overwrite, detect_anomaly, print_recipe):
         run_dir = train(recipe, resume=resume, detect_anomaly=detect_anomaly, overwrite=overwrite)
     except (RecipeError, DataError, TrainingError) as error:
         raise click.ClickException(str(error)) from None
-    except KeyboardInterrupt:  # the last finished epoch's checkpoint is on disk
-        raise click.ClickException(f"interrupted; the last finished epoch is kept: continue with "
-                                   f"slu-train {' '.join([recipe_path, *overrides])} --resume") from None
+    except KeyboardInterrupt as interrupt:
+        raise click.ClickException(interrupted_message(interrupt, recipe_path, overrides)) from None
     if os.environ.get("RANK", "0") == "0":  # once, also under torchrun
         click.echo(f"run directory: {run_dir}")
+
+
+def interrupted_message(interrupt, recipe_path: str, overrides) -> str:
+    """What Ctrl-C left: the command that continues the run (its folder named, so that --resume finds
+    this run and not the newest of the recipe), or that there is nothing to continue."""
+    from ..training.trainer import TrainingInterrupted
+
+    if not isinstance(interrupt, TrainingInterrupted) or not interrupt.started:
+        return "interrupted before training started; no run was written"
+    command = shlex.join(["slu-train", recipe_path, *(o for o in overrides if not o.startswith("output_dir=")),
+                          f"output_dir={interrupt.run_dir}"])
+    if interrupt.epochs_kept:
+        return (f"interrupted; {interrupt.run_dir} keeps epoch {interrupt.epochs_kept}'s checkpoint: "
+                f"continue with {command} --resume")
+    return (f"interrupted before the first epoch ended: {interrupt.run_dir} has nothing to continue; "
+            f"start it again with {command} --overwrite")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Words cut off by `max_length` are not seen by the model; their predictions defau
 """
 
 import math
+import warnings
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -115,8 +116,15 @@ def make_loader(features, batch_size: int, tokenizer, shuffle: bool, num_workers
     return DataLoader(features, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_fn)
 
 
-def featurize(split, tokenizer, label_maps, max_length: int):
-    """Raw examples -> model inputs (kept in memory; `datasets` caches on disk only for file-backed data)."""
+def featurize(split, tokenizer, label_maps, max_length: int, name: str = "data"):
+    """Raw examples -> model inputs (kept in memory; `datasets` caches on disk only for file-backed data).
+    Warns, naming the split (`name`), how many utterances `max_length` cuts: their last words are
+    neither trained on nor seen when scoring (predicted O)."""
     features = split.map(make_features, batched=True, fn_kwargs={
         "tokenizer": tokenizer, "label_maps": label_maps, "max_length": max_length})
+    cut = sum(len(index) < len(words) and len(ids) >= max_length  # (not trailing words without sub-tokens)
+              for index, words, ids in zip(features["word_index"], features["tokens"], features["input_ids"]))
+    if cut:
+        warnings.warn(f"{name}: {cut} of {len(features)} utterances are longer than max_length={max_length} "
+                      f"sub-tokens; their last words are cut (not trained on, predicted O)")
     return features.select_columns(FEATURE_COLUMNS)

@@ -125,7 +125,7 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
                          "only fully labelled splits can be scored")
     labels = LabelMaps(config.intent_labels, config.slot_labels)
     max_length = max_length or run_max_length(run_dir, config)
-    loader = make_loader(featurize(raw, tokenizer, labels, max_length), batch_size, tokenizer, shuffle=False)
+    loader = make_loader(featurize(raw, tokenizer, labels, max_length, split), batch_size, tokenizer, shuffle=False)
     feedback = config.feedback["iterations"] > 0
     metrics, pred = evaluate_split(model, loader, raw, config, keep_iterations=feedback, iterations=iterations)
 

@@ -113,6 +113,9 @@ NON_NEGATIVE = ("seed", "optim.lr", "optim.head_lr", "optim.gate_lr", "model.fee
                 "model.feedback.eps")
 UNIT_INTERVAL = ("data.train_fraction", "model.dropout", "optim.warmup_ratio", "model.vmtl.kl_warmup",
                  "optim.ema_decay")
+# Bounds beyond the sign: (bound, why)
+MINIMUM = {"data.max_length": (3, "[CLS], one word's first sub-token and [SEP]")}
+MAXIMUM = {"seed": (2**32 - 1, "the largest seed torch and numpy take")}
 # Keys of UNIT_INTERVAL without one end: (the value left out, how the range reads in an error)
 OPEN_END = {"data.train_fraction": (0, "(0, 1]"), "optim.ema_decay": (1, "[0, 1) (0: off)")}
 
@@ -172,7 +175,16 @@ def _check_values(recipe: dict, defaults: dict = DEFAULTS, prefix: str = "") -> 
             close = difflib.get_close_matches(str(value), CHOICES[name], n=1)
             raise RecipeError(f"recipe key {name!r} must be one of {', '.join(CHOICES[name])}, got {value!r}"
                               + (f"; did you mean {close[0]!r}?" if close else ""))
+        if name == "data.path" and isinstance(value, list):
+            for i, item in enumerate(value):
+                if not isinstance(item, str) or not item:
+                    raise RecipeError(f"recipe key 'data.path' lists datasets as paths (non-empty strings); "
+                                      f"item {i} is {item!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name in MINIMUM and value < MINIMUM[name][0]:
+                raise RecipeError(f"recipe key {name!r} must be at least {MINIMUM[name][0]} ({MINIMUM[name][1]}), got {value!r}")
+            if name in MAXIMUM and value > MAXIMUM[name][0]:
+                raise RecipeError(f"recipe key {name!r} must be at most {MAXIMUM[name][0]} ({MAXIMUM[name][1]}), got {value!r}")
             if name in POSITIVE and value <= 0 or name in NON_NEGATIVE and value < 0:
                 raise RecipeError(f"recipe key {name!r} must be {'positive' if name in POSITIVE else '>= 0'}, "
                                   f"got {value!r}")
@@ -207,7 +219,12 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        what = " ".join(str(x) for x in (getattr(error, "context", None), getattr(error, "problem", None)) if x)
+        raise RecipeError(f"override {text!r}: the value is not valid YAML ({what or error}); "
+                          f"quote it as text, e.g. {key}='\"{raw}\"'") from None
     if isinstance(value, str):  # YAML 1.1 reads 3e-5 as a string; numbers should be numbers
         try:
             value = float(value)
@@ -220,7 +237,7 @@ def parse_override(text: str) -> dict:
 
 def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     """Defaults <- YAML file <- overrides, validated. Records where the recipe came from."""
-    values = {}
+    values, stored_dir = {}, None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -236,7 +253,9 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
             raise RecipeError(f"{where}: invalid YAML: {what or error}") from None
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe must be a mapping of keys to values")
-        values.pop("recipe_dir", None)
+        # a run's saved recipe.yaml records the folder of the recipe it was trained from: its relative
+        # data.path is resolved from there (not from the run folder), so the file can be trained again
+        stored_dir = values.pop("recipe_dir", None)
         values.pop("recipe_name", None)
     _validate(values, DEFAULTS)
     recipe = _merge(DEFAULTS, values)
@@ -248,6 +267,10 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     if recipe["model"]["head"] == "vmtl" and recipe["model"]["slot_decoder"] == "crf":  # before any loading
         raise RecipeError("model.head=vmtl does not support model.slot_decoder=crf (the Monte Carlo loss needs "
                           "per-word softmax outputs); use model.slot_decoder=softmax")
+    feedback = recipe["model"]["feedback"]
+    if feedback["max_iterations"] and not feedback["iterations"]:
+        raise RecipeError("model.feedback.max_iterations needs model.feedback.iterations > 0: a model trained "
+                          "without feedback has no loop to iterate")
     for message in unused_settings(recipe["model"]):
         warnings.warn(message)
     if recipe["data"]["path"] is None:
@@ -257,7 +280,10 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
             raise RecipeError("data.path is an empty list")
         if len(recipe["data"]["path"]) == 1:
             recipe["data"]["path"] = recipe["data"]["path"][0]
-    recipe["recipe_dir"] = str(path.parent.resolve()) if path else str(Path.cwd())
+    if path is not None and isinstance(stored_dir, str) and Path(stored_dir).is_dir():
+        recipe["recipe_dir"] = stored_dir
+    else:
+        recipe["recipe_dir"] = str(path.parent.resolve()) if path else str(Path.cwd())
     recipe["recipe_name"] = path.stem if path else "recipe"
     return recipe
 
