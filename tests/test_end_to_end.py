@@ -592,6 +592,17 @@ def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
     assert json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
 
 
+def test_resume_without_output_dir_takes_the_newest_run_of_that_recipe_only(tmp_path, monkeypatch):
+    from slu_feedback.training.trainer import latest_run
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("my-atis-20261207-101010", "my-atis-20261207-101010-2", "my-atis-lr-20261208-090000", "my-atis-notes"):
+        (tmp_path / "runs" / name / "checkpoint").mkdir(parents=True)
+    assert latest_run({"recipe_name": "my-atis"}) == Path("runs/my-atis-20261207-101010-2")
+    assert latest_run({"recipe_name": "my-atis-lr"}) == Path("runs/my-atis-lr-20261208-090000")
+    assert latest_run({"recipe_name": "atis"}) is None
+
+
 @pytest.mark.parametrize("interrupted_at", [1, 2])
 def test_ctrl_c_names_the_run_and_what_it_keeps(tiny_recipe, tmp_path, monkeypatch, interrupted_at):
     from slu_feedback.cli.train import interrupted_message

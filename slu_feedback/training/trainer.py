@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -125,7 +126,10 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def latest_run(recipe: dict) -> Path | None:
     """The newest run of this recipe under runs/ that has a checkpoint (for --resume)."""
-    runs = sorted(Path("runs").glob(f"{recipe['recipe_name']}-*/checkpoint"))
+    # <recipe>-<date>-<time>[-n] only: runs of a recipe named my-atis-lr are not runs of my-atis
+    stamp = re.compile(re.escape(recipe["recipe_name"]) + r"-\d{8}-\d{6}(-\d+)?")
+    runs = sorted(run for run in Path("runs").glob(f"{recipe['recipe_name']}-*/checkpoint")
+                  if stamp.fullmatch(run.parent.name))
     return runs[-1].parent if runs else None
 
 
