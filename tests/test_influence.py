@@ -4,6 +4,8 @@ per-example gradients, and `slu-influence score|prune|validate` on a tiny traine
 import csv
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,17 @@ def test_slu_problem_gradients_and_last_layer_features(tiny_run):
     assert torch.allclose(last.per_example_gradients(w, chunk), _loop_gradients(last, w, chunk, range(2)), atol=1e-10)
 
 
+def test_heads_last_is_refused_where_the_re_run_layer_gives_other_features(tiny_run, monkeypatch):
+    """Re-running one layer on its input reproduces a BERT layer's output, not one that needs more
+    (relative position biases, DeBERTa): a scope that would score another model is refused."""
+    from slu_feedback.influence import slu
+
+    real = slu.last_layer
+    monkeypatch.setattr(slu, "last_layer", lambda model: (0, real(model)[1].__class__(model.encoder.model.config)))
+    with pytest.raises(ValueError, match="does not reproduce BertModel's features .*use --scope heads"):
+        slu.build_problem(tiny_run, "heads+last", batch_size=16)
+
+
 @pytest.mark.e2e
 def test_the_slot_samples_average_to_the_per_word_loss_the_trainer_minimises(tiny_run_factory):
     """The trainer's softmax slot loss is one mean over every labelled word; MTIF's Hessian must be
@@ -216,6 +229,27 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--scores",
                                   str(on_test / "influence.csv"), "--out", str(tmp_path / "refused")])
     assert result.exit_code != 0 and "test split" in result.output and not (tmp_path / "refused").exists()
+
+    # scores of other utterances (another run's training set), a missing file, other scoring settings:
+    # each refused in one line; the folder of influence.csv may be given for the file
+    other = tmp_path / "other-run-scores"
+    other.mkdir()
+    shutil.copy(out / "summary.json", other / "summary.json")
+    swapped = [dict(r) for r in rows]
+    swapped[0]["text"], swapped[1]["text"] = rows[1]["text"], rows[0]["text"]
+    with (other / "influence.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(swapped)
+    for scores, extra, message in ((other, [], "scores other training utterances than"),
+                                   (tmp_path / "nope" / "influence.csv", [], "no influence.csv there"),
+                                   (out, ["--scope", "heads+last"], "was scored with scope heads, not heads\+last"),
+                                   (out, ["--damping", "0.5"], "was scored with damping 0.01, not 0.5")):
+        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.1", "--scores", str(scores),
+                                      "--out", str(tmp_path / "refused"), *extra])
+        assert result.exit_code == 1 and re.search(message, result.output), result.output
+        assert not (tmp_path / "refused").exists() and not (tmp_path / "nope").exists()
+    assert runner.invoke(main, ["validate", str(tiny_run), "--n", "0"]).exit_code == 2  # a usage error, before any work
 
     sizes = {}
     for extra in ([], ["--random"]):
@@ -280,18 +314,18 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     assert train["intent"].count(None) == info["unlabelled"]["intent"] == sum(l == "intent" for _, l in dropped) - len(both)
     assert sum(s is None for s in train["slots"]) == info["unlabelled"]["slot"] == sum(l == "slot" for _, l in dropped) - len(both)
     assert len(data["validation"]) == 50 and None not in data["validation"]["intent"]
-    # no label loses its last training example, however much is pruned (MTIF and random alike)
+    # no label loses its last training example, however much is pruned (MTIF and random, samples and utterances)
     from slu_feedback.data.dataset import build_label_maps
     from slu_feedback.influence.slu import run_recipe, run_splits
 
     full_labels = build_label_maps(run_splits(run_recipe(tiny_run))["train"])
-    for extra in ([], ["--random"]):
-        heavy = tmp_path / f"samples-most{extra}"
-        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.9", "--unit", "sample", "--scores",
+    for unit, extra in (("sample", []), ("sample", ["--random"]), ("utterance", []), ("utterance", ["--random"])):
+        heavy = tmp_path / f"{unit}-most{extra}"
+        result = runner.invoke(main, ["prune", str(tiny_run), "--fraction", "0.9", "--unit", unit, "--scores",
                                       str(out / "influence.csv"), "--out", str(heavy), *extra])
         assert result.exit_code == 0, result.output
         heavy_info = json.loads((heavy / "prune.json").read_text())
-        assert heavy_info["kept_for_labels"] > 0 and heavy_info["dropped"] == 360
+        assert heavy_info["kept_for_labels"] > 0 and heavy_info["dropped"] == (360 if unit == "sample" else 180)
         assert build_label_maps(load_splits(heavy / "data")["train"]) == full_labels
     recipe = load_recipe(next(dest.glob("*.yaml")), ["train.epochs=1", f"output_dir={tmp_path / 'retrained'}"])
     assert recipe["data"]["format"] == "jsonl"
@@ -301,6 +335,12 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     results = json.loads((retrained / "all_results.json").read_text())
     assert results["train_examples"] == info["utterances_kept"]
     assert all(math.isfinite(results["validation"][k]) for k in ("intent_acc", "slot_f1", "sentence_acc"))
+    # random pruning needs no scores (none are computed); each seed has its own folder
+    for seed in ("0", "1"):
+        result = runner.invoke(main, ["prune", str(retrained), "--fraction", "0.1", "--random", "--seed", seed])
+        assert result.exit_code == 0, result.output
+        assert (retrained / "pruned" / f"random-both-10pct-seed{seed}" / "prune.json").is_file()
+    assert not (retrained / "influence").exists()
     # and such a run is scored and pruned again: its missing samples are no candidates, nulls stay JSONL
     for extra in (["--unit", "sample", "--per-intent"], []):
         again = tmp_path / f"again{extra}"

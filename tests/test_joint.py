@@ -42,6 +42,13 @@ def joint_run(tiny_encoder, domain_data, tmp_path_factory):
     return train(recipe)
 
 
+def test_a_joint_run_is_pruned_dataset_by_dataset(joint_run):
+    from slu_feedback.influence.report import prune_run
+
+    with pytest.raises(ValueError, match="is a joint run: prune one of its datasets, .*travel, .*home"):
+        prune_run(joint_run, 0.1)
+
+
 def test_joint_run_layout_and_shared_encoder(joint_run):
     assert json.loads((joint_run / "joint.json").read_text()) == {"datasets": ["travel", "home"]}
     results = json.loads((joint_run / "all_results.json").read_text())

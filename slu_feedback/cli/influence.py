@@ -19,6 +19,7 @@ validation loss).
 import json
 
 import click
+from click.core import ParameterSource
 
 from . import console_output
 
@@ -66,7 +67,7 @@ def main():
               help="Whose loss the influence is on. heldout: the part of the training split the run did not train "
                    "on (train it with data.train_fraction=0.9), leaving validation to choose the pruning fraction; "
                    "prune then puts that part back. test is a diagnostic (does what helps validation help test?): "
-                   "prune refuses such scores; write them elsewhere with --out.")
+                   "prune refuses such scores; they go to RUN_DIR/influence_test unless --out says otherwise.")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/influence).")
 @_errors
 def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_depth, float32, target_split, out_dir):
@@ -88,7 +89,7 @@ def score(run_dir, scope, solver, damping, batch_size, cg_iterations, lissa_dept
         summary = score_run(run, out_dir, scope, solver, damping, batch_size,
                             torch.float32 if float32 else torch.float64, target_split=target_split, **kw)
         if summary:  # the main process reports
-            report_score(summary, scope, damping, out_dir or f"{run}/influence")
+            report_score(summary, scope, damping, out_dir or f"{run}/influence{'_test' if target_split == 'test' else ''}")
 
 
 def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> None:
@@ -116,7 +117,8 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
               help="Drop whole utterances, or single samples: an utterance's intent label or its slot labels "
                    "(written as JSONL with a null intent or null slots; the utterance still trains the other head).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--scores", default=None, help="influence.csv to rank by (default: RUN_DIR/influence/, scored if absent).")
+@click.option("--scores", default=None, help="influence.csv (or its folder) to rank by (default: RUN_DIR/influence/, "
+                                            "scored there if absent; --scope and --damping apply to that scoring).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: RUN_DIR/pruned/<name>).")
 @click.option("--target-split", default=None, type=click.Choice(["validation", "heldout"]),
               help="MTIF's target: scores the run against it if it is not scored yet, and refuses scores made "
@@ -129,9 +131,11 @@ def prune(run_dir, fraction, target, random_, per_intent, unit, seed, scores, ou
     """Write the pruned training set (valid/ and test/ copied) and a recipe that trains on it."""
     from ..influence.report import prune_run
 
-    split = {"target_split": target_split} if target_split else {}
+    # the scoring options apply only where the run is scored here; given, they must match existing scores
+    given = {name: value for name, value in (("target_split", target_split), ("scope", scope), ("damping", damping))
+             if click.get_current_context().get_parameter_source(name) is ParameterSource.COMMANDLINE}
     info = prune_run(run_dir, fraction, target, random_, seed, scores, out_dir, per_intent=per_intent, unit=unit,
-                     scope=scope, damping=damping, **split)
+                     **given)
     click.echo(f"dropped {info['dropped']} of {info['dropped'] + info['kept']} training {unit}s "
                f"({'random' if random_ else 'most harmful for ' + target})")
     if unit == "sample":
@@ -184,8 +188,10 @@ def refit(run_dir, fraction, target, random_, per_intent, unit, seed, damping, m
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--n", default=40, show_default=True, help="Training utterances to leave out (each sample separately).")
-@click.option("--subsets", default=20, show_default=True, help="Random 50 % subsets for the datamodeling score.")
+@click.option("--n", default=40, show_default=True, type=click.IntRange(min=1),
+              help="Training utterances to leave out (each sample separately).")
+@click.option("--subsets", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Random 50 % subsets for the datamodeling score.")
 @SCOPE
 @SOLVER
 @DAMPING

@@ -20,6 +20,7 @@ import yaml
 
 from ..data.readers import write_examples
 from ..evaluation.plots import plt
+from ..models.joint import joint_datasets
 from .mtif import compute_mtif, influence_vectors, leave_one_out, score_chunks
 from .slu import TASKS, build_problem, run_recipe, run_splits
 
@@ -60,7 +61,8 @@ def score_run(run_dir, out_dir=None, scope: str = "heads", solver: str = "auto",
     Under torchrun / accelerate launch each process scores a strided share of the training chunks
     (the cheap solves are repeated on every process) and the main process writes the results."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "influence"
+    # test scores (a diagnostic prune refuses) never replace the validation scores prune ranks by
+    out_dir = Path(out_dir) if out_dir else run_dir / ("influence_test" if target_split == "test" else "influence")
     rank, world, gather, device = _distributed()
     started = time.perf_counter()
     problem, splits, model = build_problem(run_dir, scope, batch_size, dtype, device, target_split=target_split)
@@ -154,10 +156,10 @@ def pruning_name(target: str, fraction: float, per_intent: bool, unit: str) -> s
 
 
 class LabelKeeper:
-    """Sample-level pruning never takes the last training example of a label: a sample is released
-    only if every intent or slot tag it carries keeps another utterance labelled with it (else the
-    label would leave the vocabulary, and its validation and test occurrences could not be learned;
-    on ATIS, 2 % of samples per intent would otherwise remove 6 of 120 slot tags)."""
+    """Pruning never takes the last training example of a label: a sample (or a whole utterance) is
+    released only if every intent or slot tag it carries keeps another utterance labelled with it
+    (else the label would leave the vocabulary, and its validation and test occurrences could not be
+    learned; on ATIS, 2 % of samples per intent would otherwise remove 6 of 120 slot tags)."""
 
     def __init__(self, train):
         self.intents, self.slots = train["intent"], train["slots"]
@@ -166,7 +168,12 @@ class LabelKeeper:
         self.refused = 0
 
     def release(self, i: int, task: str) -> bool:
-        labels = {("intent", self.intents[i])} if task == "intent" else {("slot", t) for t in self.slots[i]}
+        """Whether sample `task` ("intent", "slot" or the whole "utterance") of utterance `i` may go."""
+        labels = set()
+        if task in ("intent", "utterance") and self.intents[i] is not None:
+            labels.add(("intent", self.intents[i]))
+        if task in ("slot", "utterance") and self.slots[i] is not None:
+            labels |= {("slot", t) for t in self.slots[i]}
         if any(self.count[label] <= 1 for label in labels):
             self.refused += 1
             return False
@@ -193,14 +200,14 @@ def select_drops(scores, train, fraction: float, target: str = "both", random: b
         if labelled[c]:
             groups[str(intents[candidates[c][0]]) if per_intent else ""].append(c)
     quota = {g: int(round(fraction * len(ids))) if per_intent else wanted for g, ids in groups.items()}
-    keeper = LabelKeeper(train) if unit == "sample" else None
+    keeper = LabelKeeper(train)
 
     def take(order: list, n: int) -> list:  # the first n candidates of `order` the keeper lets go
         out = []
         for c in order:
             if len(out) == n:
                 break
-            if keeper is None or keeper.release(*candidates[c]):
+            if keeper.release(*candidates[c]):
                 out.append(c)
         return out
 
@@ -226,8 +233,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     An utterance's influence is the sum over its two samples; with target `both` a value is summed
     over both targets. Utterance pruning writes the folder format; sample pruning writes JSONL in
     which a dropped sample is a null intent or null slots (the utterance then trains the other head
-    only) and an utterance with both samples dropped is left out; no label loses its last example
-    (`LabelKeeper`), for MTIF and random pruning alike. valid/ and test/ are copied.
+    only) and an utterance with both samples dropped is left out. No label loses its last example
+    (`LabelKeeper`), for MTIF and random pruning alike (utterances too since 2026-12-07). valid/ and
+    test/ are copied. Random pruning needs no scores; it is written to a folder named with its seed.
+    `scores`: an influence.csv (or the folder holding it) of this run's training set.
 
     `per_intent` drops the fraction within each intent (none from an intent with fewer than
     1 / (2 * fraction) candidates), random pruning then the same count per intent: on ATIS the
@@ -245,25 +254,48 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         raise ValueError(f"--target must be intent, slot or both, not {target!r}")
     if unit not in ("utterance", "sample"):
         raise ValueError(f"--unit must be utterance or sample, not {unit!r}")
+    names = joint_datasets(run_dir)
+    if names:
+        raise ValueError(f"{run_dir} is a joint run: prune one of its datasets, "
+                         + ", ".join(str(run_dir / name) for name in names))
     recipe = run_recipe(run_dir)
     splits = run_splits(recipe)
     train = splits["train"]
     scores_file = Path(scores) if scores else run_dir / "influence" / "influence.csv"
-    if not scores_file.exists():
+    if scores_file.is_dir():  # the folder slu-influence score --out wrote
+        scores_file = scores_file / "influence.csv"
+    summary, rows = {}, None
+    if scores_file.exists():
+        summary_file = scores_file.parent / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        rows = read_scores(scores_file)
+    elif scores:
+        raise ValueError(f"--scores {scores}: no influence.csv there (write one with slu-influence score RUN_DIR --out FOLDER)")
+    elif not random:  # random pruning needs no scores
         score_run(run_dir, scores_file.parent, **score_kw)
-    summary_file = scores_file.parent / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    scored_on = summary.get("target_split", "validation")
+        summary = json.loads((scores_file.parent / "summary.json").read_text())
+        rows = read_scores(scores_file)
+    scored_on = summary.get("target_split", score_kw.get("target_split", "validation"))
     if score_kw.get("target_split", scored_on) != scored_on:
         raise ValueError(f"{scores_file} was scored against {scored_on}, not {score_kw['target_split']}: score again "
                          f"into another folder (slu-influence score --out) and pass it with --scores")
     if scored_on == "test":
         raise ValueError(f"{scores_file} was scored against the test split (a diagnostic); pruning by it would pick "
                          "the training data on test. Score against validation: slu-influence score RUN_DIR")
-    rows = read_scores(scores_file)
-    if len(rows) != len(train):
-        raise ValueError(f"{scores_file} scores {len(rows)} utterances but the run's training set has {len(train)}")
-    chosen = select_drops(rows, train, fraction, target, random, seed, per_intent, unit)
+    for key, scored_with in (("scope", summary.get("scope")), ("damping", summary.get("solver", {}).get("damping"))):
+        if score_kw.get(key) is not None and scored_with is not None and score_kw[key] != scored_with:
+            raise ValueError(f"{scores_file} was scored with {key} {scored_with}, not {score_kw[key]} (--{key} applies "
+                             f"when scoring): score again into another folder with slu-influence score --out and "
+                             f"pass it with --scores")
+    if rows is None:
+        chosen = select_drops(torch.zeros(len(train), len(TASKS), len(TASKS)), train, fraction, target, True, seed,
+                              per_intent, unit)
+    else:
+        if len(rows) != len(train) or [r["text"] for r in rows] != [" ".join(t) for t in train["tokens"]]:
+            scored_run = summary.get("run_dir", "another run")
+            raise ValueError(f"{scores_file} scores other training utterances than {run_dir} trained on "
+                             f"({len(rows)} against {len(train)}; scored on {scored_run}): score this run")
+        chosen = select_drops(rows, train, fraction, target, random, seed, per_intent, unit)
     drop, candidates, value, keeper = chosen["drop"], chosen["candidates"], chosen["value"], chosen["keeper"]
     wanted, labelled = chosen["wanted"], chosen["labelled"]
     negative = int((value.flatten()[drop] < 0).sum()) if drop else 0
@@ -272,7 +304,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     for c in drop:
         dropped[candidates[c][0]].add(candidates[c][1])
     name = (f"{'random' if random else 'pruned'}-{pruning_name(target, fraction, per_intent, unit)}"
-            + ("-heldout" if scored_on == "heldout" else ""))
+            + ("-heldout" if scored_on == "heldout" else "") + (f"-seed{seed}" if random else ""))
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned" / name
     data_dir = out_dir / "data"
     kept = []
@@ -304,10 +336,10 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
             "heldout_rejoined": len(rejoined),
             "utterances_kept": len(kept), "utterances_dropped": len(train) + len(rejoined) - len(kept),
             "dropped_ids": sorted(dropped) if unit == "utterance" else sorted([i, s] for i, s in (candidates[c] for c in drop)),
-            "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file)}
+            "data": str(data_dir), "recipe": str(recipe_file), "scores": str(scores_file) if rows is not None else None}
+    info["kept_for_labels"] = keeper.refused
     if unit == "sample":
         info["unlabelled"] = {task: sum(1 for ex in kept if ex[field] is None) for task, field in FIELD.items()}
-        info["kept_for_labels"] = keeper.refused
     if negative < len(drop) and not random:
         info["note"] = (f"only {negative} of the {len(drop)} lowest-ranked {unit}s have negative influence on "
                         f"{target}; the others were dropped as the least helpful")
@@ -322,6 +354,8 @@ def validate_run(run_dir, n: int = 40, scope: str = "heads", solver: str = "auto
                  progress: bool = True, **solver_kw) -> dict:
     """Leave-one-out and linear-datamodeling check of MTIF on a run (see `mtif.leave_one_out`):
     the scope is retrained on the cached features by full-batch L-BFGS on the damped objective."""
+    if n < 1 or subsets < 0:
+        raise ValueError(f"validate needs n >= 1 utterances and subsets >= 0, got n={n}, subsets={subsets}")
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "influence"
     started = time.perf_counter()

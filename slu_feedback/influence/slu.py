@@ -88,12 +88,7 @@ class TaskLosses(nn.Module):
     def features(self, chunk):
         if self.scope == "heads":
             return chunk["utterance"], chunk["words"]
-        mask = chunk["attention_mask"]
-        hidden = chunk["hidden"]
-        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        tokens = self.layer(hidden, attention_mask=additive)
-        tokens = tokens[0] if isinstance(tokens, tuple) else tokens
-        return pool(self.model, tokens, mask, chunk["word_index"])
+        return last_layer_features(self.model, self.layer, chunk)
 
     def forward(self, chunk):
         utterance, words = self.features(chunk)
@@ -110,6 +105,34 @@ class TaskLosses(nn.Module):
             counted = (labels != -100).to(ce.dtype)
             slot = (ce * counted).sum(1) * chunk["slot_scale"]
         return torch.stack([intent, slot], 1)
+
+
+def last_layer_features(model, layer, chunk):
+    """Scope heads+last: the utterance and word features from the last layer re-run on the cached
+    hidden states before it (BERT-style layers: hidden states and an additive attention mask)."""
+    mask, hidden = chunk["attention_mask"], chunk["hidden"]
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    tokens = layer(hidden, attention_mask=additive)
+    tokens = tokens[0] if isinstance(tokens, tuple) else tokens
+    return pool(model, tokens, mask, chunk["word_index"])
+
+
+def check_last_layer(model, batch, chunk) -> None:
+    """Scope heads+last is only right where re-running the last layer alone gives the features the
+    whole encoder gives (not where a layer needs more than hidden states and a mask: relative
+    position biases, DeBERTa's disentangled attention): checked on the first batch."""
+    expected = model.encode(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+    why = None
+    try:
+        got = last_layer_features(model, last_layer(model)[1], chunk)
+        difference = max(float((a - b).abs().max()) for a, b in zip(expected, got))
+        if not difference <= 1e-4:
+            why = f"features differ by up to {difference:.2g}"
+    except Exception as error:  # a layer that takes other arguments
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if why:
+        raise ValueError(f"scope heads+last re-runs the last encoder layer on its input, which does not reproduce "
+                         f"{type(model.encoder.model).__name__}'s features ({why}): use --scope heads")
 
 
 def pool(model, tokens, attention_mask, word_index):
@@ -132,8 +155,11 @@ def cache_features(model, loader, scope: str, dtype, device, start: int = 0) -> 
         else:
             out = model.encoder.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                       output_hidden_states=True)
-            chunk.update(hidden=out.hidden_states[-2].to(dtype), attention_mask=batch["attention_mask"],
+            chunk.update(hidden=out.hidden_states[-2], attention_mask=batch["attention_mask"],
                          word_index=batch["word_index"])
+            if offset == start:
+                check_last_layer(model, batch, chunk)
+            chunk["hidden"] = chunk["hidden"].to(dtype)
         chunks.append(chunk)
         offset += size
     return chunks
