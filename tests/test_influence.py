@@ -485,3 +485,8 @@ def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
     assert "predicted" in result.output and (tmp_path / "cli" / "model.safetensors").exists()
     assert (tmp_path / "cli" / "influence" / "influence.csv").exists()
     assert json.loads((tmp_path / "cli" / "refit.json").read_text())["per_intent"] is True
+    # each random draw refits into a folder of its own (seed 2 replaced seed 1's run)
+    result = CliRunner().invoke(main, ["refit", str(tiny_run), "--fraction", "0.05", "--random", "--seed", "3",
+                                       "--max-iter", "3"])
+    assert result.exit_code == 0, result.output
+    assert (Path(tiny_run) / "refit" / "refit-random-both-5pct-samples-seed3" / "refit.json").is_file()

@@ -120,7 +120,8 @@ def refit_run(run_dir, out_dir=None, fraction: float = 0.02, target: str = "both
     if unit not in ("utterance", "sample"):
         raise ValueError(f"--unit must be utterance or sample, not {unit!r}")
     refitter = Refitter(run_dir, damping, max_iter=max_iter, progress=progress, cg_iterations=cg_iterations)
-    name = f"refit-{'random' if random else 'mtif'}-{pruning_name(target, fraction, per_intent, unit)}"
+    name = (f"refit-{'random' if random else 'mtif'}-{pruning_name(target, fraction, per_intent, unit)}"
+            + (f"-seed{seed}" if random else ""))  # each random draw its own run
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "refit" / name
     refitter.write_scores(out_dir / "influence")
     drop = refitter.select(fraction, target, random, seed, per_intent, unit)
