@@ -489,7 +489,7 @@ def test_eval_on_other_data_keeps_the_runs_max_length(tiny_run_factory, monkeypa
     run = tiny_run_factory("data.max_length=12")
     seen = []
     real = report.featurize
-    monkeypatch.setattr(report, "featurize", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(report, "featurize", lambda *a: seen.append(a[3]) or real(*a))  # (split, tokenizer, labels, max_length, name)
     sample = Path(__file__).resolve().parents[1] / "data" / "sample"
     evaluate_run(run, "test", data=str(sample), out_dir=tmp_path / "eval")
     assert seen == [12]
