@@ -118,6 +118,13 @@ def test_convert_and_split_refuse_to_replace_files_unless_told(tmp_path):
     res = run("split", SAMPLE / "train", tmp_path / "s", "--seed", "1")
     assert res.exit_code == 1 and "already exist" in res.output
     assert run("split", SAMPLE / "train", tmp_path / "s", "--seed", "1", "--overwrite").exit_code == 0
+    # a file where a split folder goes (or the other way round): one line, even with --overwrite
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "train").write_text("not a folder")
+    res = run("convert", SAMPLE, tmp_path / "dd", "--to", "folder", "--overwrite")
+    assert res.exit_code == 1 and "dd/train: a file where a split folder goes" in res.output
+    assert (tmp_path / "dd" / "train").read_text() == "not a folder"
+    assert run("inspect", SAMPLE, "--top", "0").exit_code == 2  # 0 rows would read as 'no intents'
 
 
 def test_split_one_file_into_a_dataset_by_intent(tmp_path):

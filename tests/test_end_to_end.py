@@ -630,7 +630,7 @@ def test_ctrl_c_names_the_run_and_what_it_keeps(tiny_recipe, tmp_path, monkeypat
     assert interrupted_message(KeyboardInterrupt(), "r.yaml", []) == "interrupted before training started; no run was written"
 
 
-def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tiny_run_factory):
+def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tiny_run_factory, tmp_path):
     baseline = tiny_run_factory("data.max_length=12")  # another model of the same data
     result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation", "--compare", str(baseline)])
     assert result.exit_code == 0, result.output
@@ -654,6 +654,31 @@ def test_eval_compares_two_runs_on_the_same_utterances(trained_feedback_run, tin
         assert (m["only_run"], m["only_baseline"]) == (len(m["only_run_ids"]), len(m["only_baseline_ids"]))
     m = compared["sentence_acc"]
     assert f"right only in run {m['only_run']}, only in baseline {m['only_baseline']}" in result.output
+    # another baseline of the same folder name (runs/a/atis, runs/b/atis) gets its own results folder
+    twin = tmp_path / "elsewhere" / Path(baseline).name
+    shutil.copytree(baseline, twin, ignore=shutil.ignore_patterns("eval_*", "checkpoint"))
+    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation", "--compare", str(twin)])
+    assert result.exit_code == 0 and f"compare-{twin.name}-2/compare.json" in result.output, result.output
+    assert json.loads((out / f"compare-{Path(baseline).name}" / "compare.json").read_text())["baseline"] == str(baseline)
+    result = CliRunner().invoke(eval_main, [str(trained_feedback_run), "--split", "validation", "--compare", str(baseline)])
+    assert f"compare-{Path(baseline).name}/compare.json" in result.output, "the same baseline reuses its folder"
+
+
+def test_eval_reads_only_the_split_it_scores_as_a_split_to_be_scored(tiny_run_factory, tmp_path):
+    from slu_feedback.data.errors import DataError
+
+    run = tiny_run_factory("data.max_length=12")
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    only_test = tmp_path / "only-test"  # another team's test set, without train or valid
+    shutil.copytree(sample / "test", only_test / "test")
+    assert evaluate_run(run, "test", data=str(only_test), out_dir=tmp_path / "e")["n"] == 50
+    partial = tmp_path / "test.jsonl"  # a null label cannot be scored: the reader names its line
+    partial.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "greet"}\n'
+                       '{"tokens": ["hi"], "slots": ["O"], "intent": null}\n')
+    with pytest.raises(DataError, match="intent") as error:
+        evaluate_run(run, "test", data=str(partial), out_dir=tmp_path / "p")
+    assert error.value.line == 2
+    assert CliRunner().invoke(eval_main, [str(run), "--iterations", "-1"]).exit_code == 2
 
 
 def test_eval_keeps_each_setting_in_its_own_folder(trained_feedback_run, tmp_path):

@@ -53,6 +53,10 @@ def _outputs(dst: str, names, to_fmt: str, overwrite: bool) -> dict:
         if clash:
             raise click.ClickException(f"{', '.join(clash)} holds the same split as {out.name} would: choose another "
                                        "destination (two files for one split make the dataset ambiguous)")
+    wrong_kind = [str(out) for out in outs.values() if out.exists() and out.is_dir() != (to_fmt == "folder")]
+    if wrong_kind:  # a file where a split folder goes, or a folder where a split file goes
+        what = "a file where a split folder goes" if to_fmt == "folder" else f"a folder where a {to_fmt} split file goes"
+        raise click.ClickException(f"{', '.join(wrong_kind)}: {what}; choose another destination")
     existing = [str(out) for out in outs.values() if out.exists()]
     if existing and not overwrite:
         raise click.ClickException(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: choose "
@@ -103,7 +107,7 @@ def main():
 @main.command()
 @click.argument("path")
 @click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
-@click.option("--top", default=15, show_default=True, help="Rows in each histogram.")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1), help="Rows in each histogram.")
 @_data_errors_to_click
 def inspect(path, fmt, top):
     """Counts, label histograms and lengths of each split in PATH."""

@@ -17,10 +17,11 @@ MEASURES = (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
               help="valid and dev name the validation split, as the data folders do.")
 @click.option("--data", default=None, help="Dataset folder (scored on --split) or one split's file or folder "
                    "(scored whole) to evaluate on (default: the run's recipe's data).")
-@click.option("--out", "out_dir", default=None,
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]; "
                    "options other than the run's own add -k<K>, -predict-<mode>, -[no-]constraints, -int8).")
-@click.option("--iterations", type=int, default=None, help="Feedback iterations at inference (default: the trained K).")
+@click.option("--iterations", type=click.IntRange(0), default=None,
+              help="Feedback iterations at inference (default: the trained K).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
@@ -61,7 +62,7 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
     from ..evaluation.report import evaluate_run, run_data_path
     from ..models import RunError
 
-    out_dir = Path(report["out_dir"]) / f"compare-{Path(baseline).resolve().name}"
+    out_dir = compare_dir(Path(report["out_dir"]), Path(baseline))
     try:
         data = data or resolve_data_path(*run_data_path(Path(run_dir))[:2])  # RUN_DIR's data, whatever the baseline's
         evaluate_run(baseline, split, data, out_dir, batch_size, device=inference_device(device, False))
@@ -69,7 +70,8 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
                                      read_jsonl(Path(report["out_dir"]) / "predictions.jsonl"))
     except (DataError, RunError, ValueError) as error:
         raise click.ClickException(f"--compare {baseline}: {error}") from None
-    result.update(run=str(run_dir), baseline=str(baseline), split=report["split"])
+    result.update(run=str(run_dir), baseline=str(baseline), baseline_path=str(Path(baseline).resolve()),
+                  split=report["split"])
     (out_dir / "compare.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     click.echo(f"{run_dir} against {baseline} on the same {result['n']} utterances:")
     click.echo(f"  {'':<20} {'baseline':>8} {'run':>8} {'change':>8}")
@@ -81,6 +83,20 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
             test = f"95 % interval [{100 * m['ci95'][0]:+.2f}, {100 * m['ci95'][1]:+.2f}], p = {m['p']:.3f} (paired bootstrap)"
         click.echo(f"  {name:<20} {100 * m['baseline']:8.2f} {100 * m['run']:8.2f} {100 * m['diff']:+8.2f}   {test}")
     click.echo(f"wrote {out_dir}/compare.json")
+
+
+def compare_dir(eval_dir: Path, baseline: Path) -> Path:
+    """compare-<baseline's folder name>, numbered where another baseline of that name was compared
+    (runs/a/atis and runs/b/atis): each baseline keeps its own results."""
+    base = out_dir = eval_dir / f"compare-{baseline.resolve().name}"
+    n = 1
+    while (out_dir / "compare.json").exists():
+        done = json.loads((out_dir / "compare.json").read_text(encoding="utf-8"))
+        if done.get("baseline_path", str(Path(done.get("baseline", "")).resolve())) == str(baseline.resolve()):
+            break
+        n += 1
+        out_dir = base.with_name(f"{base.name}-{n}")
+    return out_dir
 
 
 def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device) -> dict:

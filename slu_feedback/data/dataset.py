@@ -166,13 +166,15 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
 
 
 def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = True,
-              splits: tuple = SPLITS) -> dict[str, datasets.Dataset]:
+              splits: tuple = SPLITS, partial: bool = True) -> dict[str, datasets.Dataset]:
     """All splits (or `splits`) of a dataset directory, or one split folder / file as a single split
-    named after it (``{"test.jsonl": ...}``): what `slu-data` and `slu-eval --data` accept."""
+    named after it (``{"test.jsonl": ...}``): what `slu-data` and `slu-eval --data` accept. Such a
+    split may leave labels null (JSONL) as a training split may, unless `partial` is False (a split
+    to be scored: the reader names the line)."""
     path = resolve_data_path(path)
     format = detect_format(path) if format == "auto" else format
     if path.is_file() or (format == "folder" and (path / "seq.in").is_file()):
-        return {path.name: to_dataset(read_split(path, format, repair_bio))}
+        return {path.name: to_dataset(read_split(path, format, repair_bio, partial))}
     return dict(load_splits(path, format, repair_bio, splits))
 
 
