@@ -360,6 +360,21 @@ def test_crf_loss_ignores_utterances_without_slot_labels():
     assert crf.neg_log_likelihood(emissions, torch.full_like(tags, -100), mask).item() == 0.0
 
 
+def test_an_utterance_without_words_weighs_nothing_in_the_crf_loss():
+    model = make_model(slot_decoder="crf", feedback={"iterations": 2})
+    batch, gold = make_batch(), labels()
+    batch["word_mask"][0] = False  # through the API only: the readers refuse empty utterances
+    gold["slot_labels"][0] = -100
+    assert torch.isfinite(model(**batch, **gold).loss)  # was an index error (position -1)
+
+
+def test_per_round_weights_cover_a_pass_of_more_or_fewer_rounds():
+    model = make_model(feedback={"iterations": 2, "iter_weights": [0.2, 0.3, 1.0], "max_iterations": 3})
+    assert model.iteration_weights(2) == [0.2, 0.3, 1.0]
+    assert model.iteration_weights(3) == [0.2, 0.3, 0.3, 1.0] and model.iteration_weights(1) == [0.2, 1.0]
+    assert torch.isfinite(model.eval()(**make_batch(), **labels()).loss)  # max_iterations rounds with labels
+
+
 def test_crf_loss_marginalises_a_word_whose_tag_is_unseen():
     """A validation tag unseen in training (-100) is skipped, as the softmax loss skips it: the
     utterance scores all paths through its known tags, not the path with tag 0 at that word."""

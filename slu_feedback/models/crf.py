@@ -41,7 +41,8 @@ class CRF(nn.Module):
         emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)
         moved = self.transitions[tags[:, :-1], tags[:, 1:]]
         score = self.start[tags[:, 0]] + (emitted * maskf).sum(1) + (moved * maskf[:, 1:]).sum(1)
-        last = tags.gather(1, (mask.long().sum(1) - 1).unsqueeze(1)).squeeze(1)
+        # an utterance of no words (its row weighs 0 in the loss) reads position 0, not -1
+        last = tags.gather(1, (mask.long().sum(1) - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         return score + self.end[last]
 
     def _log_partition(self, emissions, mask):

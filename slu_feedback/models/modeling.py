@@ -261,10 +261,10 @@ class SLUModel(PreTrainedModel):
     # -- losses and decoding ------------------------------------------------------------------
     def iteration_weights(self, iterations: int) -> list:
         w = self.config.feedback["iter_weights"]
-        if isinstance(w, (list, tuple)):
-            if len(w) != iterations + 1:
-                raise ValueError(f"feedback.iter_weights has {len(w)} values; need iterations+1 = {iterations + 1}")
-            return list(w)
+        if isinstance(w, (list, tuple)):  # one weight per trained round (iterations + 1 of them)
+            # a pass of another number of rounds (max_iterations, an explicit `iterations`): the last
+            # round takes the final weight, earlier ones the trained rounds', the last of them repeated
+            return [float(w[min(k, len(w) - 2)]) for k in range(iterations)] + [float(w[-1])]
         return [float(w)] * iterations + [1.0]
 
     def slot_loss(self, slot_logits, slot_labels, word_mask):
