@@ -21,6 +21,8 @@ PRUNING_FIGURE = ROOT / "benchmarks" / "pruning.png"
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PRUNING_START, PRUNING_END = "<!-- pruning:start -->", "<!-- pruning:end -->"
+SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
+SPEED_VARIANTS = [("crf", "CRF"), ("feedback", "feedback"), ("vmtl", "VMTL")]  # results/speed_<variant>_atis_hf.json
 METRICS = [("intent_acc", "intent acc"), ("slot_f1", "slot F1"), ("sentence_acc", "sentence acc")]
 
 
@@ -116,9 +118,8 @@ def delta_vs_base(results: dict, r: dict) -> str:
     base = results.get(r.get("compare_to") or "")
     if not base:
         return "-"
-    paired = set(r["seeds"]) <= {row["seed"] for row in base.get("per_seed", [])}
     d = r["test"]["sentence_acc"]["mean"] - seed_mean(base, "test", "sentence_acc", r["seeds"])
-    return f"{d:+.2f} (vs {base['recipe']}{'' if paired else ', other seeds'})"
+    return f"{d:+.2f} (vs {base['recipe']}{'' if over_seeds(base, r['seeds']) else ', other seeds'})"
 
 
 def anchor_rows(anchors: dict, dataset: str, before: int, after: int) -> list:
@@ -189,7 +190,8 @@ def comparison_table(results: dict) -> list:
              "|---|---|---|---|---|---|---|"]
     for name, r, base in pairs:
         delta = seed_mean(r, "test", "sentence_acc", r["seeds"]) - seed_mean(base, "test", "sentence_acc", r["seeds"])
-        lines.append(f"| {name} | {r['compare_to']} | {len(r['seeds'])} | {pair(r, base, 'validation', 'sentence_acc')} | "
+        base_name = r["compare_to"] + ("" if over_seeds(base, r["seeds"]) else f" (its seeds {base['seeds']}: not the run's)")
+        lines.append(f"| {name} | {base_name} | {len(r['seeds'])} | {pair(r, base, 'validation', 'sentence_acc')} | "
                      f"{pair(r, base, 'test', 'sentence_acc')} | {delta:+.2f} | {pair(r, base, 'test', 'intent_ece')} |")
     return lines + [""]
 
@@ -224,6 +226,12 @@ def decoding_table(results: dict) -> list:
                      f"{fmt(on['test']['sentence_acc'])} | {off['test']['slot_f1']['mean']:.2f} / "
                      f"{on['test']['slot_f1']['mean']:.2f} |")
     return lines + [""]
+
+
+def over_seeds(result: dict, seeds: list) -> bool:
+    """Whether `seed_mean(result, ..., seeds)` is over exactly `seeds` (it falls back to all of
+    `result`'s seeds where a per-seed row is missing)."""
+    return set(seeds) <= {row["seed"] for row in result.get("per_seed", [])} or set(result["seeds"]) == set(seeds)
 
 
 def seed_mean(result: dict, split: str, key: str, seeds: list):
@@ -414,6 +422,20 @@ def plot_fraction_choice(results: dict, out_path) -> bool:
     return True
 
 
+def speed_summary() -> list:
+    """The README's speed table: each variant's training-step and batch-32 inference ratio against
+    the plain softmax model, measured side by side in one process (benchmarks/speed.py), with the
+    machine and date each was measured on."""
+    lines = ["| variant | training step | batch-32 inference throughput | measured |", "|---|---|---|---|"]
+    for variant, label in SPEED_VARIANTS:
+        path = RESULTS / f"speed_{variant}_atis_hf.json"
+        if path.exists():
+            s = json.loads(path.read_text())
+            lines.append(f"| {label} | {s['train_step_ratio']:.2f}x | {s['inference_throughput_ratio']:.2f}x | "
+                         f"{s['machine']['cpu'].split(' @')[0]}, {s['date'][:10]}, commit {s['commit'][:7]} |")
+    return lines if len(lines) > 2 else []
+
+
 def load_refits() -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("refit_*.json"))}
 
@@ -515,7 +537,8 @@ def render(figure=FIGURE, pruning_figure=PRUNING_FIGURE) -> tuple:
             body += inference_targets(s)
         body += [
                  f"command `{s['command']}`, commit `{s['commit']}`, {s['date']}", ""]
-    return "\n".join(body) + "\n", {(START, END): "\n".join(readme), (PRUNING_START, PRUNING_END): "\n".join(pruning_readme)}
+    return "\n".join(body) + "\n", {(START, END): "\n".join(readme), (PRUNING_START, PRUNING_END): "\n".join(pruning_readme),
+                                    (SPEED_START, SPEED_END): "\n".join(speed_summary())}
 
 
 def main(argv=None):

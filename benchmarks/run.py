@@ -221,7 +221,8 @@ def main(argv=None):
         if args.fresh:  # a finished or stale run there would be resumed, whatever the recipe says now
             shutil.rmtree(run_dir, ignore_errors=True)
         by_dataset = run_seed(args.recipe, args.overrides, seed, run_dir, args.device)
-        at = {k: v for k, v in provenance().items() if k in ("commit", "date")}
+        # each seed records what ran it: a row's seeds may come from several invocations and machines
+        at = {k: v for k, v in provenance().items() if k in ("command", "commit", "machine", "date")}
         for d, out in outs.items():
             rows[d] = sorted([r for r in rows[d] if r["seed"] != seed] + [{**by_dataset[d], **at}], key=lambda r: r["seed"])
             result = {"recipe": out.stem, "recipe_file": str(Path(args.recipe)), "overrides": args.overrides,

@@ -127,6 +127,19 @@ def test_variants_are_listed_beside_their_base_over_the_same_seeds():
                    per_seed=[{"seed": 1, "validation": {"sentence_acc": 77.0}, "test": {"sentence_acc": 74.0}}])
     rows = [line for line in render.comparison_table({"atis_10pct": base, "trial": trial}) if line.startswith("| trial")]
     assert rows == ["| trial | atis_10pct | 1 | 77.00 / 78.00 | 74.00 / 73.00 | +1.00 | - |"]
+    # a base without one of the run's seeds is compared over its own seeds, and the table says so
+    wider = result(74.0, compare_to="atis_10pct", seeds=[1, 4], validation={"sentence_acc": stat(77.0)})
+    (row,) = [line for line in render.comparison_table({"atis_10pct": base, "wider": wider}) if line.startswith("| wider")]
+    assert row.startswith("| wider | atis_10pct (its seeds [1, 2, 3]: not the run's) | 2 |")
+
+
+def test_the_speed_table_comes_from_the_speed_files_with_where_they_were_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    assert render.speed_summary() == []
+    (tmp_path / "speed_feedback_atis_hf.json").write_text(json.dumps({
+        "train_step_ratio": 1.1234, "inference_throughput_ratio": 0.9626, "commit": "2b72ade" + "0" * 33,
+        "date": "2026-12-07T22:30:00+00:00", "machine": {"cpu": "Intel(R) Xeon(R) Processor @ 2.80GHz"}}))
+    assert render.speed_summary()[2:] == ["| feedback | 1.12x | 0.96x | Intel(R) Xeon(R) Processor, 2026-12-07, commit 2b72ade |"]
 
 
 def test_the_accuracy_table_compares_a_run_with_its_base_over_the_run_s_seeds():
@@ -251,7 +264,9 @@ def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
     run.main([recipe, "optim.lr=2e-4", "--name", "atis_x", "--seeds", "2", "4"])
     saved = json.loads((tmp_path / "results" / "atis_x.json").read_text())
     assert seen[3:] == [(["optim.lr=2e-4"], 4)] and saved["seeds"] == [1, 2, 4]
-    assert [r["seed"] for r in saved["per_seed"]] == [1, 2, 4] and all("commit" in r for r in saved["per_seed"])
+    assert [r["seed"] for r in saved["per_seed"]] == [1, 2, 4]
+    # each seed records what ran it (the file's top-level command is the last invocation's)
+    assert all({"command", "commit", "machine", "date"} <= set(r) for r in saved["per_seed"])
 
 
 def test_a_joint_recipe_compares_each_dataset_with_its_own_base(tmp_path, monkeypatch):
@@ -387,7 +402,11 @@ def test_the_readme_table_shows_the_headline_runs_with_what_they_ran(monkeypatch
     lines = render.headline_table({"atis": base, "atis_crf": crf, "atis_other": other}, anchors, "atis")
     rows = [line for line in lines if line.startswith("| ")][1:]  # without the header
     assert [row.split(" | ")[0] for row in rows] == ["| atis_crf", "| atis", "| *JointBERT, published*"]
-    assert "| `recipes/atis_crf.yaml model.dropout=0.2` | 3 |" in rows[0] and rows[0].endswith("| +0.50 (vs atis, other seeds) |")
+    # the base has no per-seed rows but the run's seeds: its mean is over the same seeds
+    assert "| `recipes/atis_crf.yaml model.dropout=0.2` | 3 |" in rows[0] and rows[0].endswith("| +0.50 (vs atis) |")
+    crf["seeds"] = [1, 4]  # a seed the base lacks: its mean is over other seeds, and the cell says so
+    rows = [line for line in render.headline_table({"atis": base, "atis_crf": crf}, anchors, "atis") if line.startswith("| atis_crf")]
+    assert rows[0].endswith("| +0.50 (vs atis, other seeds) |")
     assert all(line.count("|") == lines[0].count("|") for line in lines if line.startswith("|"))
     assert render.headline_table({"atis_other": other}, anchors, "atis") == []
 
