@@ -324,8 +324,8 @@ def test_jsonl_null_marks_a_task_without_labels(tmp_path):
             return type("E", (), {"word_ids": lambda _, i: [None, *range(len(batch[i])), None],
                                   "__getitem__": lambda _, k: [[0] * (len(b) + 2) for b in batch]})()
     features = make_features(ds["train"][:], WordPerToken(), maps, 64)
-    assert features["intent_label"] == [1, UNKNOWN_ID, 0]
-    assert features["slot_label"] == [[UNKNOWN_ID, UNKNOWN_ID], [0, 1], [0]]
+    assert features["intent_labels"] == [1, UNKNOWN_ID, 0]
+    assert features["slot_labels"] == [[UNKNOWN_ID, UNKNOWN_ID], [0, 1], [0]]
     assert subsample(ds["train"], 0.5, 0)["intent"] == ["play_music", None, "greet"]  # None: a stratum like any intent
 
     write_examples(ds["train"].to_list(), tmp_path / "again.jsonl", "jsonl")

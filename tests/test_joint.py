@@ -328,6 +328,28 @@ def test_pipeline_loads_a_joint_run_as_the_parser_does(joint_run):
     assert home(texts[0])["dataset"] == "home"  # one string: through the pipeline's own steps, same heads
     with pytest.raises(RunError, match="no dataset 'news' in this run \\(it has travel, home\\)"):
         SLUPipeline.from_pretrained(joint_run, dataset="news")
+    # the dataset named when calling answers (it was dropped: the most confident head answered)
+    assert slu(texts[2], dataset="home") == parser(texts[2], dataset="home")
+    assert [r["dataset"] for r in slu(texts, dataset="home")] == ["home"] * 3
+    with pytest.raises(TypeError, match="not top_k .*set when it is built"):
+        slu(texts[0], top_k=1)  # was ignored without a word
+
+
+def test_a_joint_run_splits_each_dataset_s_text_its_own_way(joint_run):
+    """A dataset trained on whitespace-split words (ATIS style) is given its text split that way,
+    whichever dataset the run lists first; text without a dataset named, the first dataset's way."""
+    loaded = SLUParser.from_pretrained(joint_run)
+    loaded.models["home"].config.word_split = "whitespace"
+    with pytest.warns(UserWarning, match="split text into words differently \\(travel: rule, home: whitespace\\)"):
+        parser = SLUParser(None, loaded.tokenizer, models=loaded.models)
+    text = "play st. louis blues, now"
+    assert parser(text, dataset="home")["words"] == ["play", "st.", "louis", "blues,", "now"]
+    assert parser(text, dataset="travel")["words"] == ["play", "st", ".", "louis", "blues", ",", "now"]
+    assert parser([text, text], dataset=["home", None])[0]["words"] == ["play", "st.", "louis", "blues,", "now"]
+    with pytest.raises(ValueError, match="one dataset per text; got 1 for 2 texts"):
+        parser([text, text], dataset=["home"])
+    with pytest.raises(TypeError, match="one text takes one dataset name"):
+        parser(text, dataset=["home"])
 
 
 def test_joint_vmtl_priors_span_both_datasets(tiny_encoder, domain_data, tmp_path):

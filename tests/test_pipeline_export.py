@@ -57,6 +57,29 @@ def test_pipeline_task_returns_what_the_parser_returns(feedback_run):
         slu(42)
 
 
+def test_transformers_trainer_trains_and_predicts_with_its_defaults(feedback_run, tmp_path):
+    """The Trainer keeps only forward's arguments (the label columns are named as forward's) and
+    gathers per-example outputs only (the loss's parts and step sizes are left out)."""
+    from transformers import Trainer, TrainingArguments
+
+    from slu_feedback.data import LabelMaps, load_splits
+    from slu_feedback.data.features import collate, featurize
+    from slu_feedback.models import load_run
+
+    model, tokenizer = load_run(feedback_run)
+    labels = LabelMaps(model.config.intent_labels, model.config.slot_labels)
+    valid = featurize(load_splits(Path(__file__).resolve().parents[1] / "data" / "sample")["validation"], tokenizer,
+                      labels, 64)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=16, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=valid, eval_dataset=valid, data_collator=collate)
+    trainer.train()
+    prediction = trainer.predict(valid)
+    intent_logits, slot_logits, iterations = prediction.predictions
+    assert intent_logits.shape == (len(valid), len(labels.intents)) and slot_logits.shape[0] == len(valid)
+    assert iterations.shape == (len(valid),) and prediction.metrics["test_loss"] > 0
+
+
 def test_pipeline_class_from_a_loaded_model(feedback_run):
     from slu_feedback.inference.pipeline import SLUPipeline
     from slu_feedback.models import load_run

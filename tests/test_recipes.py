@@ -140,8 +140,11 @@ def test_settings_switched_off_by_others_are_named():
     assert messages == ["model.feedback.gate, model.feedback.conv_weight have no effect: model.feedback.iterations "
                         "is 0 (no feedback loop)", "model.vmtl.samples has no effect: model.head is deterministic",
                         "model.lstm_hidden has no effect: model.encoder_type is not bilstm"]
+    with pytest.warns(UserWarning, match="train.other_datasets_weight has no effect: data.path is one dataset"):
+        load_recipe(None, ["data.path=x", "train.other_datasets_weight=0.5"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same settings where they act: nothing to say
+        load_recipe(None, ["data.path=[x, y]", "train.other_datasets_weight=0.5"])
         load_recipe(None, ["data.path=x", "model.feedback.iterations=2", "model.feedback.gate=soft",
                            "model.head=vmtl", "model.vmtl.samples=2", "model.encoder_type=bilstm", "model.lstm_hidden=8"])
 

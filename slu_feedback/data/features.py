@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from .dataset import UNKNOWN_ID
 
-FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_label", "slot_label"]
+# the label columns are named as SLUModel.forward's arguments (transformers' Trainer keeps only those)
+FEATURE_COLUMNS = ["input_ids", "attention_mask", "word_index", "intent_labels", "slot_labels"]
 LEGACY_PARSE_LENGTH = 128  # the parsers' cut for runs whose config has no train_max_length (trained before 2026-12-02)
 
 
@@ -52,8 +53,8 @@ def _unknown_for_empty(tokenizer, words: list) -> list:
 def make_features(examples: dict, tokenizer, label_maps, max_length: int) -> dict:
     """`datasets.map` function (batched): add model inputs and label ids to a batch of examples."""
     features = encode_words(tokenizer, examples["tokens"], max_length)
-    features["intent_label"] = [label_maps.intent_id(x) for x in examples["intent"]]  # None -> ignored
-    features["slot_label"] = [
+    features["intent_labels"] = [label_maps.intent_id(x) for x in examples["intent"]]  # None -> ignored
+    features["slot_labels"] = [
         [UNKNOWN_ID] * len(index) if tags is None else [label_maps.slot_id(tag) for tag in tags[: len(index)]]
         for tags, index in zip(examples["slots"], features["word_index"])
     ]  # an utterance without slot labels (None) is ignored by the slot loss
@@ -74,9 +75,9 @@ def collate(rows: list, pad_token_id: int = 0) -> dict:
         "word_index": _pad([r["word_index"] for r in rows], 0),
     }
     batch["word_mask"] = _pad([[1] * len(r["word_index"]) for r in rows], 0).bool()
-    if "intent_label" in rows[0]:
-        batch["intent_labels"] = torch.tensor([r["intent_label"] for r in rows], dtype=torch.long)
-        batch["slot_labels"] = _pad([r["slot_label"] for r in rows], -100)
+    if "intent_labels" in rows[0]:
+        batch["intent_labels"] = torch.tensor([r["intent_labels"] for r in rows], dtype=torch.long)
+        batch["slot_labels"] = _pad([r["slot_labels"] for r in rows], -100)
     return batch
 
 

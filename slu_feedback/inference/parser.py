@@ -57,8 +57,15 @@ class SLUParser:
         self.intents = self.model.config.intent_labels
         self.slot_labels = self.model.config.slot_labels
         self.bayesian = getattr(self.model.config, "head", "deterministic") == "vmtl"
-        # raw text becomes words the way the training words were split (a joint run: its first dataset's way)
-        self.split_words = WORD_SPLITS[getattr(self.model.config, "word_split", "rule")]
+        # raw text becomes words the way the training words were split: a text given a dataset (joint
+        # runs) that dataset's way, any other text the first dataset's way
+        self.word_splits = {name: getattr(m.config, "word_split", "rule") for name, m in self.models.items()}
+        self.split_words = WORD_SPLITS[next(iter(self.word_splits.values()))]
+        if len(set(self.word_splits.values())) > 1:
+            warnings.warn("this run's datasets split text into words differently ("
+                          + ", ".join(f"{name}: {split}" for name, split in self.word_splits.items())
+                          + f"); a text without a dataset named is split {next(iter(self.word_splits))}'s way, "
+                          "so name the dataset where it is known")
 
     @classmethod
     def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, dataset: str | None = None,
@@ -89,13 +96,18 @@ class SLUParser:
         `dataset` (joint runs): the dataset whose heads answer, for all texts or one per text
         (None: the most confident)."""
         if isinstance(text, str):
+            if not (dataset is None or isinstance(dataset, str)):
+                raise TypeError(f"one text takes one dataset name (or None), not {dataset!r}")
             return self.parse_batch([text], explain=explain, datasets=[dataset])[0]
         if text is None or isinstance(text, (bytes, bytearray)):  # parse_batch checks a list's items
             raise TypeError(f"SLUParser takes a string or a list of strings, got {type(text).__name__}"
                             + (" (decode it first)" if text is not None else ""))
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        text = list(text)
         datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset] * len(text)
+        if len(datasets) != len(text):
+            raise ValueError(f"dataset: a list gives one dataset per text; got {len(datasets)} for {len(text)} texts")
         results = []
         for start in range(0, len(text), batch_size):
             results.extend(self.parse_batch(list(text[start:start + batch_size]), explain=explain,
@@ -115,7 +127,8 @@ class SLUParser:
         # lone surrogates (bad bytes in a command-line argument, "\ud800" in JSON) cannot be encoded:
         # each becomes U+FFFD, one character for one, so that offsets into the text stay right
         texts = [_SURROGATE.sub("\ufffd", t) for t in texts]
-        words = [self.split_words(t) for t in texts]
+        words = [WORD_SPLITS[self.word_splits[d]](t) if d else self.split_words(t)
+                 for t, d in zip(texts, datasets or [None] * len(texts))]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
         joint = len(self.models) > 1 or "" not in self.models

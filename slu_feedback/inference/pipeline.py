@@ -53,24 +53,32 @@ class SLUPipeline(Pipeline):
         parser = SLUParser.from_pretrained(run_dir, device=device, dataset=dataset, **kwargs)
         return cls(model=parser.model, tokenizer=parser.tokenizer, device=parser.device, parser=parser)
 
-    def _sanitize_parameters(self, explain=None, **kwargs):
+    def _sanitize_parameters(self, explain=None, dataset=None, **kwargs):
+        if kwargs:  # an option given at call time and dropped would be worse than an error
+            raise TypeError(f"the slu pipeline takes explain= and dataset= when called, not {', '.join(kwargs)} "
+                            "(top_k and max_length are set when it is built: SLUPipeline.from_pretrained(run, top_k=1))")
         forward_params = {} if explain is None else {"explain": bool(explain)}
+        if dataset is not None:
+            forward_params["dataset"] = dataset
         return {}, forward_params, {}
 
-    def __call__(self, inputs, *args, batch_size=None, explain=False, **kwargs):
+    def __call__(self, inputs, *args, batch_size=None, explain=False, dataset=None, **kwargs):
         """A list is parsed in batches by `SLUParser` (same results as `SLUParser(list)`); a single
-        string goes through the usual preprocess -> _forward -> postprocess steps."""
+        string goes through the usual preprocess -> _forward -> postprocess steps. `dataset` (joint
+        runs): the dataset whose heads answer, as `SLUParser` takes it."""
         if isinstance(inputs, (list, tuple)):
-            return self.parser(list(inputs), explain=explain, batch_size=batch_size or self._batch_size or 32)
-        return super().__call__(inputs, *args, explain=explain, **kwargs)
+            self._sanitize_parameters(**kwargs)  # the same refusal of unknown options
+            return self.parser(list(inputs), explain=explain, batch_size=batch_size or self._batch_size or 32,
+                               dataset=dataset)
+        return super().__call__(inputs, *args, explain=explain, dataset=dataset, **kwargs)
 
     def preprocess(self, inputs):
         if not isinstance(inputs, str):
             raise TypeError(f"the slu pipeline takes a string or a list of strings, not {type(inputs).__name__}")
         return {"text": inputs}
 
-    def _forward(self, model_inputs, explain: bool = False):
-        return {"result": self.parser.parse_batch([model_inputs["text"]], explain=explain)[0]}
+    def _forward(self, model_inputs, explain: bool = False, dataset=None):
+        return {"result": self.parser.parse_batch([model_inputs["text"]], explain=explain, datasets=[dataset])[0]}
 
     def postprocess(self, model_outputs):
         return model_outputs["result"]

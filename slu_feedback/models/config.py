@@ -34,6 +34,9 @@ HEADS = ("deterministic", "vmtl")
 
 class SLUConfig(PreTrainedConfig):
     model_type = "slu_feedback"
+    # transformers' Trainer gathers every output of prediction: the loss's parts (floats) and the
+    # step sizes (batch last) are not per-example arrays
+    keys_to_ignore_at_inference = ["loss_parts", "steps", "all_intent_logits", "all_slot_logits"]
 
     def __init__(
         self,

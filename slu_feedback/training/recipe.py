@@ -280,6 +280,9 @@ def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
             raise RecipeError("data.path is an empty list")
         if len(recipe["data"]["path"]) == 1:
             recipe["data"]["path"] = recipe["data"]["path"][0]
+    if not isinstance(recipe["data"]["path"], (list, tuple)) and recipe["train"]["other_datasets_weight"]:
+        warnings.warn("train.other_datasets_weight has no effect: data.path is one dataset (it weighs a joint "
+                      "run's other datasets' utterances)")
     if path is not None and isinstance(stored_dir, str) and Path(stored_dir).is_dir():
         recipe["recipe_dir"] = stored_dir
     else:
