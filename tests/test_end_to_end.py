@@ -672,6 +672,10 @@ def test_eval_reads_only_the_split_it_scores_as_a_split_to_be_scored(tiny_run_fa
     only_test = tmp_path / "only-test"  # another team's test set, without train or valid
     shutil.copytree(sample / "test", only_test / "test")
     assert evaluate_run(run, "test", data=str(only_test), out_dir=tmp_path / "e")["n"] == 50
+    # a dataset folder's splits each get their own results folder (one read split is still a dataset's)
+    for split in ("test", "validation"):
+        assert Path(evaluate_run(run, split, data=str(only_test if split == "test" else sample))["out_dir"]).name \
+            == f"eval_data-{'only-test' if split == 'test' else 'sample'}-{split}"
     partial = tmp_path / "test.jsonl"  # a null label cannot be scored: the reader names its line
     partial.write_text('{"tokens": ["hi"], "slots": ["O"], "intent": "greet"}\n'
                        '{"tokens": ["hi"], "slots": ["O"], "intent": null}\n')

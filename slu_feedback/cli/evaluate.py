@@ -21,7 +21,7 @@ MEASURES = (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
               help="Output folder (default: RUN_DIR/eval_<split>; with --data, RUN_DIR/eval_data-<name>[-<split>]; "
                    "options other than the run's own add -k<K>, -predict-<mode>, -[no-]constraints, -int8).")
 @click.option("--iterations", type=click.IntRange(0), default=None,
-              help="Feedback iterations at inference (default: the trained K).")
+              help="Feedback iterations at inference (default: the run's feedback.max_iterations, else the trained K).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,

@@ -22,8 +22,8 @@ from . import console_output
 @click.option("--atol", default=1e-4, show_default=True, help="Largest allowed probability difference for --check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check report as JSON.")
 def main(run_dir, fmt, out_file, exporter, opset, check, split, data, atol, as_json):
-    """Export a trained run (encoder + heads, feedback loop unrolled to the trained number of
-    iterations) to ONNX: inputs input_ids, attention_mask, word_index, word_mask; outputs
+    """Export a trained run (encoder + heads, feedback loop unrolled to the iterations the parser
+    runs: feedback.max_iterations where set, else the trained K) to ONNX: inputs input_ids, attention_mask, word_index, word_mask; outputs
     intent_probs, slot_probs. Exit status 1 when --check finds a mismatch."""
     from ..data.errors import DataError
     from ..models import RunError, load_run

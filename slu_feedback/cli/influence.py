@@ -108,7 +108,7 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--fraction", type=float, required=True, help="Fraction of training utterances to drop (e.g. 0.05).")
+@click.option("--fraction", type=float, required=True, help="Fraction of training utterances (with --unit sample: of samples) to drop, e.g. 0.05.")
 @click.option("--target", default="both", show_default=True, type=click.Choice(["intent", "slot", "both"]))
 @click.option("--random", "random_", is_flag=True, help="Drop the same number of utterances at random instead.")
 @click.option("--per-intent", is_flag=True,

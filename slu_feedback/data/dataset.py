@@ -173,9 +173,14 @@ def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = 
     to be scored: the reader names the line)."""
     path = resolve_data_path(path)
     format = detect_format(path) if format == "auto" else format
-    if path.is_file() or (format == "folder" and (path / "seq.in").is_file()):
+    if is_one_split(path, format):
         return {path.name: to_dataset(read_split(path, format, repair_bio, partial))}
     return dict(load_splits(path, format, repair_bio, splits))
+
+
+def is_one_split(path: Path, format: str) -> bool:
+    """Whether `path` is one split (a file, or a folder of seq.in/seq.out/label), not a dataset."""
+    return path.is_file() or (format == "folder" and (path / "seq.in").is_file())
 
 
 def split_name(split: str) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from ..data.dataset import SPLIT_NAMES, SPLITS, LabelMaps, load_data, pick_split, resolve_data_path, split_name
+from ..data.dataset import (SPLIT_NAMES, SPLITS, LabelMaps, detect_format, is_one_split, load_data, pick_split,
+                            resolve_data_path, split_name)
 from ..data.features import featurize, make_loader, parse_length
 from ..models import SLUConfig, load_run
 from ..models.run import check_run_files
@@ -134,7 +135,8 @@ def evaluate_run(run_dir, split: str = "test", data=None, out_dir=None, batch_si
         out_dir = Path(out_dir)
     else:  # the run's own settings are those saved with it (a given `model` may have been changed)
         suffix = settings_suffix(settings, eval_settings(SLUConfig.from_pretrained(run_dir)))
-        out_dir = data_out_dir(run_dir, data_path, split, len(splits) == 1, suffix) if data \
+        one_split = is_one_split(data_path, detect_format(data_path) if fmt == "auto" else fmt)
+        out_dir = data_out_dir(run_dir, data_path, split, one_split, suffix) if data \
             else run_dir / f"eval_{split}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
     gold_intents, gold_slots = list(raw["intent"]), list(raw["slots"])
