@@ -350,6 +350,19 @@ def test_a_joint_run_splits_each_dataset_s_text_its_own_way(joint_run):
         parser([text, text], dataset=["home"])
     with pytest.raises(TypeError, match="one text takes one dataset name"):
         parser(text, dataset=["home"])
+    # the server's check for a text with nothing to parse splits it the same way (a zero-width space
+    # is no token by the rule, but a word where text was split at whitespace)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from slu_feedback.inference.server import create_app
+
+    with TestClient(create_app(parser)) as client:
+        assert client.post("/parse", json={"text": "\u200b", "dataset": "travel"}).status_code == 422
+        answer = client.post("/parse", json={"text": "\u200b", "dataset": "home"})
+        assert answer.status_code == 200 and answer.json()["words"] == ["\u200b"]
+    # a parser loaded for one dataset names it in an empty text's result too
+    assert SLUParser.from_pretrained(joint_run, dataset="home")("")["dataset"] == "home"
 
 
 def test_joint_vmtl_priors_span_both_datasets(tiny_encoder, domain_data, tmp_path):

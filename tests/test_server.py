@@ -180,6 +180,7 @@ BAD_REQUESTS = [  # (body, content type, status, part of the message)
     (b'{"text": "a", "dataset": NaN}', "application/json", 422, "dataset"),
     (b'{"texts": ["a", Infinity]}', "application/json", 422, "texts.1"),
     (b'{"text": "caf\xe9"}', "application/json", 400, "not UTF-8"),  # latin-1 bytes
+    (json.dumps({"text": "hi"}).encode("utf-16"), "application/json", 400, "not UTF-8"),  # json.loads took it
     (b"[" * 5000, "application/json", 400, "malformed JSON"),  # deeper than the JSON decoder's recursion
     (b'{"text": ' + b"1" * 5000 + b"}", "application/json", 400, "digits"),  # int() refuses it: was a 500
     (b'{"text": "\\u200b\\u2060"}', "application/json", 422, "invisible characters only"),  # no word to parse

@@ -114,6 +114,11 @@ class SLUParser:
                                             datasets=datasets[start:start + batch_size]))
         return results
 
+    def words_of(self, text: str, dataset: str | None = None) -> list:
+        """(word, start, end) of `text` as the heads answering it were trained: a joint run's named
+        dataset's way, else the first dataset's."""
+        return WORD_SPLITS[self.word_splits[dataset]](text) if dataset else self.split_words(text)
+
     @torch.no_grad()
     def parse_batch(self, texts: list, explain: bool = False, datasets: list | None = None) -> list:
         for name in set(datasets or []) - {None}:
@@ -127,8 +132,7 @@ class SLUParser:
         # lone surrogates (bad bytes in a command-line argument, "\ud800" in JSON) cannot be encoded:
         # each becomes U+FFFD, one character for one, so that offsets into the text stay right
         texts = [_SURROGATE.sub("\ufffd", t) for t in texts]
-        words = [WORD_SPLITS[self.word_splits[d]](t) if d else self.split_words(t)
-                 for t, d in zip(texts, datasets or [None] * len(texts))]
+        words = [self.words_of(t, d) for t, d in zip(texts, datasets or [None] * len(texts))]
         live = [i for i, w in enumerate(words) if w]  # empty or whitespace-only input has nothing to parse
         results = [self._empty(t) for t in texts]
         joint = len(self.models) > 1 or "" not in self.models
@@ -137,8 +141,8 @@ class SLUParser:
                 r["intent_uncertainty"] = None
             if explain:
                 r["explain"] = []
-            if joint:
-                r["dataset"] = datasets[i] if datasets else None
+            if joint:  # the dataset named, or the one dataset a parser loaded for one answers with
+                r["dataset"] = (datasets[i] if datasets else None) or (next(iter(self.models)) if len(self.models) == 1 else None)
         if not live:
             return results
         encoded = encode_words(self.tokenizer, [[w for w, _, _ in words[i]] for i in live], self.max_length)

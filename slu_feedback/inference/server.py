@@ -245,8 +245,8 @@ async def _read_json(request: Request):
     body = await request.body()
     if not body:
         raise HTTPException(422, "missing JSON body: send {\"text\": \"...\"} or {\"texts\": [...]}")
-    try:
-        return json.loads(body)
+    try:  # UTF-8 (a BOM allowed); json.loads would take UTF-16 and -32 bytes too
+        return json.loads(body.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise HTTPException(400, "malformed JSON: the body is not UTF-8; send UTF-8 encoded JSON") from None
     except json.JSONDecodeError as err:
@@ -322,16 +322,16 @@ def create_app(parser: SLUParser, run_dir=None, settings: ServerSettings | None 
             error(422, "'texts' is empty: give at least one utterance")
         if len(texts) > settings.max_texts:
             error(422, f"too many texts: {len(texts)} (limit {settings.max_texts} a request)")
-        for i, text in enumerate(texts):
-            where = "'text'" if request.text is not None else f"texts[{i}]"
-            if len(text) > settings.max_chars:
-                error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
-            if not parser.split_words(text):  # no word the model would see: whitespace, zero-width spaces
-                error(422, f"{where} is empty, or whitespace and invisible characters only: nothing to parse")
         joint = len(parser.models) > 1 or "" not in parser.models
         if request.dataset is not None and request.dataset not in parser.models:
             error(422, f"unknown dataset {request.dataset!r}; this model answers for {', '.join(parser.models)}" if joint
                   else "'dataset' applies to joint runs only; this model has one dataset")
+        for i, text in enumerate(texts):
+            where = "'text'" if request.text is not None else f"texts[{i}]"
+            if len(text) > settings.max_chars:
+                error(422, f"{where} is too long: {len(text)} characters (limit {settings.max_chars})")
+            if not parser.words_of(text, request.dataset):  # no word the heads would see: whitespace, zero-width spaces
+                error(422, f"{where} is empty, or whitespace and invisible characters only: nothing to parse")
         results = await batcher.submit([(t, request.dataset) for t in texts], request.explain)
         return results[0] if request.text is not None else results
 
