@@ -88,15 +88,11 @@ def compare_runs(run_dir, baseline, report, split, data, batch_size, device) -> 
 def compare_dir(eval_dir: Path, baseline: Path) -> Path:
     """compare-<baseline's folder name>, numbered where another baseline of that name was compared
     (runs/a/atis and runs/b/atis): each baseline keeps its own results."""
-    base = out_dir = eval_dir / f"compare-{baseline.resolve().name}"
-    n = 1
-    while (out_dir / "compare.json").exists():
-        done = json.loads((out_dir / "compare.json").read_text(encoding="utf-8"))
-        if done.get("baseline_path", str(Path(done.get("baseline", "")).resolve())) == str(baseline.resolve()):
-            break
-        n += 1
-        out_dir = base.with_name(f"{base.name}-{n}")
-    return out_dir
+    from ..evaluation.report import numbered_dir
+
+    path = str(baseline.resolve())
+    return numbered_dir(eval_dir / f"compare-{baseline.resolve().name}", "compare.json",
+                        lambda done: done.get("baseline_path", str(Path(done.get("baseline", "")).resolve())) == path)
 
 
 def evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device) -> dict:

@@ -45,9 +45,14 @@ def data_out_dir(run_dir: Path, data: Path, split: str, one_split: bool, suffix:
         base = run_dir / f"eval_data-{f'{named.parent.name}-{named.stem}' if split_file else named.stem}{suffix}"
     else:
         base = run_dir / f"eval_data-{named.name}-{split}{suffix}"
+    return numbered_dir(base, "metrics.json", lambda done: done.get("data") == str(data.resolve()))
+
+
+def numbered_dir(base: Path, record: str, same) -> Path:
+    """`base`, or `base`-2, -3, ...: the first folder without a `record` JSON file, or whose record
+    `same(record)` says is of the same source (a rerun replaces its own results, never another's)."""
     out_dir, n = base, 1
-    while (out_dir / "metrics.json").exists() and \
-            json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")).get("data") != str(data.resolve()):
+    while (out_dir / record).exists() and not same(json.loads((out_dir / record).read_text(encoding="utf-8"))):
         n += 1
         out_dir = base.with_name(f"{base.name}-{n}")
     return out_dir

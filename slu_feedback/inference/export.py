@@ -114,30 +114,38 @@ def export_onnx(run_dir, out_file=None, exporter: str = "auto", opset: int | Non
     # written beside the target and renamed when complete: a failed or interrupted export leaves an
     # existing model.onnx as it was
     partial = out_file.with_name(out_file.name + ".partial")
-    errors = []
     try:
-        for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
-            try:
-                with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch", "onnxscript"):
-                    warnings.simplefilter("ignore")
-                    if kind == "dynamo":
-                        _export_dynamo(module, args, partial, opset)
-                    elif kind == "legacy":
-                        _export_legacy(module, args, partial, opset)
-                    else:
-                        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
-                partial.replace(out_file)
-                if errors:
-                    warnings.warn(f"the torch.export-based exporter failed ({errors[0]}); used the TorchScript exporter")
-                return out_file
-            except ValueError:
-                raise
-            except Exception as error:  # try the next exporter, keep the reason
-                message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-                errors.append(f"{kind}: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
-        raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
+        errors = _export_first_that_works(["dynamo", "legacy"] if exporter == "auto" else [exporter],
+                                          module, args, partial, opset)
+        partial.replace(out_file)
     finally:
         partial.unlink(missing_ok=True)
+    if errors:
+        warnings.warn(f"the torch.export-based exporter failed ({errors[0]}); used the TorchScript exporter")
+    return out_file
+
+
+def _export_first_that_works(kinds: list, module, args, out_file: Path, opset) -> list:
+    """Export with the first of `kinds` that succeeds; returns why the ones before it failed (a
+    RuntimeError naming every failure where none succeeds)."""
+    errors = []
+    for kind in kinds:
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch", "onnxscript"):
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    _export_dynamo(module, args, out_file, opset)
+                elif kind == "legacy":
+                    _export_legacy(module, args, out_file, opset)
+                else:
+                    raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', not {kind!r}")
+            return errors
+        except ValueError:
+            raise
+        except Exception as error:  # try the next exporter, keep the reason
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+            errors.append(f"{kind}: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
+    raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ def write_scores(out_dir: Path, train, table: torch.Tensor, meta: dict) -> dict:
     totals = {l: {k: table[:, a, b].sum().item() for b, k in enumerate(TASKS)} for a, l in enumerate(TASKS)}
 
     def row(i, k):
-        return {"id": i, "text": " ".join(train[i]["tokens"]), "intent": train[i]["intent"],
+        return {"id": i, "text": scored_text(train[i]["tokens"]), "intent": train[i]["intent"],
                 "influence": utterance[i, k].item(),
                 **{f"{l}->{TASKS[k]}": table[i, a, k].item() for a, l in enumerate(TASKS)}}
 
@@ -129,6 +129,11 @@ def write_scores(out_dir: Path, train, table: torch.Tensor, meta: dict) -> dict:
     fig.savefig(out_dir / "histogram.png", dpi=100)
     plt.close(fig)
     return summary
+
+
+def scored_text(tokens) -> str:
+    """An utterance as influence.csv's `text` column writes it (prune checks the scores against it)."""
+    return " ".join(tokens)
 
 
 def read_scores(path) -> list:
@@ -264,16 +269,14 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
     scores_file = Path(scores) if scores else run_dir / "influence" / "influence.csv"
     if scores_file.is_dir():  # the folder slu-influence score --out wrote
         scores_file = scores_file / "influence.csv"
+    if not scores_file.exists() and scores:
+        raise ValueError(f"--scores {scores}: no influence.csv there (write one with slu-influence score RUN_DIR --out FOLDER)")
+    if not scores_file.exists() and not random:  # random pruning needs no scores
+        score_run(run_dir, scores_file.parent, **score_kw)
     summary, rows = {}, None
     if scores_file.exists():
         summary_file = scores_file.parent / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-        rows = read_scores(scores_file)
-    elif scores:
-        raise ValueError(f"--scores {scores}: no influence.csv there (write one with slu-influence score RUN_DIR --out FOLDER)")
-    elif not random:  # random pruning needs no scores
-        score_run(run_dir, scores_file.parent, **score_kw)
-        summary = json.loads((scores_file.parent / "summary.json").read_text())
         rows = read_scores(scores_file)
     scored_on = summary.get("target_split", score_kw.get("target_split", "validation"))
     if score_kw.get("target_split", scored_on) != scored_on:
@@ -291,7 +294,7 @@ def prune_run(run_dir, fraction: float, target: str = "both", random: bool = Fal
         chosen = select_drops(torch.zeros(len(train), len(TASKS), len(TASKS)), train, fraction, target, True, seed,
                               per_intent, unit)
     else:
-        if len(rows) != len(train) or [r["text"] for r in rows] != [" ".join(t) for t in train["tokens"]]:
+        if len(rows) != len(train) or [r["text"] for r in rows] != [scored_text(t) for t in train["tokens"]]:
             scored_run = summary.get("run_dir", "another run")
             raise ValueError(f"{scores_file} scores other training utterances than {run_dir} trained on "
                              f"({len(rows)} against {len(train)}; scored on {scored_run}): score this run")

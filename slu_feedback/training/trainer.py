@@ -561,149 +561,158 @@ def train(recipe: dict, resume: bool = False, detect_anomaly: bool = False, stop
     if resume and (problem := resume_problem(recipe, run_dir)):
         raise TrainingError(problem)
     try:  # Ctrl-C: say which run stopped and what of it is kept (slu-train's message)
-        recipe = {**recipe, "output_dir": str(run_dir)}
-        torch.autograd.set_detect_anomaly(detect_anomaly)
-
-        set_seed(recipe["seed"])
-        parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
-        names = list(parts)
-        tokenizer, models = build_models(recipe, parts, choose_word_splits(parts, accelerator))
-        model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
-        config = model.config  # the model settings; labels differ per dataset (models[name].config)
-        if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
-            if overwrite and holds_run(run_dir):  # and keeps the old run until then; only a run's folder goes
-                shutil.rmtree(run_dir.resolve())
-            run_dir.resolve().mkdir(parents=True, exist_ok=True)  # (output_dir may be a link to the folder)
-        accelerator.wait_for_everyone()
-
-        max_length = recipe["data"]["max_length"]
-        train_loaders, val_loaders = [], []
-        for name, (data, labels) in parts.items():
-            train_loaders.append(make_loader(featurize(data["train"], tokenizer, labels, max_length,
-                                                       f"{name} train" if name else "train"), train_cfg["batch_size"],
-                                             tokenizer, True, train_cfg["num_workers"], train_cfg["group_by_length"]))
-            val_loaders.append(make_loader(featurize(data["validation"], tokenizer, labels, max_length,
-                                                     f"{name} validation" if name else "validation"),
-                                           train_cfg["eval_batch_size"], tokenizer, False))
-
-        optimizer = torch.optim.AdamW(param_groups(model, recipe))
-        # per process: each loader is sharded on its own (ceil per loader)
-        batches_per_epoch = sum(math.ceil(len(loader) / accelerator.num_processes) for loader in train_loaders)
-        updates_per_epoch = math.ceil(batches_per_epoch / train_cfg["grad_accum"])
-        total_updates = updates_per_epoch * train_cfg["epochs"]
-        n_proc = accelerator.num_processes  # the prepared scheduler advances n_proc times per update (split_batches=False)
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates) * n_proc, total_updates * n_proc)
-        model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *train_loaders, *val_loaders, scheduler)
-        train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
-        raw_model = accelerator.unwrap_model(model)
-        # optim.ema_decay > 0: validate and save an exponential moving average of the weights (updated
-        # after every optimizer step) instead of the last step's weights; it is part of the checkpoint.
-        # Buffers are not averaged: ours are constants (position ids), which averaging would round down
-        ema = None
-        if recipe["optim"]["ema_decay"]:
-            ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]))
-            accelerator.register_for_checkpointing(ema)
-        evaluated = ema.module if ema else raw_model  # the weights validation scores and the run saves
-        validated = ema.module if ema else model  # the same, as validation calls it (the prepared model)
-
-        state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
-        checkpoint = run_dir / "checkpoint"
-        if resume:
-            state = restore_checkpoint(accelerator, checkpoint, recipe)
-            if accelerator.is_main_process:
-                keep_resumed_settings(recipe, run_dir, paths)
-        elif accelerator.is_main_process:
-            start_run_files(recipe, run_dir, paths)
-        metrics_file = run_dir / "metrics.jsonl"
-        log = metrics_logger(metrics_file, accelerator)
-
-        select = train_cfg["select_metric"]
-        feedback = config.feedback
-        bayes = config.head == "vmtl"
-        for epoch in range(state["epoch"], train_cfg["epochs"]):
-            if state["bad_epochs"] >= train_cfg["patience"]:
-                break
-            set_seed(epoch_seed(recipe["seed"], epoch))  # shuffling, dropout and Gumbel noise: a function of (seed, epoch)
-            model.train()
-            started, running, count = time.time(), 0.0, 0
-            batches = mixed_batches(train_loaders) if joint else train_loaders[""]
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}", total=batches_per_epoch,
-                       disable=not accelerator.is_local_main_process)
-            if joint:  # accumulation counts batches (see new_accelerator): restart the count with each epoch
-                accelerator.step = 0
-            for i, batch in enumerate(bar):
-                if joint and i == batches_per_epoch - 1:
-                    accelerator.step = train_cfg["grad_accum"] - 1  # the epoch's last batch always completes an update
-                raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
-                if bayes:
-                    raw_model.vmtl_tau = tau_at(state["step"] / max(1, total_updates), config.vmtl)
-                    raw_model.kl_weight = kl_weight_at(state["step"] / max(1, total_updates), config.vmtl["kl_warmup"])
-                with accelerator.accumulate(model):
-                    out = model(**batch)
-                    if not torch.isfinite(out.loss):
-                        raise TrainingError(
-                            f"loss is {out.loss.item()} at epoch {epoch + 1}, step {state['step']}; the last good "
-                            f"checkpoint is kept in {checkpoint} (try a lower optim.lr, or --detect-anomaly)")
-                    accelerator.backward(out.loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), recipe["optim"]["max_grad_norm"])
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    state["step"] += 1
-                    if ema:
-                        ema.update_parameters(raw_model)
-                running, count = running + out.loss.item(), count + 1
-                bar.set_postfix(loss=f"{running / count:.4f}")
-                if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
-                    log({"type": "step", "epoch": epoch + 1, "step": state["step"], "loss": out.loss.item(),
-                         "lr": scheduler.get_last_lr()[0], "tau": raw_model.gate_tau,
-                         "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()},
-                         **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
-                             "prior": raw_model.prior_probabilities()} if bayes else {})})
-            epoch_seconds = time.time() - started
-            # every process's mean loss, averaged (the progress bar shows this process's own)
-            train_loss = accelerator.reduce(torch.tensor(running / max(1, count), device=accelerator.device), "mean").item()
-            by_dataset = {name: evaluate_split(validated, val_loaders[name], parts[name][0]["validation"], models[name].config,
-                                               accelerator, dataset=name or None)[0] for name in names}
-            metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
-            state["epoch"] = epoch + 1
-            state["epoch_seconds"].append(epoch_seconds)
-            improved = metrics[select] > state["best"]
-            if improved:
-                state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0,
-                             gate_at_best=evaluated.gate_probabilities())
-                if bayes:
-                    state["prior_at_best"] = evaluated.prior_probabilities()
-                # on every rank: gathers FSDP/DeepSpeed shards (the average, DDP or one process only, is whole)
-                state_dict = ema.module.state_dict() if ema else accelerator.get_state_dict(model)
-                if accelerator.is_main_process:
-                    save_models([(models[name], labels, run_dir / name, sub_state_dict(state_dict, name) if joint
-                                  else state_dict) for name, (_, labels) in parts.items()], tokenizer)
-            else:
-                state["bad_epochs"] += 1
-            log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                 "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": evaluated.gate_probabilities(),
-                 **({"prior": evaluated.prior_probabilities()} if bayes else {})})
-            accelerator.print(
-                f"epoch {epoch + 1}: loss {train_loss:.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
-                f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
-                + "".join(f"  [{name}: sentence {100 * m['sentence_acc']:.2f}]" for name, m in by_dataset.items() if joint)
-                + f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
-            save_checkpoint(accelerator, checkpoint, state)
-            if stop_after_epoch is not None and state["epoch"] >= stop_after_epoch:
-                break
-
-        if accelerator.is_main_process:
-            write_results(recipe, run_dir, paths, parts, state)
-        log.close()
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return run_dir
+        return train_in(run_dir, recipe, accelerator, resume, overwrite, detect_anomaly, stop_after_epoch)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir) from None
+
+
+def train_in(run_dir: Path, recipe: dict, accelerator, resume: bool, overwrite: bool, detect_anomaly: bool,
+             stop_after_epoch: int | None) -> Path:
+    """`train` in the run folder it chose: load the data, build the models, run the epochs."""
+    train_cfg = recipe["train"]
+    paths = dataset_paths(recipe)
+    joint = "" not in paths
+    recipe = {**recipe, "output_dir": str(run_dir)}
+    torch.autograd.set_detect_anomaly(detect_anomaly)
+
+    set_seed(recipe["seed"])
+    parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
+    names = list(parts)
+    tokenizer, models = build_models(recipe, parts, choose_word_splits(parts, accelerator))
+    model = JointSLUModel(models, train_cfg["other_datasets_weight"], tokenizer) if joint else models[""]
+    config = model.config  # the model settings; labels differ per dataset (models[name].config)
+    if accelerator.is_main_process:  # only now: bad data or a missing encoder leaves no empty run folder
+        if overwrite and holds_run(run_dir):  # and keeps the old run until then; only a run's folder goes
+            shutil.rmtree(run_dir.resolve())
+        run_dir.resolve().mkdir(parents=True, exist_ok=True)  # (output_dir may be a link to the folder)
+    accelerator.wait_for_everyone()
+
+    max_length = recipe["data"]["max_length"]
+    train_loaders, val_loaders = [], []
+    for name, (data, labels) in parts.items():
+        train_loaders.append(make_loader(featurize(data["train"], tokenizer, labels, max_length,
+                                                   f"{name} train" if name else "train"), train_cfg["batch_size"],
+                                         tokenizer, True, train_cfg["num_workers"], train_cfg["group_by_length"]))
+        val_loaders.append(make_loader(featurize(data["validation"], tokenizer, labels, max_length,
+                                                 f"{name} validation" if name else "validation"),
+                                       train_cfg["eval_batch_size"], tokenizer, False))
+
+    optimizer = torch.optim.AdamW(param_groups(model, recipe))
+    # per process: each loader is sharded on its own (ceil per loader)
+    batches_per_epoch = sum(math.ceil(len(loader) / accelerator.num_processes) for loader in train_loaders)
+    updates_per_epoch = math.ceil(batches_per_epoch / train_cfg["grad_accum"])
+    total_updates = updates_per_epoch * train_cfg["epochs"]
+    n_proc = accelerator.num_processes  # the prepared scheduler advances n_proc times per update (split_batches=False)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(recipe["optim"]["warmup_ratio"] * total_updates) * n_proc, total_updates * n_proc)
+    model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *train_loaders, *val_loaders, scheduler)
+    train_loaders, val_loaders = dict(zip(names, loaders[:len(names)])), dict(zip(names, loaders[len(names):]))
+    raw_model = accelerator.unwrap_model(model)
+    # optim.ema_decay > 0: validate and save an exponential moving average of the weights (updated
+    # after every optimizer step) instead of the last step's weights; it is part of the checkpoint.
+    # Buffers are not averaged: ours are constants (position ids), which averaging would round down
+    ema = None
+    if recipe["optim"]["ema_decay"]:
+        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(recipe["optim"]["ema_decay"]))
+        accelerator.register_for_checkpointing(ema)
+    evaluated = ema.module if ema else raw_model  # the weights validation scores and the run saves
+    validated = ema.module if ema else model  # the same, as validation calls it (the prepared model)
+
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0, "epoch_seconds": []}
+    checkpoint = run_dir / "checkpoint"
+    if resume:
+        state = restore_checkpoint(accelerator, checkpoint, recipe)
+        if accelerator.is_main_process:
+            keep_resumed_settings(recipe, run_dir, paths)
+    elif accelerator.is_main_process:
+        start_run_files(recipe, run_dir, paths)
+    metrics_file = run_dir / "metrics.jsonl"
+    log = metrics_logger(metrics_file, accelerator)
+
+    select = train_cfg["select_metric"]
+    feedback = config.feedback
+    bayes = config.head == "vmtl"
+    for epoch in range(state["epoch"], train_cfg["epochs"]):
+        if state["bad_epochs"] >= train_cfg["patience"]:
+            break
+        set_seed(epoch_seed(recipe["seed"], epoch))  # shuffling, dropout and Gumbel noise: a function of (seed, epoch)
+        model.train()
+        started, running, count = time.time(), 0.0, 0
+        batches = mixed_batches(train_loaders) if joint else train_loaders[""]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg['epochs']}", total=batches_per_epoch,
+                   disable=not accelerator.is_local_main_process)
+        if joint:  # accumulation counts batches (see new_accelerator): restart the count with each epoch
+            accelerator.step = 0
+        for i, batch in enumerate(bar):
+            if joint and i == batches_per_epoch - 1:
+                accelerator.step = train_cfg["grad_accum"] - 1  # the epoch's last batch always completes an update
+            raw_model.gate_tau = tau_at(state["step"] / max(1, total_updates), feedback)
+            if bayes:
+                raw_model.vmtl_tau = tau_at(state["step"] / max(1, total_updates), config.vmtl)
+                raw_model.kl_weight = kl_weight_at(state["step"] / max(1, total_updates), config.vmtl["kl_warmup"])
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                if not torch.isfinite(out.loss):
+                    raise TrainingError(
+                        f"loss is {out.loss.item()} at epoch {epoch + 1}, step {state['step']}; the last good "
+                        f"checkpoint is kept in {checkpoint} (try a lower optim.lr, or --detect-anomaly)")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe["optim"]["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                state["step"] += 1
+                if ema:
+                    ema.update_parameters(raw_model)
+            running, count = running + out.loss.item(), count + 1
+            bar.set_postfix(loss=f"{running / count:.4f}")
+            if state["step"] % train_cfg["log_every"] == 0 and accelerator.sync_gradients:
+                log({"type": "step", "epoch": epoch + 1, "step": state["step"], "loss": out.loss.item(),
+                     "lr": scheduler.get_last_lr()[0], "tau": raw_model.gate_tau,
+                     "gate": raw_model.gate_probabilities(), **{f"loss_{k}": v for k, v in out.loss_parts.items()},
+                     **({"vmtl_tau": raw_model.vmtl_tau, "kl_weight": raw_model.kl_weight,
+                         "prior": raw_model.prior_probabilities()} if bayes else {})})
+        epoch_seconds = time.time() - started
+        # every process's mean loss, averaged (the progress bar shows this process's own)
+        train_loss = accelerator.reduce(torch.tensor(running / max(1, count), device=accelerator.device), "mean").item()
+        by_dataset = {name: evaluate_split(validated, val_loaders[name], parts[name][0]["validation"], models[name].config,
+                                           accelerator, dataset=name or None)[0] for name in names}
+        metrics = mean_metrics(by_dataset) if joint else by_dataset[""]
+        state["epoch"] = epoch + 1
+        state["epoch_seconds"].append(epoch_seconds)
+        improved = metrics[select] > state["best"]
+        if improved:
+            state.update(best=metrics[select], best_epoch=epoch + 1, bad_epochs=0,
+                         gate_at_best=evaluated.gate_probabilities())
+            if bayes:
+                state["prior_at_best"] = evaluated.prior_probabilities()
+            # on every rank: gathers FSDP/DeepSpeed shards (the average, DDP or one process only, is whole)
+            state_dict = ema.module.state_dict() if ema else accelerator.get_state_dict(model)
+            if accelerator.is_main_process:
+                save_models([(models[name], labels, run_dir / name, sub_state_dict(state_dict, name) if joint
+                              else state_dict) for name, (_, labels) in parts.items()], tokenizer)
+        else:
+            state["bad_epochs"] += 1
+        log({"type": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+             "seconds": epoch_seconds, "validation": metrics, "best": improved, "gate": evaluated.gate_probabilities(),
+             **({"prior": evaluated.prior_probabilities()} if bayes else {})})
+        accelerator.print(
+            f"epoch {epoch + 1}: loss {train_loss:.4f}  validation intent {100 * metrics['intent_acc']:.2f}"
+            f"  slot F1 {100 * metrics['slot_f1']:.2f}  sentence {100 * metrics['sentence_acc']:.2f}"
+            + "".join(f"  [{name}: sentence {100 * m['sentence_acc']:.2f}]" for name, m in by_dataset.items() if joint)
+            + f"{'  (best)' if improved else ''}  [{epoch_seconds:.0f}s]")
+        save_checkpoint(accelerator, checkpoint, state)
+        if stop_after_epoch is not None and state["epoch"] >= stop_after_epoch:
+            break
+
+    if accelerator.is_main_process:
+        write_results(recipe, run_dir, paths, parts, state)
+    log.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
 
 
 def open_tensorboard(log_dir: Path):
