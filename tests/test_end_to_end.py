@@ -159,6 +159,9 @@ def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
     (tmp_path / "in.txt").write_bytes("\ufeffplay jazz\r\nhi\n".encode())  # a Windows editor's BOM and CRLF
     result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt"), "--json"])
     assert [json.loads(x)["text"] for x in result.output.strip().splitlines()] == ["play jazz", "hi"]
+    (tmp_path / "in.txt").write_bytes(b"play jazz\rhi\r")  # an old Mac file: bare CR line ends
+    result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt"), "--json"])
+    assert [json.loads(x)["text"] for x in result.output.strip().splitlines()] == ["play jazz", "hi"]
     (tmp_path / "in.txt").write_bytes(b"play jazz\nplay caf\xe9\n")  # Latin-1, not UTF-8
     result = runner.invoke(parse_main, [str(trained_feedback_run), "--input", str(tmp_path / "in.txt")])
     assert result.exit_code == 1 and "in.txt:2: not UTF-8 text" in result.output and "Traceback" not in result.output

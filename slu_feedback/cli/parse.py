@@ -62,12 +62,16 @@ def emit(results, as_json: bool, explain: bool) -> None:
 
 
 def read_lines(file) -> list:
-    """The utterances of an --input file: UTF-8 (a leading byte-order mark dropped), one a line;
-    text that is not UTF-8 is refused with the file and line."""
-    lines = []
-    for number, raw in enumerate(file, start=1):
+    """The utterances of an --input file: UTF-8 (a leading byte-order mark dropped), one a line,
+    lines ending in \\n, \\r\\n or a bare \\r (old Mac files); text that is not UTF-8 is refused
+    with the file and line."""
+    data = file.read()
+    lines = re.split(rb"\r\n|\r|\n", data[3:] if data.startswith(b"\xef\xbb\xbf") else data)
+    if lines[-1] == b"":  # the last line's end, not an empty utterance
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
         try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
+            lines[number - 1] = line.decode("utf-8")
         except UnicodeDecodeError as error:
             raise click.ClickException(f"{file.name}:{number}: not UTF-8 text ({error.reason} at byte "
                                        f"{error.start + 1} of the line)") from None
