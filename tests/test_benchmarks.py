@@ -242,6 +242,19 @@ def test_foundation_targets_judge_the_candidate_chosen_on_validation():
     assert render.foundation_table(results)[4].split(" | ")[1] == "atis_indep"
     results["atis_indep"]["validation"]["sentence_acc"]["std"] = 0.9
     assert render.foundation_table(results)[4].split(" | ")[1] == "atis_crf"
+    # the same weights decoded with the intent-slot constraint flipped (run.py's other_decoding) compete too
+    flipped = {"validation": {"sentence_acc": {"mean": 91.7, "std": 0.3}},
+               "test": {"intent_acc": stat(97.9), "slot_f1": stat(95.7), "sentence_acc": stat(87.3)}}
+    results["atis_crf"]["other_decoding"] = {"intent_slot_constraints": False, "on": flipped, "off": {}}
+    (row,) = [line for line in render.foundation_table(results) if line.startswith("| atis")]
+    cells = row.split(" | ")
+    assert cells[1] == "atis_crf (constraint on)" and cells[2] == "91.70 ± 0.30" and cells[4] == "97.900 >= 97.5"
+    assert "atis_crf 91.65, atis_crf (constraint on) 91.70" in cells[3]
+    flipped["validation"]["sentence_acc"] = {"mean": 91.65, "std": 0.5}  # a tie: the run as trained
+    assert render.foundation_table(results)[4].split(" | ")[1] == "atis_crf"
+    results["atis_crf"]["other_decoding"]["intent_slot_constraints"] = True  # trained with it: "off" is the flip
+    results["atis_crf"]["other_decoding"]["off"] = {**flipped, "validation": {"sentence_acc": stat(92.0)}}
+    assert render.foundation_table(results)[4].split(" | ")[1] == "atis_crf (constraint off)"
 
 
 def test_overrides_may_follow_the_seeds(tmp_path, monkeypatch):
