@@ -205,3 +205,10 @@ def test_warnings_are_one_line_each_and_summarised(tmp_path):
     assert len(lines) == 4 and all("'value' is 'soon'" in line for line in lines[:3])
     assert lines[3].startswith("warning: ... and 11 more like the first: ") and "example 0: entity 0 (time)" in lines[3]
     assert "UserWarning" not in res.output
+
+
+def test_convert_to_a_place_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = run("convert", SAMPLE, tmp_path / "afile" / "sub", "--to", "spans")
+    assert result.exit_code == 1 and "cannot write" in result.output and "Not a directory" in result.output
+    assert isinstance(result.exception, SystemExit), "a click error, not an uncaught NotADirectoryError"

@@ -780,3 +780,88 @@ def test_a_span_whose_value_differs_from_its_text_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_span_json(p)[0]["slots"] == ["O", "O", "B-genre", "O"]
+
+
+# --- hostile files found by a fuzzing review (2026-12-07) ----------------------------------------
+
+def test_text_in_utf16_or_utf32_without_its_mark_is_refused_at_its_first_nul(tmp_path):
+    d = write_split(tmp_path, "train", *GOOD)
+    (d / "label").write_bytes("set_alarm\nplay_music\n".encode("utf-16-be"))  # was read as "\x00s\x00e..." labels
+    with pytest.raises(DataError, match="a NUL byte: this is no UTF-8 text") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "label"), 1)
+    (d / "label").write_bytes("set_alarm\nplay_music\n".encode("utf-32"))  # its mark starts like UTF-16-LE's
+    with pytest.raises(DataError, match="the file is UTF-32"):
+        read_folder_split(tmp_path, "train")
+
+
+def test_a_byte_order_mark_inside_a_file_is_no_part_of_a_label_or_word(tmp_path):
+    d = write_split(tmp_path, "train", GOOD[0], GOOD[1], "set_alarm\n\ufeffplay_music\n")  # two files joined
+    with pytest.raises(DataError, match=r"byte-order mark \(U\+FEFF\) inside the text") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "label"), 2)
+    jsonl = tmp_path / "train.jsonl"
+    line = json.dumps({"tokens": ["hi"], "slots": ["O"], "intent": "greet"})
+    jsonl.write_text(line + "\n\ufeff" + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.jsonl:2: a byte-order mark \(U\+FEFF\) starts this line"):
+        read_jsonl(jsonl)
+
+
+def test_a_token_of_invisible_characters_only_is_refused(tmp_path):
+    # convert would write it as a span covering no word, which the span reader rejects
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"tokens": ["fly", "\u200b", "boston"], "slots": ["O", "B-x", "B-city"],
+                                "intent": "flight"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.jsonl:1: token '\\u200b' is only invisible format characters \(U\+200B\)"):
+        read_jsonl(path)
+
+
+def test_folder_errors_point_at_a_blank_or_split_line_not_at_the_end(tmp_path):
+    lines = [f"word{i} x" for i in range(1, 31)]
+    tags = "\n".join("O O" for _ in lines) + "\n"
+    seq_in = "\n".join(lines[:9] + [""] + lines[9:]) + "\n"  # a blank line 10 in seq.in only
+    d = write_split(tmp_path, "train", seq_in, tags, "a\n" * 30)
+    with pytest.raises(DataError, match="empty utterance") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "seq.in"), 10)
+    (d / "seq.in").write_text("\n".join(lines[:9] + ["word10\rx"] + lines[10:]) + "\n")  # a stray carriage return
+    with pytest.raises(DataError, match=r"2 tags but seq.in line has 1 words; note: seq.in line 10 \(counting \\n "
+                                        r"line ends\) holds a bare carriage return") as err:
+        read_folder_split(tmp_path, "train")
+    assert err.value.line == 10
+
+
+def test_a_training_split_without_any_intent_or_slot_label_is_refused(tmp_path):
+    for split in ("train", "valid", "test"):
+        rows = [{"tokens": ["play", "jazz"], "slots": ["O", "B-genre"], "intent": None if split == "train" else "play"}]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match="train.jsonl: no training utterance has an intent label"):
+        load_splits(tmp_path)
+    (tmp_path / "train.jsonl").write_text(json.dumps({"tokens": ["hi"], "slots": None, "intent": "greet"}) + "\n")
+    with pytest.raises(DataError, match="no training utterance has slot tags .*tags its words 'O'"):
+        load_splits(tmp_path)
+
+
+def test_a_folder_format_file_given_for_its_folder_is_named(tmp_path):
+    d = write_split(tmp_path, "train", *GOOD)
+    with pytest.raises(DataError, match=r"seq.in is one file of a folder-format split: give its folder"):
+        detect_format(d / "seq.in")
+
+
+@pytest.mark.parametrize("text, match, line", [
+    ("nlu:\n- ? [a]\n  : b\n  intent: a\n  examples: |\n    - hello\n", None, None),  # a list as a key: ignored
+    ("nlu: " + "[" * 500 + "]" * 500 + "\n", "invalid YAML: nested too deeply", None),
+    ("nlu:\n- intent: a\n  examples: |\n    - hel\x07lo\n", r"invalid YAML: character '\\x07' is not allowed", 4),
+    ("nlu:\n- intent: [a, b]\n  examples: |\n    - hello\n", "'intent' must be a name", 2),
+    ("nlu:\n- intent: a\n  examples: >\n    - hello\n    - bye\n", r"must be a literal block \('examples: \|'\)", 3),
+    ("nlu:\n- intent: a\n  examples: 5\n", r"must be a literal block", 3),
+])
+def test_rasa_yaml_oddities_are_one_located_error(tmp_path, text, match, line):
+    nlu = tmp_path / "nlu.yml"
+    nlu.write_text(text, encoding="utf-8")
+    if match is None:
+        assert [ex["text"] for ex in read_rasa_yaml(nlu)] == ["hello"]
+        return
+    with pytest.raises(DataError, match=match) as err:
+        read_rasa_yaml(nlu)
+    assert err.value.line == line

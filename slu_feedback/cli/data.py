@@ -27,13 +27,15 @@ OUT_EXT = {"jsonl": ".jsonl", "spans": ".json"}
 
 
 def _data_errors_to_click(fn):
-    """Turn DataError into a one-line click error (exit code 1)."""
+    """Turn DataError, and an output that cannot be written, into a one-line click error (exit code 1)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except DataError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # the reading side's OSErrors are DataErrors: this is DST (a file on its path, no room)
+            raise click.ClickException(f"cannot write {e.filename or 'the output'}: {e.strerror or e}") from None
     return wrapper
 
 

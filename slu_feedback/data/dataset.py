@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from .errors import DataError
-from .readers import FORMATS, read_folder_split, read_jsonl, read_span_json, read_text
+from .readers import FOLDER_FILES, FORMATS, read_folder_split, read_jsonl, read_span_json, read_text
 
 SPLITS = ("train", "validation", "test")
 # folder / file stems accepted for each split, in the order they are tried
@@ -105,6 +105,9 @@ def _only_one(folder: Path, split: str, found: list) -> Path | None:
 def detect_format(path: str | os.PathLike) -> str:
     """Guess ``folder``, ``jsonl`` or ``spans`` for a dataset directory, a split folder or a file."""
     path = Path(path)
+    if path.is_file() and path.name in FOLDER_FILES:
+        raise DataError(f"{path.name} is one file of a folder-format split: give its folder "
+                        f"({path.parent}) or the dataset folder above it", path)
     if path.is_file():
         return _sniff_file(path)
     if not path.is_dir():
@@ -162,6 +165,12 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
                                 for n in SPLIT_NAMES[split])
             raise DataError(f"missing {split!r} split: expected {names}", path)
         out[split] = to_dataset(read_split(where, format, repair_bio, partial=split == "train"))
+        if split == "train":
+            for column, what in (("intent", "an intent label"), ("slots", "slot tags")):
+                if all(value is None for value in out[split][column]):
+                    raise DataError(f"no training utterance has {what} (all null): a task needs some labelled "
+                                    "examples" + (" (an intent-only dataset tags its words 'O')"
+                                                  if column == "slots" else ""), where)
     return datasets.DatasetDict(out)
 
 

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -156,10 +157,14 @@ def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=(),
                         line)
     if not tokens:
         raise DataError("empty utterance", path, line)
-    _check_unicode([*tokens, *slots, intent], path, line)
+    _check_unicode([intent], intent_path or path, line)
+    _check_unicode([*tokens, *slots], path, line)
     for tok in tokens:
         if not tok or any(c.isspace() for c in tok):
             raise DataError(f"token {tok!r} is empty or contains whitespace", path, line)
+        if all(unicodedata.category(c) == "Cf" for c in tok):  # no word to any reader (see `tokenize`)
+            raise DataError(f"token {tok!r} is only invisible format characters "
+                            f"({', '.join(f'U+{ord(c):04X}' for c in tok)})", path, line)
     if len(tokens) != len(slots):
         raise DataError(f"{len(tokens)} tokens but {len(slots)} slot tags", path, line)
     slots = list(slots)
@@ -179,13 +184,17 @@ def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=(),
 
 
 def _check_unicode(strings, path, line, where: str = "") -> None:
-    """JSON can spell lone surrogates (``"\\ud800"``), which are not text: nothing can encode them."""
+    """JSON can spell lone surrogates (``"\\ud800"``), which are not text: nothing can encode them.
+    A byte-order mark inside the text (files joined together) would make a new label or word."""
     for s in strings:
         try:
             s.encode("utf-8")
         except UnicodeEncodeError as e:
             raise DataError(f"{where}invalid Unicode: {s[e.start]!r} (a lone surrogate escape) in {s[:60]!r}",
                             path, line) from None
+        if "\ufeff" in s:
+            raise DataError(f"{where}a byte-order mark (U+FEFF) inside the text, in {s[:60]!r} (files joined "
+                            "together?); remove it", path, line)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -201,6 +210,8 @@ def read_text(path: str | os.PathLike) -> str:
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # (UTF-32-LE's mark starts like UTF-16-LE's)
+        raise DataError("the file is UTF-32 (it starts with a UTF-32 byte-order mark); re-save it as UTF-8", path)
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows tools call "Unicode"
         raise DataError("the file is UTF-16 (it starts with a UTF-16 byte-order mark); re-save it as UTF-8", path)
     try:
@@ -210,7 +221,11 @@ def read_text(path: str | os.PathLike) -> str:
         line = before.replace("\r\n", "\n").replace("\r", "\n").count("\n") + 1
         raise DataError(f"not valid UTF-8: byte 0x{data[bom + e.start]:02x} ({e.reason}) at byte {bom + e.start} "
                         "of the file; re-save it as UTF-8", path, line) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:  # valid UTF-8, but no text: UTF-16 or UTF-32 without a byte-order mark, or binary
+        raise DataError("a NUL byte: this is no UTF-8 text (UTF-16 or UTF-32 saved without a byte-order mark, "
+                        "or a binary file); re-save it as UTF-8", path, text.count("\n", 0, text.index("\x00")) + 1)
+    return text
 
 
 def _extra_data(error: Exception, after: str | None = None) -> bool:
@@ -224,6 +239,8 @@ def _json_error(error: Exception, path: Path, line: int | None) -> DataError:
     if _extra_data(error, ","):  # objects separated by commas: a JSON list without its [ ], or JSON Lines written as one
         return DataError("a comma after a JSON object: JSON Lines has one object per line and nothing between "
                          "them (remove the commas, or wrap the file in [ ] to make it one JSON list)", path, line)
+    if isinstance(error, json.JSONDecodeError) and error.msg.startswith("Unexpected UTF-8 BOM"):
+        return DataError("a byte-order mark (U+FEFF) starts this line (files joined together?); remove it", path, line)
     if isinstance(error, json.JSONDecodeError):
         start = error.doc.rfind("\n", 0, error.pos) + 1
         before = error.doc[:start].rstrip()
@@ -282,24 +299,39 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
     base = Path(folder) / split
     paths = [base / name for name in FOLDER_FILES]
     words, tags, labels = (_read_lines(p) for p in paths)
-    n = len(words)
-    for p, lines in zip(paths[1:], (tags, labels)):
-        if len(lines) != n:  # named at the first line that has no counterpart, in the longer file
-            raise DataError(f"{paths[0].name} has {n} lines but {p.name} has {len(lines)}",
-                            paths[0] if n > len(lines) else p, min(len(lines), n) + 1)
-    examples = []
-    for i, (w, t, lab) in enumerate(zip(words, tags, labels), start=1):
+    # line by line first: a blank or split line (a stray carriage return) is named where it is,
+    # not where the line counts part at the end
+    for i, (w, t) in enumerate(zip(words, tags), start=1):
         if not w:
-            raise DataError("empty utterance", paths[0], i)
+            raise DataError("empty utterance" + _bare_cr_hint(paths[0]), paths[0], i)
         if len(w.split()) != len(t.split()):
             odd = sorted({c for c in w if c.isspace() and c not in " \t"})
             hint = f" (it contains {', '.join(f'U+{ord(c):04X}' for c in odd)}, which separate words too)" if odd else ""
-            raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words{hint}",
-                            paths[1], i)
+            raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words{hint}"
+                            + _bare_cr_hint(*paths[:2]), paths[1], i)
+    n = len(words)
+    for p, lines in zip(paths[1:], (tags, labels)):
+        if len(lines) != n:  # named at the first line that has no counterpart, in the longer file
+            raise DataError(f"{paths[0].name} has {n} lines but {p.name} has {len(lines)}" + _bare_cr_hint(paths[0], p),
+                            paths[0] if n > len(lines) else p, min(len(lines), n) + 1)
+    examples = []
+    for i, (w, t, lab) in enumerate(zip(words, tags, labels), start=1):
         if not lab:
             raise DataError("empty intent label", paths[2], i)
         examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio, intent_path=paths[2]))
     return examples
+
+
+def _bare_cr_hint(*paths: Path) -> str:
+    """Where a file that ends its lines in \\n also holds a bare carriage return, which `read_text`
+    reads as a line end (old Mac files) and which shifts every line after it: said in an error."""
+    for path in paths:
+        data = path.read_bytes()
+        bare = re.search(rb"\r(?!\n)", data)
+        if bare and b"\n" in data:
+            line = data.count(b"\n", 0, bare.start()) + 1
+            return f"; note: {path.name} line {line} (counting \\n line ends) holds a bare carriage return, which ends a line"
+    return ""
 
 
 def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool = True) -> list[dict]:
@@ -474,28 +506,40 @@ def read_rasa_yaml(path: str | os.PathLike) -> list[dict]:
     text = read_text(path)
     try:
         root = yaml.compose(text)
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow: where it is, in one line
+        raise DataError(f"invalid YAML: character {chr(error.character)!r} is not allowed", path,
+                        text.count("\n", 0, error.position) + 1) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise DataError(f"invalid YAML: {getattr(error, 'problem', None) or error}", path,
                         mark.line + 1 if mark else None) from None
-    nlu = next((v for k, v in root.value if k.value == "nlu"), None) if isinstance(root, yaml.MappingNode) else None
+    except RecursionError:
+        raise DataError("invalid YAML: nested too deeply", path) from None
+
+    def fields(node) -> dict:  # a mapping's scalar keys (a list as a key is no field of Rasa's)
+        return {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)} \
+            if isinstance(node, yaml.MappingNode) else {}
+
+    nlu = fields(root).get("nlu")
     if not isinstance(nlu, yaml.SequenceNode):
         raise DataError("expected Rasa training data: a mapping with an 'nlu' list", path)
     examples = []
     for item in nlu.value:
-        fields = {k.value: v for k, v in item.value} if isinstance(item, yaml.MappingNode) else {}
-        if "intent" not in fields:
+        if "intent" not in fields(item):
             continue  # synonym, regex, lookup: no utterances
-        intent, block = fields["intent"].value, fields.get("examples")
-        if not isinstance(block, yaml.ScalarNode):
-            raise DataError(f"intent {intent!r}: 'examples' must be a block of '- utterance' lines", path,
-                            item.start_mark.line + 1)
-        first = block.start_mark.line + (1 if block.style in ("|", ">") else 0)  # a block starts on the next line
+        intent, block = fields(item)["intent"], fields(item).get("examples")
+        if not isinstance(intent, yaml.ScalarNode) or not intent.value:
+            raise DataError("'intent' must be a name", path, intent.start_mark.line + 1)
+        intent = intent.value
+        if not isinstance(block, yaml.ScalarNode) or block.style != "|":  # '>' would fold the lines into one
+            raise DataError(f"intent {intent!r}: 'examples' must be a literal block ('examples: |') of "
+                            "'- utterance' lines", path, (block or item).start_mark.line + 1)
+        first = block.start_mark.line + 1  # a block starts on the next line
         for offset, raw in enumerate(block.value.split("\n")):
             line = raw.strip()
             if not line:
                 continue
-            line_no = first + offset + 1 if block.style == "|" else None
+            line_no = first + offset + 1
             if not line.startswith("- "):
                 raise DataError(f"intent {intent!r}: an example line must start with '- ', got {line!r}", path, line_no)
             example = {**_rasa_annotated(line[2:].strip(), path, line_no), "intent": intent}
