@@ -641,6 +641,12 @@ def test_resolve_data_path(tmp_path, monkeypatch):
         resolve_data_path("snips", base_dir=tmp_path / "recipes")
     msg = str(err.value)
     assert "SLU_DATA_DIR" in msg and "slu-data fetch snips" in msg and str(tmp_path / "store" / "snips") in msg
+    with pytest.raises(DataError) as err:  # a user's own data: no benchmark download offered
+        resolve_data_path("my_intents")
+    assert "my_intents" in str(err.value) and "fetch" not in str(err.value)
+    for bad, problem in (("/dev/null", "not a regular file or folder"), ("nosuch", "no such file or directory")):
+        with pytest.raises(DataError, match=problem):
+            detect_format(bad)
 
 
 # --- label maps and subsampling -----------------------------------------------------------
@@ -846,6 +852,25 @@ def test_a_folder_format_file_given_for_its_folder_is_named(tmp_path):
     d = write_split(tmp_path, "train", *GOOD)
     with pytest.raises(DataError, match=r"seq.in is one file of a folder-format split: give its folder"):
         detect_format(d / "seq.in")
+    (tmp_path / "valid").write_text("x")  # a file where the split folder goes
+    with pytest.raises(DataError, match=r"missing 'validation' split: expected valid/ or dev/ or validation/ \(valid is a file\)"):
+        load_splits(tmp_path)
+    (d / "seq.out").unlink()
+    (d / "seq.out").mkdir()
+    with pytest.raises(DataError, match="seq.out: not a regular file"):
+        read_folder_split(tmp_path, "train")
+
+
+def test_jsonl_with_both_slots_and_tags_or_entities_not_a_list_is_refused(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"tokens": ["hi"], "slots": ["O"], "tags": ["O"], "intent": "greet"}) + "\n")
+    with pytest.raises(DataError, match="train.jsonl:1: both 'slots' and 'tags'"):
+        read_jsonl(path)
+    for entities in (0, "", False):  # were read as no entities
+        path = tmp_path / "spans.jsonl"
+        path.write_text(json.dumps({"text": "hi", "intent": "greet", "entities": entities}) + "\n")
+        with pytest.raises(DataError, match="'entities' must be a list"):
+            read_span_json(path)
 
 
 @pytest.mark.parametrize("text, match, line", [

@@ -48,9 +48,11 @@ def resolve_data_path(name_or_path: str | os.PathLike, base_dir: str | os.PathLi
             return cand
     looked = ", ".join(str(p) for p in tried)
     hint = "" if env else " (SLU_DATA_DIR is not set)"
-    raise DataError(f"dataset {str(name_or_path)!r} not found; looked in: {looked}{hint}. "
-                    "Point to the folder holding it with `export SLU_DATA_DIR=/path/to/data`, "
-                    f"or download a benchmark with `slu-data fetch {given.name if given.name in ('atis', 'snips') else 'atis'}`.")
+    if given.name in ("atis", "snips") and len(given.parts) == 1:  # a benchmark by name: where to get it
+        raise DataError(f"dataset {str(name_or_path)!r} not found; looked in: {looked}{hint}. "
+                        "Point to the folder holding it with `export SLU_DATA_DIR=/path/to/data`, "
+                        f"or download it with `slu-data fetch {given.name}`.")
+    raise DataError(f"dataset {str(name_or_path)!r} not found; looked in: {looked}{hint}")
 
 
 def _sniff_file(path: Path) -> str:
@@ -111,7 +113,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.is_file():
         return _sniff_file(path)
     if not path.is_dir():
-        raise DataError("no such file or directory", path)
+        raise DataError("not a regular file or folder" if path.exists() else "no such file or directory", path)
     if (path / "seq.in").is_file() or any(
             (sub / "seq.in").is_file() for s in SPLITS if (sub := _split_folder(path, s)) is not None):
         return "folder"
@@ -163,7 +165,10 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
         if where is None:
             names = " or ".join(n + ("/" if format == "folder" else ".jsonl" if format == "jsonl" else ".json(l)")
                                 for n in SPLIT_NAMES[split])
-            raise DataError(f"missing {split!r} split: expected {names}", path)
+            other_kind = [p.name for n in SPLIT_NAMES[split] for p in path.glob(n + "*")
+                          if p.stem == n and p.is_dir() != (format == "folder")]
+            hint = f" ({', '.join(other_kind)} is a {'file' if format == 'folder' else 'folder'})" if other_kind else ""
+            raise DataError(f"missing {split!r} split: expected {names}{hint}", path)
         out[split] = to_dataset(read_split(where, format, repair_bio, partial=split == "train"))
         if split == "train":
             for column, what in (("intent", "an intent label"), ("slots", "slot tags")):

@@ -204,7 +204,7 @@ def read_text(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError("file not found", path)
+        raise DataError("not a regular file" if path.exists() else "file not found", path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -353,6 +353,8 @@ def read_jsonl(path: str | os.PathLike, repair_bio: bool = True, partial: bool =
         obj = _loads(line, path, i)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", path, i)
+        if "slots" in obj and "tags" in obj:
+            raise DataError("both 'slots' and 'tags': give the word tags under one of them", path, i)
         slot_key = "slots" if "slots" in obj or "tags" not in obj else "tags"
         missing = [k for k in ("tokens", slot_key, "intent") if k not in obj or (k == "tokens" and obj[k] is None)]
         if missing:
@@ -411,7 +413,8 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
     missing = [k for k in ("text", "intent") if k not in obj]
     if missing:
         fail(f"missing key(s): {', '.join(missing)}")
-    text, intent, entities = obj["text"], obj["intent"], obj.get("entities") or []
+    text, intent = obj["text"], obj["intent"]
+    entities = [] if obj.get("entities") is None else obj["entities"]  # (0, "" or false are no list)
     if not isinstance(text, str) or not isinstance(intent, str) or not intent.strip() \
             or any(c.isspace() for c in intent.strip()):
         fail("'text' must be a string and 'intent' a non-empty string without spaces")
