@@ -35,6 +35,9 @@ def test_run_directory_has_everything(trained_feedback_run):
     for name in ["config.json", "model.safetensors", "tokenizer_config.json", "label_maps.json", "recipe.yaml",
                  "metrics.jsonl", "all_results.json", "training_curves.png", "checkpoint/trainer_state.json"]:
         assert (run / name).exists(), name
+    # the weights are as readable as the run's other files (safetensors alone writes them 0600)
+    for weights_file in (run / "model.safetensors", next((run / "checkpoint").glob("*.safetensors"))):
+        assert weights_file.stat().st_mode & 0o777 == (run / "config.json").stat().st_mode & 0o777, weights_file
     results = json.loads((run / "all_results.json").read_text())
     assert set(results["gate_probabilities"]) == {"slot_to_intent", "intent_to_slot"}
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -551,12 +554,17 @@ def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path, monkey
     with pytest.raises(TrainingError, match="choose one"):
         train(tiny_recipe(f"output_dir={run_dir}"), resume=True, overwrite=True)
 
-    # --overwrite deletes a run's folder only: a folder of other files is trained into, its files kept
+    # a folder of other files (data, a project) is not trained into: a run mixed into it would take
+    # those files with it on a later --overwrite
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "mine.txt").write_text("keep me")
-    train(tiny_recipe(f"output_dir={notes}", "train.epochs=1"), overwrite=True)
-    assert (notes / "mine.txt").read_text() == "keep me" and (notes / "model.safetensors").exists()
+    for overwrite in (False, True):
+        with pytest.raises(TrainingError, match="is not empty and holds no slu-train run"):
+            train(tiny_recipe(f"output_dir={notes}", "train.epochs=1"), overwrite=overwrite)
+    assert [f.name for f in notes.iterdir()] == ["mine.txt"]
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert train(tiny_recipe(f"output_dir={tmp_path / 'empty'}", "train.epochs=1")) == tmp_path / "empty"
     # through a link to the run's folder, the old run goes too
     (tmp_path / "link").symlink_to(run_dir)
     (run_dir / "eval_test").mkdir()
@@ -593,6 +601,12 @@ def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
     train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
     assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["epochs"] == 2
     assert json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
+    # a finished run has nothing to resume: said, and its files (the command that made it) left alone
+    files = {name: (run_dir / name).read_bytes() for name in ("recipe.yaml", "metrics.jsonl", "all_results.json")}
+    with pytest.raises(TrainingError, match=r"--resume: .*run has finished its 2 epochs; to train on, raise "
+                                            r"train.epochs \(e.g. train.epochs=4\)"):
+        train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
+    assert files == {name: (run_dir / name).read_bytes() for name in files}
 
 
 def test_resume_without_output_dir_takes_the_newest_run_of_that_recipe_only(tmp_path, monkeypatch):

@@ -94,6 +94,9 @@ def run_dir_problem(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
             return f"--overwrite would delete {run_dir}, which holds the working folder: choose another output_dir"
     elif (run_dir / "config.json").exists():  # a model folder: training would replace its weights
         return f"{run_dir} holds a config.json but no slu-train run (a model folder?): choose another output_dir"
+    elif run_dir.is_dir() and any(run_dir.iterdir()):  # a data or project folder: the run would mix into it,
+        # and a later --overwrite of that run would delete what was there
+        return f"{run_dir} is not empty and holds no slu-train run: choose a new or empty output_dir"
     return None
 
 
@@ -216,6 +219,16 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def readable_weights(folder: Path) -> None:
+    """safetensors (0.8) writes its files readable by their owner only (0600), unlike every other
+    file of a run: give them the umask's usual mode, so that a service or a shared runs folder can
+    load the model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.glob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
+
+
 def save_models(models: list, tokenizer) -> None:
     """Write each (model, label_maps, folder, state_dict) into <folder>/model.tmp, then move the
     files into place, each replaced atomically: an interruption while writing (the slow part)
@@ -227,6 +240,7 @@ def save_models(models: list, tokenizer) -> None:
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "label_maps.json").write_text(json.dumps(label_maps.to_dict(), indent=1), encoding="utf-8")
+        readable_weights(tmp)
         staged.append((tmp, folder))
     for tmp, folder in staged:
         for item in tmp.iterdir():
@@ -449,6 +463,17 @@ def keep_resumed_settings(recipe: dict, run_dir: Path, paths: dict) -> None:
             save_recipe(saved, file)
 
 
+def finished_problem(state: dict, train_cfg: dict) -> str | None:
+    """What --resume would have nothing to do for: a run that ran its epochs or stopped early."""
+    if state["epoch"] >= train_cfg["epochs"]:
+        return (f"has finished its {state['epoch']} epochs; to train on, raise train.epochs "
+                f"(e.g. train.epochs={state['epoch'] + 2})")
+    if state["bad_epochs"] >= train_cfg["patience"]:
+        return (f"stopped early after {state['bad_epochs']} epochs without improvement (train.patience="
+                f"{train_cfg['patience']}); to train on, raise train.patience")
+    return None
+
+
 def restore_checkpoint(accelerator, checkpoint: Path, recipe: dict) -> dict:
     """--resume: load the last checkpoint into the prepared objects; return the trainer state. The
     metrics logged after the checkpoint are forgotten: those epochs are redone."""
@@ -622,6 +647,10 @@ def train_in(run_dir: Path, recipe: dict, accelerator, resume: bool, overwrite: 
     checkpoint = run_dir / "checkpoint"
     if resume:
         state = restore_checkpoint(accelerator, checkpoint, recipe)
+        finished = finished_problem(state, train_cfg)
+        if finished and (run_dir / "all_results.json").exists():  # before the run's files are rewritten
+            # (without all_results.json the last process died while finishing: resuming finishes it)
+            raise TrainingError(f"--resume: {run_dir} {finished}")
         if accelerator.is_main_process:
             keep_resumed_settings(recipe, run_dir, paths)
     elif accelerator.is_main_process:
@@ -735,5 +764,6 @@ def save_checkpoint(accelerator, checkpoint: Path, state: dict) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+        readable_weights(tmp)
         _replace_dir(tmp, checkpoint)
     accelerator.wait_for_everyone()
