@@ -163,7 +163,11 @@ def test_split_holds_out_small_intents_in_turn_and_keeps_unlabelled_utterances_i
     assert sum(r["intent"] is None for r in parts["train"]) == 2
     (tmp_path / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]), encoding="utf-8")
     res = run("split", tmp_path / "few.jsonl", tmp_path / "few")
-    assert res.exit_code == 1 and "leave nothing for validation and test" in res.output
+    assert res.exit_code == 1 and "leave nothing for validation and test" in res.output and "label more data" in res.output
+    # enough utterances, shares that round to nothing for one split: which shares would do
+    res = run("split", SAMPLE / "rasa_example.yml", tmp_path / "rasa", "--valid", "0.4", "--test", "0.4")
+    assert res.exit_code == 1 and "2 of them can be held out" in res.output and "at most 2 of the 5" in res.output
+    assert run("split", SAMPLE / "rasa_example.yml", tmp_path / "rasa", "--valid", "0.2", "--test", "0.2").exit_code == 0
 
 
 def test_convert_bad_source_exits_1(tmp_path):

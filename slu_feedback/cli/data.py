@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,9 @@ def _data_errors_to_click(fn):
             return fn(*args, **kwargs)
         except DataError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:  # `slu-data inspect ... | head`: the reader has gone; end quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as e:  # the reading side's OSErrors are DataErrors: this is DST (a file on its path, no room)
             raise click.ClickException(f"cannot write {e.filename or 'the output'}: {e.strerror or e}") from None
     return wrapper
@@ -215,8 +219,13 @@ def split(src, dst, valid, test, seed, to_fmt, from_fmt, overwrite):
     parts = stratified_split(data, valid, test, seed)
     empty = [name for name in ("validation", "test") if not parts[name]]
     if empty:
-        raise click.ClickException(f"{len(data)} utterances leave nothing for {' and '.join(empty)} (every intent's "
-                                   "first utterance stays in train): raise --valid/--test or label more data")
+        labelled = [i for i, s in zip(data["intent"], data["slots"]) if i is not None and s is not None]
+        spare = len(labelled) - len(set(labelled))  # every intent's first utterance stays in train
+        fix = ("label more data: at least two more utterances of intents already there" if spare < 2 else
+               f"choose --valid and --test so that each holds out at least 1 and both together at most {spare} "
+               f"of the {len(data)}")
+        raise click.ClickException(f"{len(data)} utterances leave nothing for {' and '.join(empty)}: {spare} of them "
+                                   f"can be held out (every intent's first utterance stays in train); {fix}")
     for name, idx in parts.items():
         out = outs[name]
         write_examples(data.select(idx), out, to_fmt)
