@@ -627,6 +627,9 @@ def test_detect_format(tmp_path):
     (tmp_path / "blank.jsonl").write_text("  \n\n")
     with pytest.raises(DataError, match="file is empty"):
         detect_format(tmp_path / "blank.jsonl")
+    (tmp_path / "notes.md").write_text("# my notes\n")  # no data file: said so, not "invalid JSON" at line 1
+    with pytest.raises(DataError, match="notes.md: cannot tell the format: not JSON, and not named .jsonl"):
+        detect_format(tmp_path / "notes.md")
 
 
 def test_resolve_data_path(tmp_path, monkeypatch):

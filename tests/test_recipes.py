@@ -63,6 +63,13 @@ def test_missing_data_path_and_bad_yaml(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the repository: the error names the shipped recipe
     with pytest.raises(RecipeError, match="recipe not found: recipes/atis.yaml \\(the shipped recipe is .*recipes/atis.yaml\\)"):
         load_recipe("recipes/atis.yaml")
+    (tmp_path / "mine.yaml").write_text("seed: 1\n")  # a misspelt name: the closest, the user's own first
+    with pytest.raises(RecipeError, match=r"recipe not found: mine.yml; did you mean mine.yaml\?"):
+        load_recipe("mine.yml")
+    with pytest.raises(RecipeError, match=r"recipe not found: quickstart; did you mean .*recipes/quickstart.yaml\?"):
+        load_recipe("quickstart")
+    with pytest.raises(RecipeError, match=r"recipe not found: nothing-like-it.yaml$"):
+        load_recipe("nothing-like-it.yaml")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(None, ["data=3"])
 

@@ -74,6 +74,9 @@ def _sniff_file(path: Path) -> str:
             obj = json.loads(text)
         except (ValueError, RecursionError):
             # not JSON as a whole either: let the reader its extension suggests name the bad line
+            if path.suffix not in (".jsonl", ".json"):  # a README, a CSV: no data file of ours
+                raise DataError("cannot tell the format: not JSON, and not named .jsonl, .json, .yml or .yaml; "
+                                "expected a dataset folder or a split file (see data/FORMATS.md)", path) from None
             return "jsonl" if path.suffix == ".jsonl" else "spans"
         if isinstance(obj, dict) and "text" in obj:
             return "spans"  # the span reader takes a single object; word-level JSONL is one a line

@@ -8,6 +8,7 @@ raised before any data or model is loaded.
 import copy
 import difflib
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -235,15 +236,28 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def recipe_hint(path: Path) -> str:
+    """For a recipe path that is no file: the shipped recipe of that name, or the closest recipe
+    names beside it or shipped ("quickstart", "recipes/quickstart.yml")."""
+    shipped = SHIPPED_RECIPES / path.name
+    if not path.is_absolute() and shipped.is_file():
+        return f" (the shipped recipe is {shipped})"
+    folders = [SHIPPED_RECIPES] + ([path.parent] if path.parent.is_dir() else [])  # the user's own win a tie
+    names = {p.name: p for folder in folders for p in sorted(folder.glob("*.y*ml"))}
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6) or \
+        difflib.get_close_matches(path.stem, [Path(n).stem for n in names], n=3, cutoff=0.6)
+    found = [names.get(n) or names.get(n + ".yaml") or names.get(n + ".yml") for n in close]
+    shown = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else str(p) for p in found]
+    return f"; did you mean {' or '.join(shown)}?" if found else ""
+
+
 def load_recipe(path: str | None = None, overrides: list | tuple = ()) -> dict:
     """Defaults <- YAML file <- overrides, validated. Records where the recipe came from."""
     values, stored_dir = {}, None
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            shipped = SHIPPED_RECIPES / path.name
-            hint = f" (the shipped recipe is {shipped})" if not path.is_absolute() and shipped.is_file() else ""
-            raise RecipeError(f"recipe not found: {path}{hint}")
+            raise RecipeError(f"recipe not found: {path}{recipe_hint(path)}")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:  # one line: file:line: what PyYAML says, without its excerpt
