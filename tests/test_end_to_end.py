@@ -180,6 +180,12 @@ def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
 def test_parse_cli_names_a_broken_run(tmp_path):
     result = CliRunner().invoke(parse_main, [str(tmp_path)])
     assert result.exit_code == 1 and "not a trained run" in result.output
+    for name in ("atis-1", "atis-2"):  # a folder of runs (runs/): the runs in it are named
+        (tmp_path / name).mkdir()
+        for file in ("config.json", "label_maps.json"):
+            (tmp_path / name / file).write_text("{}")
+    result = CliRunner().invoke(parse_main, [str(tmp_path)])
+    assert result.exit_code == 1 and "it holds the runs atis-1, atis-2: give one of those" in result.output
 
 
 def test_device_option_resolves_or_says_why(trained_feedback_run):

@@ -46,8 +46,15 @@ def check_run_files(run_dir: Path) -> None:
                        f"{', '.join(str(run_dir / n) for n in names)} (SLUParser.from_pretrained loads them all)")
     missing = [name for name in REQUIRED if not (run_dir / name).exists()]
     if missing:
-        hint = " (training may still be running, or stopped before its first validation)" \
-            if (run_dir / "recipe.yaml").exists() else ""
+        runs = sorted((p.parent for p in run_dir.glob("*/config.json") if (p.parent / "label_maps.json").exists()),
+                      key=lambda run: (run.stat().st_mtime, run.name))
+        if (run_dir / "recipe.yaml").exists():
+            hint = " (training may still be running, or stopped before its first validation)"
+        elif runs:  # a folder of runs (runs/): name them, the newest last
+            hint = f"; it holds the runs {', '.join(p.name for p in runs[-3:])}" \
+                   f"{f' and {len(runs) - 3} more' if len(runs) > 3 else ''}: give one of those"
+        else:
+            hint = ""
         raise RunError(f"{run_dir}: not a trained run, missing {', '.join(missing)}{hint}")
 
 
