@@ -173,8 +173,20 @@ def test_parse_cli_text_json_and_input_file(trained_feedback_run, tmp_path):
     assert result.exit_code == 0 and "k=0" in result.output
     assert len(re.findall(r"intent  \S+  [01]\.\d{3}", result.output)) == 2, "both utterances parsed, not :foo"
     assert "unknown command :foo; :help lists the commands" in result.output
+    assert "slu> " not in result.output, "utterances piped in get no prompts between their results"
+    assert "no feedback loop" not in result.output
     used = int(re.search(r"feedback iterations used: (\d)", result.output).group(1))
     assert re.search(rf"k={used}: .*<- the answer", result.output) and result.output.count("<- the answer") == 1
+
+
+def test_explain_on_a_run_without_the_loop_says_so():
+    from slu_feedback.cli.parse import render
+
+    result = {"text": "play jazz", "intent": "play", "intent_score": 0.9, "top_intents": [], "slots": [],
+              "words": ["play", "jazz"], "iterations": 0,
+              "explain": [{"iteration": 0, "intent": "play", "intent_score": 0.9, "tags": ["O", "O"]}]}
+    assert "this run has no feedback loop" in render(result, explain=True)
+    assert "no feedback loop" not in render(result, explain=False)
 
 
 def test_parse_cli_names_a_broken_run(tmp_path):

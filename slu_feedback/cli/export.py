@@ -17,7 +17,8 @@ from . import console_output
               help="torch.onnx exporter: torch.export-based (dynamo), TorchScript tracer (legacy), or dynamo with legacy as fallback.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: 18 for dynamo, 17 for legacy).")
 @click.option("--check", is_flag=True, help="Run ONNX Runtime and PyTorch on a split and compare their outputs.")
-@click.option("--split", default="validation", type=click.Choice(["train", "validation", "test"]), show_default=True)
+@click.option("--split", default="validation", type=click.Choice(["train", "validation", "valid", "dev", "test"]),
+              show_default=True, help="valid and dev name the validation split, as in slu-eval.")
 @click.option("--data", default=None, help="Dataset for --check (default: the one in the run's recipe).")
 @click.option("--atol", default=1e-4, show_default=True, help="Largest allowed probability difference for --check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check report as JSON.")

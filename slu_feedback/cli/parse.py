@@ -48,6 +48,8 @@ def render(result: dict, explain: bool = False) -> str:
                                  "words were read (max_length); the rest are tagged O", fg="yellow"))
     if result["iterations"]:
         lines.append(click.style(f"  feedback iterations used: {result['iterations']}", dim=True))
+    if explain and len(result.get("explain", [])) == 1:  # k=0 only
+        lines.append(click.style("  (this run has no feedback loop: k=0 is its only prediction)", dim=True))
     for step in result.get("explain", []) if explain else []:  # every iteration, also those after the answer's
         tags = " ".join(f"{w}/{t}" for w, t in zip(result["words"], step["tags"]) if t != "O")
         answer = "   <- the answer" if step["iteration"] == result["iterations"] else ""
@@ -123,9 +125,10 @@ def interactive(parser, as_json: bool, explain: bool) -> None:
     click.echo("slu-parse: " + ", ".join(f"{name + ': ' if name else ''}{len(m.config.intent_labels)} intents, "
                                          f"{len(m.config.slot_labels)} slot tags" for name, m in parser.models.items())
                + ". :help for help.")
+    prompt = "slu> " if sys.stdin.isatty() else ""  # utterances piped in: their results, no prompts between
     while True:
         try:
-            line = input("slu> ")
+            line = input(prompt)
         except (EOFError, KeyboardInterrupt):
             click.echo()
             return
