@@ -864,6 +864,16 @@ def test_a_folder_format_file_given_for_its_folder_is_named(tmp_path):
         read_folder_split(tmp_path, "train")
 
 
+def test_a_guessed_format_is_guessed_for_each_split_file(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"tokens": ["fly", "to", "rome"], "slots": ["O", "O", "B-city"],
+                                                      "intent": "f"}) + "\n")
+    (tmp_path / "test.jsonl").write_text((tmp_path / "train.jsonl").read_text())
+    (tmp_path / "valid.json").write_text(json.dumps([{"text": "fly to rome", "intent": "f",  # span-level
+                                                      "entities": [{"start": 7, "end": 11, "entity": "city"}]}]))
+    splits = load_splits(tmp_path)  # was: valid.json:1: expected a JSON object (read as word-level JSONL)
+    assert splits["validation"]["slots"] == splits["train"]["slots"] == [["O", "O", "B-city"]]
+
+
 def test_jsonl_with_both_slots_and_tags_or_entities_not_a_list_is_refused(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"tokens": ["hi"], "slots": ["O"], "tags": ["O"], "intent": "greet"}) + "\n")

@@ -156,6 +156,7 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
     so a typo in a folder name is not silently trained on.
     """
     path = resolve_data_path(path)
+    sniff = format == "auto"
     if format == "auto":
         format = detect_format(path)
     if format not in FORMATS:
@@ -172,7 +173,9 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
                           if p.stem == n and p.is_dir() != (format == "folder")]
             hint = f" ({', '.join(other_kind)} is a {'file' if format == 'folder' else 'folder'})" if other_kind else ""
             raise DataError(f"missing {split!r} split: expected {names}{hint}", path)
-        out[split] = to_dataset(read_split(where, format, repair_bio, partial=split == "train"))
+        # guessed formats are guessed per file: word-level train.jsonl beside span-level valid.json
+        split_format = _sniff_file(where) if sniff and format != "folder" else format
+        out[split] = to_dataset(read_split(where, split_format, repair_bio, partial=split == "train"))
         if split == "train":
             for column, what in (("intent", "an intent label"), ("slots", "slot tags")):
                 if all(value is None for value in out[split][column]):
@@ -189,9 +192,9 @@ def load_data(path: str | os.PathLike, format: str = "auto", repair_bio: bool = 
     split may leave labels null (JSONL) as a training split may, unless `partial` is False (a split
     to be scored: the reader names the line)."""
     path = resolve_data_path(path)
-    format = detect_format(path) if format == "auto" else format
-    if is_one_split(path, format):
-        return {path.name: to_dataset(read_split(path, format, repair_bio, partial))}
+    guessed = detect_format(path) if format == "auto" else format
+    if is_one_split(path, guessed):
+        return {path.name: to_dataset(read_split(path, guessed, repair_bio, partial))}
     return dict(load_splits(path, format, repair_bio, splits))
 
 
