@@ -443,6 +443,12 @@ def test_intent_slot_constraints_are_learned_from_train_and_hold_in_every_predic
     assert not any(off_type(p["intent"], p["tags"]) for p in parser(texts))
     next(iter(parser.models.values())).config.intent_slot_constraints = False
     assert any(off_type(p["intent"], p["tags"]) for p in parser(texts))
+    # the run's setting overridden at load, as slu-eval does: SLUParser, slu-parse (and slu-serve)
+    assert any(off_type(p["intent"], p["tags"]) for p in SLUParser.from_pretrained(run, intent_slot_constraints=False)(texts))
+    for flag, off in (("--no-intent-slot-constraints", True), ("--intent-slot-constraints", False)):
+        result = CliRunner().invoke(parse_main, [str(run), "--json", flag, *[x for t in texts for x in ("--text", t)]])
+        assert result.exit_code == 0, result.output
+        assert any(off_type(r["intent"], r["tags"]) for r in map(json.loads, result.output.splitlines())) == off
 
 
 def test_parser_cuts_where_the_run_was_trained(tiny_run_factory):

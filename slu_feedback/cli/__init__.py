@@ -10,6 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the slu_feedback package: whose
 
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="cpu, cuda, cuda:N or mps; auto takes a GPU when torch sees one (the CPU with --quantize).")
+INTENT_SLOT_CONSTRAINTS = click.option(
+    "--intent-slot-constraints/--no-intent-slot-constraints", "intent_slots", default=None,
+    help="Decode only slot types seen with the predicted intent in training, or not "
+         "(default: the run's model.intent_slot_constraints).")
 
 
 def inference_device(device: str, quantize: bool) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from . import DEVICE, console_output, inference_device
+from . import DEVICE, INTENT_SLOT_CONSTRAINTS, console_output, inference_device
 
 
 MEASURES = (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"), ("sentence_acc", "sentence accuracy"))
@@ -26,9 +26,7 @@ MEASURES = (("intent_acc", "intent accuracy"), ("slot_f1", "slot F1 (seqeval)"),
 @click.option("--quantize", is_flag=True, help="Also evaluate a dynamically int8-quantised copy and report the change.")
 @click.option("--predict", "predict_mode", type=click.Choice(["mean", "mc"]), default=None,
               help="VMTL head only: posterior means or the Monte Carlo average (default: the run's vmtl.predict).")
-@click.option("--intent-slot-constraints/--no-intent-slot-constraints", "intent_slots", default=None,
-              help="Decode only slot types seen with the predicted intent in training, or not "
-                   "(default: the run's model.intent_slot_constraints).")
+@INTENT_SLOT_CONSTRAINTS
 @click.option("--compare", "baseline", default=None, type=click.Path(exists=True, file_okay=False),
               help="Another run, scored on the same utterances: is RUN_DIR better than it? (paired tests)")
 @DEVICE

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from . import DEVICE, console_output, inference_device
+from . import DEVICE, INTENT_SLOT_CONSTRAINTS, console_output, inference_device
 
 HELP = """Type an utterance and press Enter to parse it.
   :help      this text
@@ -90,8 +90,9 @@ def read_lines(file) -> list:
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1), help="Intents listed per utterance.")
 @click.option("--quantize", is_flag=True, help="Dynamic int8 quantisation of the Linear layers (CPU; faster, slightly less accurate).")
 @click.option("--dataset", default=None, help="Joint runs: answer with this dataset's heads (default: the most confident).")
+@INTENT_SLOT_CONSTRAINTS
 @DEVICE
-def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quantize, dataset, device):
+def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quantize, dataset, intent_slots, device):
     """Parse utterances with a trained run: intent, its probability, top-k intents and slot spans."""
     from ..inference.parser import SLUParser
     from ..models import RunError
@@ -99,8 +100,8 @@ def main(run_dir, texts, input_file, as_json, explain, batch_size, top_k, quanti
     console_output(limit=3 if texts or input_file else None)  # at the prompt, every utterance's warnings
     device = inference_device(device, quantize)
     try:
-        parser = SLUParser.from_pretrained(run_dir, device=device, top_k=top_k,
-                                           quantize=quantize, dataset=dataset)
+        parser = SLUParser.from_pretrained(run_dir, device=device, top_k=top_k, quantize=quantize, dataset=dataset,
+                                           intent_slot_constraints=intent_slots)
     except RunError as error:
         raise click.ClickException(str(error)) from None
     if texts or input_file:

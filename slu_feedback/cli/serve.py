@@ -2,7 +2,7 @@
 
 import click
 
-from . import DEVICE, console_output, inference_device
+from . import DEVICE, INTENT_SLOT_CONSTRAINTS, console_output, inference_device
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,6 +11,7 @@ from . import DEVICE, console_output, inference_device
               help="Address to bind. Loopback by default; 0.0.0.0 exposes the API (no authentication) to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--quantize", is_flag=True, help="Serve a dynamically int8-quantised copy (CPU).")
+@INTENT_SLOT_CONSTRAINTS
 @DEVICE
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Utterances per forward pass.")
 @click.option("--wait-ms", default=5.0, show_default=True, type=click.FloatRange(0),
@@ -21,7 +22,7 @@ from . import DEVICE, console_output, inference_device
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads (default: torch's choice).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, max_chars, max_body_kb, threads, log_level):
+def main(run_dir, host, port, quantize, intent_slots, device, max_batch, wait_ms, max_texts, max_chars, max_body_kb, threads, log_level):
     """Serve a trained run: POST /parse, GET /health, GET /model, the OpenAPI page at /docs and a
     web page at /. Concurrent requests are micro-batched."""
     console_output(limit=None)  # a server runs for days: every request's warnings
@@ -45,7 +46,7 @@ def main(run_dir, host, port, quantize, device, max_batch, wait_ms, max_texts, m
                               max_body_bytes=max_body_kb * 1024)
     try:
         serve(run_dir, host, port, quantize=quantize, settings=settings, log_level=log_level,
-              device=device)
+              device=device, intent_slot_constraints=intent_slots)
     except RunError as error:
         raise click.ClickException(str(error)) from None
 

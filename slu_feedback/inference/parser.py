@@ -69,9 +69,10 @@ class SLUParser:
 
     @classmethod
     def from_pretrained(cls, run_dir, device: str = "cpu", quantize: bool = False, dataset: str | None = None,
-                        **kwargs) -> "SLUParser":
+                        intent_slot_constraints: bool | None = None, **kwargs) -> "SLUParser":
         """Load a run; `quantize=True` applies dynamic int8 quantisation to its Linear layers (CPU).
-        For a joint run, `dataset` picks one dataset's heads (default: all of them)."""
+        For a joint run, `dataset` picks one dataset's heads (default: all of them).
+        `intent_slot_constraints` overrides the run's model.intent_slot_constraints (None: keep it)."""
         names = joint_datasets(run_dir)
         if dataset is not None and dataset not in names:
             raise RunError(f"{run_dir}: no dataset {dataset!r} in this run" + (
@@ -81,6 +82,11 @@ class SLUParser:
         first, tokenizer = next(iter(loaded.values()))
         for model in models.values():  # saved from one shared encoder: keep one copy in memory
             model.encoder = first.encoder
+            if intent_slot_constraints is not None:
+                if intent_slot_constraints and not model.config.slot_types_by_intent:
+                    raise RunError(f"{run_dir}: --intent-slot-constraints needs the slot types seen with each "
+                                   "intent, which runs trained before they were recorded lack")
+                model.config.intent_slot_constraints = intent_slot_constraints
         if quantize:
             from .quantize import quantize_model
 

@@ -386,20 +386,26 @@ def model_info(parser: SLUParser, run_dir, settings: ServerSettings, quantized: 
 def app_from_env() -> FastAPI:
     """The app for a process manager of one's own or several worker processes (each loads the model):
     `SLU_RUN=runs/atis-1 uvicorn slu_feedback.inference.server:app_from_env --factory --workers 4`;
-    SLU_DEVICE (default cpu) and SLU_QUANTIZE=1 as slu-serve's --device and --quantize."""
+    SLU_DEVICE (default cpu), SLU_QUANTIZE=1 and SLU_INTENT_SLOT_CONSTRAINTS=1 (or 0) as slu-serve's
+    --device, --quantize and --[no-]intent-slot-constraints."""
     run_dir = os.environ.get("SLU_RUN")
     if not run_dir:
         raise RuntimeError("set SLU_RUN to the run directory to serve")
-    quantize = os.environ.get("SLU_QUANTIZE", "").lower() in ("1", "true", "yes")
-    parser = SLUParser.from_pretrained(run_dir, device=os.environ.get("SLU_DEVICE", "cpu"), quantize=quantize)
+    yes = ("1", "true", "yes")
+    quantize = os.environ.get("SLU_QUANTIZE", "").lower() in yes
+    constraints = os.environ.get("SLU_INTENT_SLOT_CONSTRAINTS")
+    parser = SLUParser.from_pretrained(run_dir, device=os.environ.get("SLU_DEVICE", "cpu"), quantize=quantize,
+                                       intent_slot_constraints=None if constraints is None else constraints.lower() in yes)
     return create_app(parser, run_dir, quantized=quantize)
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, quantize: bool = False,
-          settings: ServerSettings | None = None, log_level: str = "info", device: str = "cpu"):
+          settings: ServerSettings | None = None, log_level: str = "info", device: str = "cpu",
+          intent_slot_constraints: bool | None = None):
     """Load `run_dir` on `device` and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    parser = SLUParser.from_pretrained(run_dir, device=device, quantize=quantize)
+    parser = SLUParser.from_pretrained(run_dir, device=device, quantize=quantize,
+                                       intent_slot_constraints=intent_slot_constraints)
     app = create_app(parser, run_dir, settings, quantized=quantize)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
