@@ -864,6 +864,17 @@ def test_a_folder_format_file_given_for_its_folder_is_named(tmp_path):
         read_folder_split(tmp_path, "train")
 
 
+def test_folder_blank_label_line_is_named_where_it_is_and_a_late_cr_is_not_blamed(tmp_path):
+    d = write_split(tmp_path, "train", "a\nb\nc\nd\n", "O\nO\nO\nO\n", "x\n\nx\nx\nx\n")
+    with pytest.raises(DataError, match="empty intent label") as err:
+        read_folder_split(tmp_path, "train")
+    assert (err.value.path, err.value.line) == (str(d / "label"), 2)
+    d = write_split(tmp_path, "valid", "a b\nc\ne f\ng h\r", "O O\nO O\nO O\nO O\n", "x\nx\nx\nx\n")
+    with pytest.raises(DataError, match="2 tags but seq.in line has 1 words") as err:  # line 2; the CR ends the file
+        read_folder_split(tmp_path, "valid")
+    assert err.value.line == 2 and "carriage return" not in str(err.value)
+
+
 def test_a_guessed_format_is_guessed_for_each_split_file(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"tokens": ["fly", "to", "rome"], "slots": ["O", "O", "B-city"],
                                                       "intent": "f"}) + "\n")
@@ -872,6 +883,12 @@ def test_a_guessed_format_is_guessed_for_each_split_file(tmp_path):
                                                       "entities": [{"start": 7, "end": 11, "entity": "city"}]}]))
     splits = load_splits(tmp_path)  # was: valid.json:1: expected a JSON object (read as word-level JSONL)
     assert splits["validation"]["slots"] == splits["train"]["slots"] == [["O", "O", "B-city"]]
+    with pytest.raises(DataError, match="valid.json:1: expected a JSON object"):  # a format given is not guessed
+        load_splits(tmp_path, format="jsonl")
+    (tmp_path / "valid.json").unlink()  # a file that tells nothing from its first line: its reader names the line
+    (tmp_path / "valid.jsonl").write_text(json.dumps({"tokns": ["hi"], "slots": ["O"], "intent": "f"}) + "\n")
+    with pytest.raises(DataError, match=r"valid.jsonl:1: missing key\(s\): tokens"):
+        load_splits(tmp_path)
 
 
 def test_jsonl_with_both_slots_and_tags_or_entities_not_a_list_is_refused(tmp_path):
@@ -891,8 +908,11 @@ def test_jsonl_with_both_slots_and_tags_or_entities_not_a_list_is_refused(tmp_pa
     ("nlu: " + "[" * 500 + "]" * 500 + "\n", "invalid YAML: nested too deeply", None),
     ("nlu:\n- intent: a\n  examples: |\n    - hel\x07lo\n", r"invalid YAML: character '\\x07' is not allowed", 4),
     ("nlu:\n- intent: [a, b]\n  examples: |\n    - hello\n", "'intent' must be a name", 2),
-    ("nlu:\n- intent: a\n  examples: >\n    - hello\n    - bye\n", r"must be a literal block \('examples: \|'\)", 3),
-    ("nlu:\n- intent: a\n  examples: 5\n", r"must be a literal block", 3),
+    ("nlu:\n- intent: a\n  examples: >\n    - hello\n    - bye\n", r"must be a block \('examples: \|'\)", 3),
+    ("nlu:\n- intent: a\n  examples: 5\n", r"an example line must start with '- ', got '5'", 3),
+    ("nlu:\n- intent: a\n  examples: |-\n    - hello\n", None, None),
+    ("nlu:\n- intent: a\n  examples: |+\n    - hello\n\n", None, None),
+    ("nlu:\n- intent: a\n  examples: \"- hello\"\n", None, None),  # a quoted block, as Rasa accepts
 ])
 def test_rasa_yaml_oddities_are_one_located_error(tmp_path, text, match, line):
     nlu = tmp_path / "nlu.yml"

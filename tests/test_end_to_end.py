@@ -631,6 +631,15 @@ def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
                                             r"train.epochs \(e.g. train.epochs=4\)"):
         train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
     assert files == {name: (run_dir / name).read_bytes() for name in files}
+    state_file = run_dir / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "bad_epochs": 99}))  # as if early stopping had ended it
+    with pytest.raises(TrainingError, match=r"stopped early after 99 epochs without improvement .*raise train.patience"):
+        train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=4"), resume=True)
+    state_file.write_text(json.dumps(state))
+    (run_dir / "all_results.json").unlink()  # killed while finishing, after the last checkpoint: resuming finishes it
+    train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
+    assert json.loads((run_dir / "all_results.json").read_text())["epochs_run"] == 2
 
 
 def test_resume_without_output_dir_takes_the_newest_run_of_that_recipe_only(tmp_path, monkeypatch):

@@ -28,7 +28,8 @@ OUT_EXT = {"jsonl": ".jsonl", "spans": ".json"}
 
 
 def _data_errors_to_click(fn):
-    """Turn DataError, and an output that cannot be written, into a one-line click error (exit code 1)."""
+    """Turn DataError, and an OSError of a path (unwritable output, a name too long), into a one-line
+    click error (exit code 1)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -38,8 +39,8 @@ def _data_errors_to_click(fn):
         except BrokenPipeError:  # `slu-data inspect ... | head`: the reader has gone; end quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-        except OSError as e:  # the reading side's OSErrors are DataErrors: this is DST (a file on its path, no room)
-            raise click.ClickException(f"cannot write {e.filename or 'the output'}: {e.strerror or e}") from None
+        except OSError as e:  # DST with a file on its path, a full disk, a path name too long to look up
+            raise click.ClickException(f"{e.filename or 'a path'}: {e.strerror or e}") from None
     return wrapper
 
 
@@ -221,7 +222,8 @@ def split(src, dst, valid, test, seed, to_fmt, from_fmt, overwrite):
     if empty:
         labelled = [i for i, s in zip(data["intent"], data["slots"]) if i is not None and s is not None]
         spare = len(labelled) - len(set(labelled))  # every intent's first utterance stays in train
-        fix = ("label more data: at least two more utterances of intents already there" if spare < 2 else
+        fix = (f"label more data: at least {2 - spare} more utterance{'s' if spare == 0 else ''} of intents "
+               "already there" if spare < 2 else
                f"choose --valid and --test so that each holds out at least 1 and both together at most {spare} "
                f"of the {len(data)}")
         raise click.ClickException(f"{len(data)} utterances leave nothing for {' and '.join(empty)}: {spare} of them "

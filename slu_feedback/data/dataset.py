@@ -174,7 +174,12 @@ def load_splits(path: str | os.PathLike, format: str = "auto", repair_bio: bool 
             hint = f" ({', '.join(other_kind)} is a {'file' if format == 'folder' else 'folder'})" if other_kind else ""
             raise DataError(f"missing {split!r} split: expected {names}{hint}", path)
         # guessed formats are guessed per file: word-level train.jsonl beside span-level valid.json
-        split_format = _sniff_file(where) if sniff and format != "folder" else format
+        split_format = format
+        if sniff and format != "folder":
+            try:
+                split_format = _sniff_file(where)
+            except DataError:  # a file broken from its first line: its reader, the dataset's, names the line
+                pass
         out[split] = to_dataset(read_split(where, split_format, repair_bio, partial=split == "train"))
         if split == "train":
             for column, what in (("intent", "an intent label"), ("slots", "slot tags")):

@@ -303,34 +303,37 @@ def read_folder_split(folder: str | os.PathLike, split: str, repair_bio: bool = 
     # not where the line counts part at the end
     for i, (w, t) in enumerate(zip(words, tags), start=1):
         if not w:
-            raise DataError("empty utterance" + _bare_cr_hint(paths[0]), paths[0], i)
+            raise DataError("empty utterance" + _bare_cr_hint(i, paths[0]), paths[0], i)
         if len(w.split()) != len(t.split()):
             odd = sorted({c for c in w if c.isspace() and c not in " \t"})
             hint = f" (it contains {', '.join(f'U+{ord(c):04X}' for c in odd)}, which separate words too)" if odd else ""
             raise DataError(f"{len(t.split())} tags but {paths[0].name} line has {len(w.split())} words{hint}"
-                            + _bare_cr_hint(*paths[:2]), paths[1], i)
+                            + _bare_cr_hint(i, *paths[:2]), paths[1], i)
+    for i, lab in enumerate(labels[:len(words)], start=1):
+        if not lab:
+            raise DataError("empty intent label" + _bare_cr_hint(i, paths[2]), paths[2], i)
     n = len(words)
     for p, lines in zip(paths[1:], (tags, labels)):
         if len(lines) != n:  # named at the first line that has no counterpart, in the longer file
-            raise DataError(f"{paths[0].name} has {n} lines but {p.name} has {len(lines)}" + _bare_cr_hint(paths[0], p),
-                            paths[0] if n > len(lines) else p, min(len(lines), n) + 1)
+            line = min(len(lines), n) + 1
+            raise DataError(f"{paths[0].name} has {n} lines but {p.name} has {len(lines)}" + _bare_cr_hint(line, paths[0], p),
+                            paths[0] if n > len(lines) else p, line)
     examples = []
     for i, (w, t, lab) in enumerate(zip(words, tags, labels), start=1):
-        if not lab:
-            raise DataError("empty intent label", paths[2], i)
         examples.append(_check_example(w.split(), t.split(), lab, paths[1], i, repair_bio, intent_path=paths[2]))
     return examples
 
 
-def _bare_cr_hint(*paths: Path) -> str:
-    """Where a file that ends its lines in \\n also holds a bare carriage return, which `read_text`
-    reads as a line end (old Mac files) and which shifts every line after it: said in an error."""
+def _bare_cr_hint(line: int, *paths: Path) -> str:
+    """Where a file that ends its lines in \\n also holds a bare carriage return (not its last byte)
+    at or before the `line` an error names: `read_text` reads it as a line end (old Mac files), which
+    shifts every line after it. Said in that error."""
     for path in paths:
-        data = path.read_bytes()
+        data = path.read_bytes().rstrip(b"\r\n")
         bare = re.search(rb"\r(?!\n)", data)
-        if bare and b"\n" in data:
-            line = data.count(b"\n", 0, bare.start()) + 1
-            return f"; note: {path.name} line {line} (counting \\n line ends) holds a bare carriage return, which ends a line"
+        at = bare and data.count(b"\n", 0, bare.start()) + 1
+        if bare and b"\n" in data and at <= line:
+            return f"; note: {path.name} line {at} (counting \\n line ends) holds a bare carriage return, which ends a line"
     return ""
 
 
@@ -534,15 +537,16 @@ def read_rasa_yaml(path: str | os.PathLike) -> list[dict]:
         if not isinstance(intent, yaml.ScalarNode) or not intent.value:
             raise DataError("'intent' must be a name", path, intent.start_mark.line + 1)
         intent = intent.value
-        if not isinstance(block, yaml.ScalarNode) or block.style != "|":  # '>' would fold the lines into one
-            raise DataError(f"intent {intent!r}: 'examples' must be a literal block ('examples: |') of "
-                            "'- utterance' lines", path, (block or item).start_mark.line + 1)
+        if not isinstance(block, yaml.ScalarNode) or block.style == ">":  # '>' would fold the lines into one
+            raise DataError(f"intent {intent!r}: 'examples' must be a block ('examples: |') of '- utterance' "
+                            "lines", path, (block or item).start_mark.line + 1)
         first = block.start_mark.line + 1  # a block starts on the next line
         for offset, raw in enumerate(block.value.split("\n")):
             line = raw.strip()
             if not line:
                 continue
-            line_no = first + offset + 1
+            # a quoted string ("- a\n- b") has no line of its own per example: its first line is named
+            line_no = first + offset + 1 if block.style == "|" else block.start_mark.line + 1
             if not line.startswith("- "):
                 raise DataError(f"intent {intent!r}: an example line must start with '- ', got {line!r}", path, line_no)
             example = {**_rasa_annotated(line[2:].strip(), path, line_no), "intent": intent}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..models import load_run
+from ..models.run import readable_weights
 from .mtif import converge, influence_vectors, score_chunks
 from .report import pruning_name, select_drops, write_scores
 from .slu import TASKS, build_problem
@@ -100,6 +101,7 @@ class Refitter:
                 model.get_parameter(name.removeprefix("model.")).copy_(value.to(torch.float32))
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
+        readable_weights(out_dir)
         tokenizer.save_pretrained(out_dir)
         for name in COPIED:
             if (self.run_dir / name).exists():

@@ -95,3 +95,15 @@ def check_vocabulary(run_dir: Path, config, tokenizer) -> None:
         raise RunError(f"{run_dir}: the tokenizer has {len(tokenizer)} tokens but the model was trained with "
                        f"{trained}: its vocabulary file is missing or from another model (tokenizer files here: "
                        f"{files or 'none'}); copy the run's tokenizer.json again or retrain")
+
+
+def readable_weights(folder: Path) -> None:
+    """safetensors (0.8) writes its files readable by their owner only (0600), unlike every other
+    file of a run: give them the mode a new file in `folder` gets, so that a service or a shared
+    runs folder can load the model."""
+    probe = Path(folder) / ".mode-probe"
+    probe.touch()
+    mode = probe.stat().st_mode & 0o666
+    probe.unlink()
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(mode)

@@ -38,6 +38,7 @@ from ..provenance import commit_at_start, run_provenance
 from ..models import SLUConfig, SLUModel, encoder_config_dict, resolve_encoder
 from ..models.encoders import load_word_tokenizer
 from ..models.joint import JOINT_FILE, JointSLUModel, sub_state_dict
+from ..models.run import readable_weights
 from .recipe import save_recipe
 
 class TrainingError(RuntimeError):
@@ -217,16 +218,6 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def readable_weights(folder: Path) -> None:
-    """safetensors (0.8) writes its files readable by their owner only (0600), unlike every other
-    file of a run: give them the umask's usual mode, so that a service or a shared runs folder can
-    load the model."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in folder.glob("*.safetensors"):
-        path.chmod(0o666 & ~umask)
 
 
 def save_models(models: list, tokenizer) -> None:
@@ -463,6 +454,14 @@ def keep_resumed_settings(recipe: dict, run_dir: Path, paths: dict) -> None:
             save_recipe(saved, file)
 
 
+def results_epochs(run_dir: Path) -> int | None:
+    """The epochs a run's all_results.json was written after (None: no readable file)."""
+    try:
+        return json.loads((run_dir / "all_results.json").read_text())["epochs_run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def finished_problem(state: dict, train_cfg: dict) -> str | None:
     """What --resume would have nothing to do for: a run that ran its epochs or stopped early."""
     if state["epoch"] >= train_cfg["epochs"]:
@@ -648,8 +647,8 @@ def train_in(run_dir: Path, recipe: dict, accelerator, resume: bool, overwrite: 
     if resume:
         state = restore_checkpoint(accelerator, checkpoint, recipe)
         finished = finished_problem(state, train_cfg)
-        if finished and (run_dir / "all_results.json").exists():  # before the run's files are rewritten
-            # (without all_results.json the last process died while finishing: resuming finishes it)
+        if finished and results_epochs(run_dir) == state["epoch"]:  # before the run's files are rewritten
+            # (all_results.json of another epoch, or none: the process died while finishing; resuming finishes it)
             raise TrainingError(f"--resume: {run_dir} {finished}")
         if accelerator.is_main_process:
             keep_resumed_settings(recipe, run_dir, paths)
