@@ -81,9 +81,13 @@ def test_validate_bio_repair_vs_strict(sample_copy):
     assert strict.exit_code == 1 and f"{seq_out}:1: " in strict.output
 
 
-def test_validate_missing_dataset_hints_at_env(tmp_path):
-    res = run("validate", tmp_path / "nowhere")
-    assert res.exit_code == 1 and "SLU_DATA_DIR" in res.output
+def test_validate_missing_dataset_hints_at_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLU_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    res = run("validate", "nowhere")
+    assert res.exit_code == 1 and "'nowhere' not found" in res.output and "SLU_DATA_DIR is not set" in res.output
+    res = run("validate", "atis")  # a benchmark by name: where to get it
+    assert res.exit_code == 1 and "export SLU_DATA_DIR=" in res.output and "slu-data fetch atis" in res.output
 
 
 def test_convert_round_trip(tmp_path):
