@@ -875,6 +875,22 @@ def test_folder_blank_label_line_is_named_where_it_is_and_a_late_cr_is_not_blame
     assert err.value.line == 2 and "carriage return" not in str(err.value)
 
 
+def test_a_typo_tag_or_an_empty_multi_intent_part_is_refused(tmp_path):
+    write_split(tmp_path, "train", "play jazz\n", "O B--\n", "play\n")
+    with pytest.raises(DataError, match="invalid tag 'B--'"):
+        read_folder_split(tmp_path, "train")
+    for label in ("#", "play#", "#play"):
+        write_split(tmp_path, "valid", "play jazz\n", "O B-genre\n", label + "\n")
+        with pytest.raises(DataError, match="nor an empty part between '#'"):
+            read_folder_split(tmp_path, "valid")
+        path = tmp_path / "spans.jsonl"
+        path.write_text(json.dumps({"text": "play jazz", "intent": label}) + "\n")
+        with pytest.raises(DataError, match="nor an empty part between '#'"):
+            read_span_json(path)
+    write_split(tmp_path, "test", "play jazz\n", "O B-genre\n", "play#music\n")  # a multi-intent label is fine
+    assert read_folder_split(tmp_path, "test")[0]["intent"] == "play#music"
+
+
 def test_a_guessed_format_is_guessed_for_each_split_file(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"tokens": ["fly", "to", "rome"], "slots": ["O", "O", "B-city"],
                                                       "intent": "f"}) + "\n")

@@ -57,7 +57,13 @@ _MYANMAR_SYLLABLE = (r"(?=\p{Myanmar})(?!\p{N})\X"
 _TOKEN_RE = regex.compile(_WORD + r"+(?:['’.:\-/&]" + _WORD + r"+)*|" + _MYANMAR_SYLLABLE
                           + r"|(?=" + _UNSPACED + r")\X"
                           r"|(?![\p{L}\p{N}_\p{M}\p{Cf}])(?=" + _NOT_SPACE + r")\X")
-_TAG_RE = re.compile(r"O|[BI]-\S+")
+_TAG_RE = re.compile(r"O|[BI]-[^\s-]\S*")  # (a type starting with "-", as in "B--", is a typo)
+
+
+def _is_intent(intent) -> bool:
+    """A label: a string without spaces; a `#`-joined multi-intent label has no empty part ("a#", "#")."""
+    return isinstance(intent, str) and bool(intent.strip()) and not any(c.isspace() for c in intent.strip()) \
+        and all(intent.strip().split("#"))
 
 
 def tokenize(text: str) -> list[tuple[str, int, int]]:
@@ -152,9 +158,9 @@ def _check_example(tokens, slots, intent, path, line, repair_bio, unlabelled=(),
         raise DataError("'tokens' must be a list of strings", path, line)
     if not isinstance(slots, list) or not all(isinstance(t, str) for t in slots):
         raise DataError("'slots' must be a list of strings", path, line)
-    if not isinstance(intent, str) or not intent.strip() or any(c.isspace() for c in intent.strip()):
-        raise DataError(f"intent must be a non-empty string without spaces, got {intent!r}", intent_path or path,
-                        line)
+    if not _is_intent(intent):
+        raise DataError(f"intent must be a non-empty string without spaces (nor an empty part between '#'), "
+                        f"got {intent!r}", intent_path or path, line)
     if not tokens:
         raise DataError("empty utterance", path, line)
     _check_unicode([intent], intent_path or path, line)
@@ -418,9 +424,9 @@ def _span_example(obj, path: Path, line: int | None, where: str) -> dict:
         fail(f"missing key(s): {', '.join(missing)}")
     text, intent = obj["text"], obj["intent"]
     entities = [] if obj.get("entities") is None else obj["entities"]  # (0, "" or false are no list)
-    if not isinstance(text, str) or not isinstance(intent, str) or not intent.strip() \
-            or any(c.isspace() for c in intent.strip()):
-        fail("'text' must be a string and 'intent' a non-empty string without spaces")
+    if not isinstance(text, str) or not _is_intent(intent):
+        fail("'text' must be a string and 'intent' a non-empty string without spaces (nor an empty part "
+             "between '#')")
     if not isinstance(entities, list):
         fail("'entities' must be a list")
     _check_unicode([text, intent], path, line, f"{where}: ")
