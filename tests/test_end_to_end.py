@@ -610,7 +610,7 @@ def test_training_never_replaces_a_run_by_accident(tiny_recipe, tmp_path, monkey
     assert (run_dir / "model.safetensors").exists()
 
 
-def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
+def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path, monkeypatch):
     import yaml
 
     from slu_feedback.training.trainer import TrainingError
@@ -627,9 +627,11 @@ def test_resume_goes_on_with_the_run_s_settings(tiny_recipe, tmp_path):
     assert json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
     # a finished run has nothing to resume: said, and its files (the command that made it) left alone
     files = {name: (run_dir / name).read_bytes() for name in ("recipe.yaml", "metrics.jsonl", "all_results.json")}
-    with pytest.raises(TrainingError, match=r"--resume: .*run has finished its 2 epochs; to train on, raise "
-                                            r"train.epochs \(e.g. train.epochs=4\)"):
-        train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
+    with monkeypatch.context() as patch:  # said before the data and the model load
+        patch.setattr("slu_feedback.training.trainer.load_data", lambda *a: pytest.fail("loaded the data"))
+        with pytest.raises(TrainingError, match=r"--resume: .*run has finished its 2 epochs; to train on, raise "
+                                                r"train.epochs \(e.g. train.epochs=4\)"):
+            train(tiny_recipe(f"output_dir={run_dir}", "train.epochs=2"), resume=True)
     assert files == {name: (run_dir / name).read_bytes() for name in files}
     state_file = run_dir / "checkpoint" / "trainer_state.json"
     state = json.loads(state_file.read_text())

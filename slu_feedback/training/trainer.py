@@ -462,6 +462,15 @@ def results_epochs(run_dir: Path) -> int | None:
         return None
 
 
+def refuse_finished(run_dir: Path, state: dict, train_cfg: dict) -> None:
+    """--resume of a run that finished (all_results.json written after its last epoch) is refused
+    before anything of it is rewritten; without that file, or with one of another epoch, the last
+    process died while finishing, and resuming finishes it."""
+    finished = finished_problem(state, train_cfg)
+    if finished and results_epochs(run_dir) == state["epoch"]:
+        raise TrainingError(f"--resume: {run_dir} {finished}")
+
+
 def finished_problem(state: dict, train_cfg: dict) -> str | None:
     """What --resume would have nothing to do for: a run that ran its epochs or stopped early."""
     if state["epoch"] >= train_cfg["epochs"]:
@@ -599,6 +608,11 @@ def train_in(run_dir: Path, recipe: dict, accelerator, resume: bool, overwrite: 
     recipe = {**recipe, "output_dir": str(run_dir)}
     torch.autograd.set_detect_anomaly(detect_anomaly)
 
+    if resume and (run_dir / "checkpoint" / "trainer_state.json").is_file():  # before the data and model load
+        try:
+            refuse_finished(run_dir, json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text()), train_cfg)
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged state: restore_checkpoint names it
+            pass
     set_seed(recipe["seed"])
     parts = {name: load_data(recipe, path) for name, path in paths.items()}  # name -> (DatasetDict, LabelMaps)
     names = list(parts)
@@ -646,10 +660,7 @@ def train_in(run_dir: Path, recipe: dict, accelerator, resume: bool, overwrite: 
     checkpoint = run_dir / "checkpoint"
     if resume:
         state = restore_checkpoint(accelerator, checkpoint, recipe)
-        finished = finished_problem(state, train_cfg)
-        if finished and results_epochs(run_dir) == state["epoch"]:  # before the run's files are rewritten
-            # (all_results.json of another epoch, or none: the process died while finishing; resuming finishes it)
-            raise TrainingError(f"--resume: {run_dir} {finished}")
+        refuse_finished(run_dir, state, train_cfg)  # (a checkpoint.old taken back: not checked before)
         if accelerator.is_main_process:
             keep_resumed_settings(recipe, run_dir, paths)
     elif accelerator.is_main_process:
