@@ -356,6 +356,8 @@ def test_score_prune_validate_cli(tiny_run, tmp_path):
     result = runner.invoke(main, ["validate", str(tiny_run), "--n", "2", "--subsets", "2", "--solver", "cg",
                                   "--cg-iterations", "5", "--max-iter", "10", "--out", str(tmp_path / "val")])
     assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'val' / 'validate.json'}, validate.png" in result.output
+    assert "a correlation needs at least 3 points" in result.output  # --n 2
     report = json.loads((tmp_path / "val" / "validate.json").read_text())
     assert len(report["loo"]) == 4 and (tmp_path / "val" / "validate.png").exists()
 

@@ -93,6 +93,11 @@ def test_joint_parser_names_the_answering_dataset(joint_run):
     assert result == alone[result["dataset"]]
     with pytest.raises(RunError, match="no dataset 'news'"):
         SLUParser.from_pretrained(joint_run, dataset="news")
+    # one dataset's folder, with its own name given again: that dataset, not an error
+    travel = SLUParser.from_pretrained(joint_run / "travel", dataset="travel")("wake me up at 7 am tomorrow")
+    assert travel == {k: v for k, v in alone["travel"].items() if k != "dataset"}  # (a folder names no dataset)
+    with pytest.raises(RunError, match="no dataset 'home'"):
+        SLUParser.from_pretrained(joint_run / "travel", dataset="home")
 
 
 def test_joint_eval_scores_each_dataset(joint_run, tmp_path):
@@ -108,6 +113,13 @@ def test_joint_eval_scores_each_dataset(joint_run, tmp_path):
         metrics = json.loads((joint_run / name / "eval_validation" / "metrics.json").read_text())["metrics"]
         # the saved model is the best epoch's: re-scoring validation gives the logged numbers
         assert metrics["sentence_acc"] == pytest.approx(validation[name]["sentence_acc"])
+    # a joint run as --compare's baseline: refused before the run is scored, naming the folders to give
+    (joint_run / "travel" / "eval_test").mkdir(exist_ok=True)
+    before = sorted(p.name for p in (joint_run / "travel").iterdir())
+    result = CliRunner().invoke(main, [str(joint_run / "travel"), "--compare", str(joint_run)])
+    assert result.exit_code == 1 and f"give one dataset's folder, {joint_run / 'travel'} or {joint_run / 'home'}" in result.output
+    assert sorted(p.name for p in (joint_run / "travel").iterdir()) == before
+    assert not list((joint_run / "travel" / "eval_test").iterdir()), "RUN_DIR was not scored first"
 
 
 def test_joint_recipe_rejects_duplicate_names(tiny_recipe, domain_data):

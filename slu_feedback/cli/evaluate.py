@@ -46,6 +46,14 @@ def main(run_dir, split, data, out_dir, iterations, batch_size, quantize, predic
             evaluate_one(f"{run_dir}/{name}", split, None, None, iterations, batch_size, quantize, predict_mode,
                          intent_slots, device)
         return
+    if baseline:  # before RUN_DIR is scored: a baseline that cannot be one fails now, not after
+        from ..models import RunError
+        from ..models.run import check_run_files
+
+        try:
+            check_run_files(Path(baseline))
+        except RunError as error:
+            raise click.ClickException(f"--compare {baseline}: {error}") from None
     report = evaluate_one(run_dir, split, data, out_dir, iterations, batch_size, quantize, predict_mode, intent_slots, device)
     if baseline:
         compare_runs(run_dir, baseline, report, split, data, batch_size, device)

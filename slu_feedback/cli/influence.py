@@ -16,7 +16,7 @@ Sign: positive influence = the sample HELPS the task (removing it would raise th
 validation loss).
 """
 
-import json
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -110,7 +110,8 @@ def report_score(summary: dict, scope: str, damping: float, out_dir: str) -> Non
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--fraction", type=float, required=True, help="Fraction of training utterances (with --unit sample: of samples) to drop, e.g. 0.05.")
 @click.option("--target", default="both", show_default=True, type=click.Choice(["intent", "slot", "both"]))
-@click.option("--random", "random_", is_flag=True, help="Drop the same number of utterances at random instead.")
+@click.option("--random", "random_", is_flag=True,
+              help="Drop as many at random instead (utterances, or samples with --unit sample).")
 @click.option("--per-intent", is_flag=True,
               help="Drop the fraction within each intent (keeps the intent distribution; rare intents lose none).")
 @click.option("--unit", default="utterance", show_default=True, type=click.Choice(["utterance", "sample"]),
@@ -221,7 +222,10 @@ def validate(run_dir, n, subsets, scope, solver, damping, batch_size, seed, max_
     if subsets:
         for task in ("intent", "slot"):
             click.echo(f"datamodeling {task:>6}: spearman {_f(result['datamodel'][task]['spearman'])}")
-    click.echo(json.dumps({"seconds": round(result["seconds"], 1)}))
+    if n < 3:
+        click.echo("(a correlation needs at least 3 points: n/a above; raise --n)")
+    out = Path(out_dir) if out_dir else Path(run_dir) / "influence"
+    click.echo(f"wrote {out / 'validate.json'}, validate.png and validate_rows.jsonl ({result['seconds']:.0f} s)")
 
 
 def _f(x) -> str:

@@ -74,6 +74,9 @@ class SLUParser:
         For a joint run, `dataset` picks one dataset's heads (default: all of them).
         `intent_slot_constraints` overrides the run's model.intent_slot_constraints (None: keep it)."""
         names = joint_datasets(run_dir)
+        folder = Path(run_dir).resolve()
+        if dataset is not None and not names and dataset == folder.name and dataset in joint_datasets(folder.parent):
+            dataset = None  # one dataset's folder of a joint run, named again: it is that dataset already
         if dataset is not None and dataset not in names:
             raise RunError(f"{run_dir}: no dataset {dataset!r} in this run" + (
                 f" (it has {', '.join(names)})" if names else " (not a joint run)"))

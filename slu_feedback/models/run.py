@@ -42,8 +42,8 @@ def check_run_files(run_dir: Path) -> None:
         raise RunError(f"{run_dir}: no such run directory")
     names = joint_datasets(run_dir)
     if names:
-        raise RunError(f"{run_dir} is a joint run with one model per dataset; load one of "
-                       f"{', '.join(str(run_dir / n) for n in names)} (SLUParser.from_pretrained loads them all)")
+        raise RunError(f"{run_dir} is a joint run with one model per dataset: give one dataset's folder, "
+                       f"{' or '.join(str(run_dir / n) for n in names)}")
     missing = [name for name in REQUIRED if not (run_dir / name).exists()]
     if missing:
         runs = sorted((p.parent for p in run_dir.glob("*/config.json") if (p.parent / "label_maps.json").exists()),
