@@ -492,3 +492,19 @@ def test_refit_prunes_within_the_scope(tiny_run_factory, tmp_path):
                                        "--max-iter", "3"])
     assert result.exit_code == 0, result.output
     assert (Path(tiny_run) / "refit" / "refit-random-both-5pct-samples-seed3" / "refit.json").is_file()
+
+
+def test_cg_stops_at_negative_curvature_and_names_the_damping_to_try():
+    """An indefinite damped Hessian: the warning says which damping to try, not more iterations
+    (which cannot help); a right-hand side solved exactly is no 0/0 (float32)."""
+    from types import SimpleNamespace
+
+    from slu_feedback.influence.mtif import solve_cg
+
+    a = torch.diag(torch.tensor([2.0, 1.0, -0.5]))  # one negative eigenvalue, beyond a damping of 0.01
+    problem = SimpleNamespace(hvp=lambda w, v, damping: a @ v + damping * v)
+    b = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    _, info = solve_cg(problem, None, b, 0.01, max_iter=50)
+    assert info["negative_curvature"] and "rerun with --damping 0.1 or more" in info["warning"]
+    x, info = solve_cg(problem, None, b, 1.0, max_iter=1000)  # damped enough: solved, no warning
+    assert "warning" not in info and torch.allclose(x, b / (torch.diag(a) + 1.0), atol=1e-5)

@@ -143,8 +143,9 @@ def solve_cg(problem, w, b, damping, tol: float = 1e-8, max_iter: int = 1000, pr
     for it in range(1, max_iter + 1):
         hd = hvp(d)
         curvature = (d * hd).sum(1)
-        negative |= bool((curvature <= 0).any())
-        alpha = torch.where(rs.sqrt() > target, rs / curvature, torch.zeros_like(rs))
+        active = rs.sqrt() > target  # the right-hand sides not solved yet (a solved one's direction is 0)
+        negative |= bool((active & (curvature <= 0)).any())  # no minimum along d: more steps will not settle it
+        alpha = torch.where(active, rs / curvature, torch.zeros_like(rs))
         x = x + alpha[:, None] * d
         r = r - alpha[:, None] * hd
         rs_new = (r * r).sum(1)
@@ -152,12 +153,15 @@ def solve_cg(problem, w, b, damping, tol: float = 1e-8, max_iter: int = 1000, pr
         bar.set_postfix_str(f"residual {float((rs_new.sqrt() / b_norm).max()):.1e}", refresh=False)
         if bool((rs_new.sqrt() <= target).all()):
             break
-        d = r + (rs_new / rs.clamp_min(1e-300))[:, None] * d
+        # (a right-hand side solved exactly has rs 0: its direction stays 0, not 0/0; 1e-300 is 0 in float32)
+        d = r + torch.where(rs > 0, rs_new / rs, torch.zeros_like(rs))[:, None] * d
         rs = rs_new
     bar.close()
     info = {"iterations": it, "residual": (r.norm(dim=1) / b_norm).tolist()}
     if negative:
-        info["warning"] = "negative curvature met: the damped Hessian is not positive definite; raise --damping"
+        info["negative_curvature"] = True
+        info["warning"] = (f"negative curvature met: the damped Hessian (damping {damping:g}) is not positive "
+                           f"definite, which more cg iterations cannot mend; rerun with --damping {10 * damping:g} or more")
     return x, info
 
 
@@ -228,7 +232,8 @@ def influence_vectors(problem: Problem, damping: float, solver: str = "cg", w=No
         hint = {"cg": "raise --cg-iterations or --damping", "lissa": "raise --lissa-depth or --damping"}.get(
             solver, "raise --damping")  # every slu-influence command that solves has these options
         message = (f"the {solver} solve did not converge: relative residual {worst} (limit {RESIDUAL_LIMIT:g}), "
-                   f"so the influence scores are approximate; {hint}")
+                   "so the influence scores are approximate"
+                   + ("" if info.get("negative_curvature") else f"; {hint}"))  # (more iterations cannot help there)
         info["warning"] = f"{info['warning']}; {message}" if info.get("warning") else message
     return s, info
 
